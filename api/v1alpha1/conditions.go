@@ -1,0 +1,58 @@
+package v1alpha1
+
+// Condition types.
+const (
+	// ConditionReady is True while the Secret holds a token that has not expired.
+	ConditionReady = "Ready"
+	// ConditionRenewalFailing is True when the last attempt to obtain a token failed. While the
+	// current token is still valid, Ready stays True with reason RenewalFailing.
+	ConditionRenewalFailing = "RenewalFailing"
+)
+
+// Condition reasons. Each is documented in docs/troubleshooting.md with its cause and fix.
+const (
+	// ReasonTokenValid: the Secret holds a valid token and renewal is scheduled.
+	ReasonTokenValid = "TokenValid"
+	// ReasonRenewalFailing: renewal failed but the current token is still valid (Ready=True).
+	ReasonRenewalFailing = "RenewalFailing"
+	// ReasonRenewalSucceeded: RenewalFailing=False after a successful attempt.
+	ReasonRenewalSucceeded = "RenewalSucceeded"
+	// ReasonIssuing: no token yet, first attempt pending.
+	ReasonIssuing = "Issuing"
+	// ReasonTokenExpired: the token in the Secret expired and no new one could be obtained.
+	ReasonTokenExpired = "TokenExpired"
+
+	// ReasonClientSecretNotFound: the Secret or key named by clientSecretRef does not exist.
+	ReasonClientSecretNotFound = "ClientSecretNotFound"
+	// ReasonInvalidClientSecret: the referenced client secret is empty or unusable.
+	ReasonInvalidClientSecret = "InvalidClientSecret"
+	// ReasonInvalidClientCredentials: Keycloak rejected the client id / secret pair (or the client
+	// does not exist: Keycloak answers the same for both).
+	ReasonInvalidClientCredentials = "InvalidClientCredentials"
+	// ReasonUnauthorizedClient: the client may not use this grant (e.g. service accounts disabled).
+	ReasonUnauthorizedClient = "UnauthorizedClient"
+	// ReasonInvalidScope: Keycloak rejected a requested scope.
+	ReasonInvalidScope = "InvalidScope"
+	// ReasonRealmNotFound: Keycloak answered 404 for the realm.
+	ReasonRealmNotFound = "RealmNotFound"
+	// ReasonKeycloakUnreachable: connection refused, DNS failure, TLS failure.
+	ReasonKeycloakUnreachable = "KeycloakUnreachable"
+	// ReasonKeycloakTimeout: Keycloak did not answer in time.
+	ReasonKeycloakTimeout = "KeycloakTimeout"
+	// ReasonKeycloakError: Keycloak answered with a server error (5xx) or another unexpected status.
+	ReasonKeycloakError = "KeycloakError"
+	// ReasonInvalidTokenResponse: Keycloak's answer could not be used (no token, bad expiry).
+	ReasonInvalidTokenResponse = "InvalidTokenResponse"
+	// ReasonRevocationFailing: the resource is being deleted and waits for Keycloak to revoke the token.
+	ReasonRevocationFailing = "RevocationFailing"
+	// ReasonUnsupportedGrant: the grant type is not implemented by this operator version.
+	ReasonUnsupportedGrant = "UnsupportedGrant"
+	// ReasonSecretConflict: a Secret with the target name exists and is not owned by this resource.
+	ReasonSecretConflict = "SecretConflict"
+)
+
+// Annotations understood on an MLflowAccessToken.
+const (
+	// AnnotationSkipRevocation set to "true" makes deletion skip revoking the token at Keycloak.
+	AnnotationSkipRevocation = "auth.mlflow-token-operator.io/skip-revocation"
+)

@@ -1,0 +1,260 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// GrantType names the OAuth 2.0 grant the operator uses to obtain tokens.
+// +kubebuilder:validation:Enum=ClientCredentials
+type GrantType string
+
+const (
+	// GrantClientCredentials obtains tokens for the client's own service account
+	// (the `service-account-<clientID>` user in Keycloak).
+	GrantClientCredentials GrantType = "ClientCredentials"
+)
+
+// MLflowAccessTokenSpec says where to get a token and where to put it.
+// +kubebuilder:validation:XValidation:rule="!has(self.renewBefore) || duration(self.renewBefore) > duration('0s')",message="renewBefore must be a positive duration such as 90s or 2m"
+// +kubebuilder:validation:XValidation:rule="!has(self.renewBefore) || duration(self.renewBefore) <= duration('8760h')",message="renewBefore must not exceed 8760h (one year)"
+type MLflowAccessTokenSpec struct {
+	// Keycloak says which Keycloak, realm and client issue the token.
+	Keycloak KeycloakSpec `json:"keycloak"`
+
+	// Grant says how the token is obtained.
+	Grant GrantSpec `json:"grant"`
+
+	// SecretName is the name of the Secret, in the resource's namespace, that receives the
+	// token. Defaults to the resource's name. The operator creates and owns this Secret;
+	// if a Secret of that name exists and is not owned by this resource, the operator
+	// refuses to touch it and reports a SecretConflict.
+	// +optional
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	SecretName string `json:"secretName,omitempty"`
+
+	// SecretTemplate holds labels and annotations to put on the Secret. The resource's own
+	// labels and annotations are never copied to the Secret.
+	// +optional
+	SecretTemplate *SecretTemplate `json:"secretTemplate,omitempty"`
+
+	// RenewBefore is how long before the token expires it is renewed, for example "2m".
+	// When unset, the token is renewed after two thirds of its lifetime. In both cases a random
+	// jitter of up to a tenth of the lifetime is subtracted so that many tokens issued together
+	// do not all renew in the same second, and renewal never happens later than a few seconds
+	// before expiry. A value not shorter than the token's lifetime renews after a third of it.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	RenewBefore *metav1.Duration `json:"renewBefore,omitempty"`
+
+	// MLflow holds optional MLflow settings written into the Secret for the consumer's convenience.
+	// +optional
+	MLflow *MLflowSpec `json:"mlflow,omitempty"`
+}
+
+// KeycloakSpec names the Keycloak realm and client.
+type KeycloakSpec struct {
+	// URL is Keycloak's base URL, for example https://keycloak.example.com (without /realms/...).
+	// Use exactly the host name that MLflow's OIDC configuration uses: Keycloak writes the
+	// URL a token was requested through into its `iss` claim.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''",message="url must be an absolute http:// or https:// URL such as https://keycloak.example.com"
+	// +kubebuilder:validation:XValidation:rule="!self.contains('/realms/')",message="url must be Keycloak's base URL, without the /realms/<realm> path; put the realm in keycloak.realm"
+	// +kubebuilder:validation:XValidation:rule="!self.contains('?') && !self.contains('#')",message="url must not carry a query or fragment"
+	URL string `json:"url"`
+
+	// Realm is the Keycloak realm, for example "mlflow".
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=255
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9][A-Za-z0-9._-]*$`
+	Realm string `json:"realm"`
+
+	// ClientID is the OIDC client the token is requested for. For the ClientCredentials grant it
+	// must be a confidential client with service accounts enabled.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=255
+	// +kubebuilder:validation:Pattern=`^[\x21-\x7E]+$`
+	ClientID string `json:"clientID"`
+
+	// ClientSecretRef points at the client's secret in a Secret of the resource's own namespace.
+	// There is no namespace field on purpose: a resource can only read Secrets of its namespace.
+	ClientSecretRef SecretKeyRef `json:"clientSecretRef"`
+}
+
+// SecretKeyRef selects a key of a Secret in the same namespace as the resource.
+type SecretKeyRef struct {
+	// Name of the Secret.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+
+	// Key within the Secret's data. Defaults to "client-secret".
+	// +optional
+	// +kubebuilder:default=client-secret
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	Key string `json:"key,omitempty"`
+}
+
+// GrantSpec says how the token is obtained.
+type GrantSpec struct {
+	// Type is the OAuth 2.0 grant. ClientCredentials: the client's own service account.
+	Type GrantType `json:"type"`
+
+	// Scopes are extra scopes to request, for example ["openid"]. Each is a single scope token.
+	// +optional
+	// +listType=set
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=256
+	// +kubebuilder:validation:items:Pattern=`^[\x21\x23-\x5B\x5D-\x7E]+$`
+	Scopes []string `json:"scopes,omitempty"`
+}
+
+// SecretTemplate holds metadata for the generated Secret.
+type SecretTemplate struct {
+	// Labels to put on the Secret. The operator's own managed-by label always wins.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=64
+	Labels map[string]string `json:"labels,omitempty"`
+
+	// Annotations to put on the Secret.
+	// +optional
+	// +kubebuilder:validation:MaxProperties=64
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// MLflowSpec holds MLflow settings for the consumer.
+type MLflowSpec struct {
+	// TrackingURI is written into the Secret as MLFLOW_TRACKING_URI.
+	// +optional
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() in ['http', 'https']",message="trackingURI must be an absolute http:// or https:// URL such as https://mlflow.example.com"
+	TrackingURI string `json:"trackingURI,omitempty"`
+}
+
+// TokenInfo holds non-secret facts read from the current access token, to help debug a 401
+// from MLflow (wrong user, missing audience, missing scope). It never holds token material.
+type TokenInfo struct {
+	// ID is the token's `jti` claim (an identifier, not the token).
+	// +optional
+	ID string `json:"id,omitempty"`
+	// Issuer is the `iss` claim. MLflow's OIDC_ISSUER must equal it exactly.
+	// +optional
+	Issuer string `json:"issuer,omitempty"`
+	// Subject is the `sub` claim.
+	// +optional
+	Subject string `json:"subject,omitempty"`
+	// PreferredUsername is the `preferred_username` claim; mlflow-oidc-auth uses it as the
+	// MLflow user name when the token has no email.
+	// +optional
+	PreferredUsername string `json:"preferredUsername,omitempty"`
+	// AuthorizedParty is the `azp` claim: the client the token was issued to.
+	// +optional
+	AuthorizedParty string `json:"authorizedParty,omitempty"`
+	// Audience is the `aud` claim. MLflow's OIDC_AUDIENCE must be one of these.
+	// +optional
+	// +listType=atomic
+	Audience []string `json:"audience,omitempty"`
+	// Scope is the granted scope, as Keycloak returned it.
+	// +optional
+	Scope string `json:"scope,omitempty"`
+	// Groups is the `groups` claim, when the client has a group-membership mapper.
+	// +optional
+	// +listType=atomic
+	Groups []string `json:"groups,omitempty"`
+}
+
+// MLflowAccessTokenStatus is the observed state. It never holds token material.
+type MLflowAccessTokenStatus struct {
+	// ObservedGeneration is the spec generation the status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Conditions: Ready (a valid token is in the Secret) and RenewalFailing (the last
+	// attempt to obtain a token failed; see its reason).
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+
+	// SecretName is the Secret the current token was written to.
+	// +optional
+	SecretName string `json:"secretName,omitempty"`
+
+	// IssuedAt is when the current token was obtained.
+	// +optional
+	IssuedAt *metav1.Time `json:"issuedAt,omitempty"`
+
+	// ExpiresAt is when the current token expires.
+	// +optional
+	ExpiresAt *metav1.Time `json:"expiresAt,omitempty"`
+
+	// RenewalTime is when the operator will next try to obtain a token: the scheduled renewal,
+	// or after a failure the next retry.
+	// +optional
+	RenewalTime *metav1.Time `json:"renewalTime,omitempty"`
+
+	// Rotations counts the tokens written to the Secret over the resource's life.
+	// +optional
+	Rotations int64 `json:"rotations,omitempty"`
+
+	// FailedAttempts counts consecutive failed attempts; 0 after a success.
+	// +optional
+	FailedAttempts int32 `json:"failedAttempts,omitempty"`
+
+	// LastFailureTime is when the last attempt failed.
+	// +optional
+	LastFailureTime *metav1.Time `json:"lastFailureTime,omitempty"`
+
+	// Token holds non-secret facts from the current access token.
+	// +optional
+	Token *TokenInfo `json:"token,omitempty"`
+}
+
+// MLflowAccessToken keeps a Keycloak access token for MLflow fresh in a Secret.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=mlflowtoken;mat,categories=mlflow
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Secret",type=string,JSONPath=`.status.secretName`
+// +kubebuilder:printcolumn:name="Expires",type=string,format=date-time,JSONPath=`.status.expiresAt`
+// +kubebuilder:printcolumn:name="Renewal",type=string,format=date-time,JSONPath=`.status.renewalTime`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:printcolumn:name="Rotations",type=integer,JSONPath=`.status.rotations`,priority=1
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`,priority=1
+// +kubebuilder:printcolumn:name="Message",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].message`,priority=1
+type MLflowAccessToken struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// +required
+	Spec   MLflowAccessTokenSpec   `json:"spec"`
+	Status MLflowAccessTokenStatus `json:"status,omitempty"`
+}
+
+// MLflowAccessTokenList is a list of MLflowAccessToken.
+//
+// +kubebuilder:object:root=true
+type MLflowAccessTokenList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []MLflowAccessToken `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&MLflowAccessToken{}, &MLflowAccessTokenList{})
+}
+
+// SecretNameOrDefault is the name of the Secret the token goes to.
+func (t *MLflowAccessToken) SecretNameOrDefault() string {
+	if t.Spec.SecretName != "" {
+		return t.Spec.SecretName
+	}
+	return t.Name
+}

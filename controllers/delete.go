@@ -1,0 +1,117 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
+)
+
+// reconcileDelete revokes the last access token, deletes the Secret and removes the finalizer.
+// gone reports that the finalizer was removed (the object may no longer exist: no status write).
+// Revocation is retried with backoff for RevocationTimeout after deletion was requested; after
+// that the deletion finishes anyway with a Warning event, because a resource stuck in
+// Terminating forever is worse than a token that expires on its own within minutes.
+func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) (ctrl.Result, bool, error) {
+	if !controllerutil.ContainsFinalizer(obj, Finalizer) {
+		return ctrl.Result{}, true, nil
+	}
+	logger := log.FromContext(ctx)
+
+	names := []string{obj.SecretNameOrDefault()}
+	if s := obj.Status.SecretName; s != "" && s != names[0] {
+		names = append(names, s)
+	}
+	var owned []*corev1.Secret
+	for _, n := range names {
+		s, err := r.ownedSecret(ctx, obj, n, r.APIReader)
+		if err != nil {
+			if _, isConflict := err.(*failure); !isConflict {
+				return ctrl.Result{}, false, err
+			}
+			continue // someone else's Secret: never touch it
+		}
+		if s != nil {
+			owned = append(owned, s)
+		}
+	}
+
+	if obj.Annotations[authv1alpha1.AnnotationSkipRevocation] == "true" {
+		r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, "RevocationSkipped", "Revoke",
+			"Revocation skipped because of the %s annotation", authv1alpha1.AnnotationSkipRevocation)
+	} else if err := r.revokeAll(ctx, obj, owned); err != nil {
+		deadline := obj.DeletionTimestamp.Add(r.RevocationTimeout)
+		now := r.now()
+		// Without the client secret there is nothing to retry with: most often the whole
+		// namespace is being deleted and the Secret went first.
+		if now.Before(deadline) && err.Reason != authv1alpha1.ReasonClientSecretNotFound {
+			obj.Status.FailedAttempts++
+			obj.Status.LastFailureTime = timePtr(now.Truncate(time.Second))
+			delay := r.Backoff.Delay(obj.Status.FailedAttempts, now, &deadline, r.rand())
+			setCondition(obj, authv1alpha1.ConditionReady, false, authv1alpha1.ReasonRevocationFailing,
+				fmt.Sprintf("Deletion waits for revocation: %s (attempt %d; giving up at %s)", err.Message,
+					obj.Status.FailedAttempts, deadline.UTC().Format(time.RFC3339)))
+			r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, "RevocationFailed", "Revoke", "Revocation failed: %s", err.Message)
+			logger.Info("Revocation failed; retrying", "reason", err.Reason, "message", err.Message, "retryIn", delay.String())
+			return ctrl.Result{RequeueAfter: delay}, false, nil
+		}
+		r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, "RevocationFailed", "Revoke",
+			"Gave up revoking after %s: %s; the token stays valid until it expires", r.RevocationTimeout, err.Message)
+		logger.Info("Gave up revoking; finishing deletion", "reason", err.Reason, "message", err.Message)
+	}
+
+	for _, s := range owned {
+		if err := r.Delete(ctx, s, client.Preconditions{UID: &s.UID}); err != nil && !apierrors.IsNotFound(err) {
+			return ctrl.Result{}, false, err
+		}
+	}
+
+	patch := client.MergeFrom(obj.DeepCopy())
+	controllerutil.RemoveFinalizer(obj, Finalizer)
+	if err := r.Patch(ctx, obj, patch); err != nil {
+		return ctrl.Result{}, false, client.IgnoreNotFound(err)
+	}
+	return ctrl.Result{}, true, nil
+}
+
+// revokeAll revokes the unexpired access tokens held in the given Secrets.
+func (r *MLflowAccessTokenReconciler) revokeAll(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, secrets []*corev1.Secret) *failure {
+	now := r.now()
+	var tokens []string
+	for _, s := range secrets {
+		st, _ := tokensecret.Read(s)
+		if st.AccessToken == "" || (!st.ExpiresAt.IsZero() && !now.Before(st.ExpiresAt)) {
+			continue // nothing to revoke, or already expired
+		}
+		tokens = append(tokens, st.AccessToken)
+	}
+	if len(tokens) == 0 {
+		return nil
+	}
+	creds, ferr := r.clientCredentials(ctx, obj)
+	if ferr != nil {
+		return ferr
+	}
+	ep := keycloak.Endpoint{URL: obj.Spec.Keycloak.URL, Realm: obj.Spec.Keycloak.Realm}
+	for _, t := range tokens {
+		kctx, cancel := context.WithTimeout(ctx, r.KeycloakTimeout)
+		err := r.Keycloak.Revoke(kctx, ep, creds, t, "access_token")
+		cancel()
+		if err != nil {
+			return &failure{Reason: string(keycloak.ReasonOf(err)), Message: err.Error()}
+		}
+	}
+	r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, "Revoked", "Revoke", "Revoked the access token at Keycloak")
+	log.FromContext(ctx).Info("Token revoked")
+	return nil
+}

@@ -1,0 +1,162 @@
+// Package controllers holds the MLflowAccessToken reconciler.
+package controllers
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/tools/events"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+
+	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/renewal"
+)
+
+// Finalizer makes deletion wait until the token is revoked and the Secret deleted.
+const Finalizer = "auth.mlflow-token-operator.io/revoke"
+
+// Defaults of the Reconciler's tunables.
+const (
+	DefaultKeycloakTimeout   = 15 * time.Second
+	DefaultRevocationTimeout = 5 * time.Minute
+)
+
+// MLflowAccessTokenReconciler keeps each MLflowAccessToken's Secret filled with a valid token.
+type MLflowAccessTokenReconciler struct {
+	// Client reads from the cache (which holds only Secrets labelled as ours) and writes.
+	client.Client
+	// APIReader reads uncached: the user's client secret, and Secrets the cache cannot see.
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	Keycloak  keycloak.Client
+	Clock     clock.PassiveClock
+	// Rand returns a number in [0,1) for jitter; nil means math/rand.
+	Rand func() float64
+
+	Backoff renewal.Backoff
+	// KeycloakTimeout bounds one exchange with Keycloak (all its requests).
+	KeycloakTimeout time.Duration
+	// RevocationTimeout is how long after deletion was requested revocation is retried before
+	// the deletion finishes without it (with a Warning event).
+	RevocationTimeout time.Duration
+}
+
+// +kubebuilder:rbac:groups=auth.mlflow-token-operator.io,resources=mlflowaccesstokens,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=auth.mlflow-token-operator.io,resources=mlflowaccesstokens/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=auth.mlflow-token-operator.io,resources=mlflowaccesstokens/finalizers,verbs=update
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile is get → ensure finalizer → delete or normal path → one status write.
+func (r *MLflowAccessTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	obj := &authv1alpha1.MLflowAccessToken{}
+	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+
+	if obj.DeletionTimestamp.IsZero() && !controllerutil.ContainsFinalizer(obj, Finalizer) {
+		patch := client.MergeFrom(obj.DeepCopy())
+		controllerutil.AddFinalizer(obj, Finalizer)
+		if err := r.Patch(ctx, obj, patch); err != nil {
+			return ctrl.Result{}, client.IgnoreNotFound(err)
+		}
+	}
+
+	before := obj.DeepCopy()
+	var (
+		res  ctrl.Result
+		err  error
+		gone bool
+	)
+	if !obj.DeletionTimestamp.IsZero() {
+		res, gone, err = r.reconcileDelete(ctx, obj)
+	} else {
+		res, err = r.reconcileNormal(ctx, obj)
+	}
+	if gone {
+		return res, err
+	}
+	return r.writeStatus(ctx, before, obj, res, err)
+}
+
+// writeStatus is the one status write of a reconcile. It is skipped when nothing changed, and
+// guarded by the resourceVersion the decision was based on: if the cached object was stale,
+// the write fails with a conflict and the reconcile runs again on fresh data.
+func (r *MLflowAccessTokenReconciler) writeStatus(ctx context.Context, before, obj *authv1alpha1.MLflowAccessToken, res ctrl.Result, err error) (ctrl.Result, error) {
+	obj.Status.ObservedGeneration = obj.Generation
+	if equality.Semantic.DeepEqual(before.Status, obj.Status) {
+		return res, err
+	}
+	perr := r.Status().Patch(ctx, obj, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+	switch {
+	case perr == nil:
+		return res, err
+	case apierrors.IsConflict(perr) || apierrors.IsNotFound(perr):
+		log.FromContext(ctx).V(1).Info("Status write lost a race; reconciling again", "reason", apierrors.ReasonForError(perr))
+		return ctrl.Result{RequeueAfter: 200 * time.Millisecond}, err
+	default:
+		return ctrl.Result{}, errors.Join(err, perr)
+	}
+}
+
+func (r *MLflowAccessTokenReconciler) now() time.Time { return r.Clock.Now() }
+
+func (r *MLflowAccessTokenReconciler) rand() float64 {
+	if r.Rand != nil {
+		return r.Rand()
+	}
+	return rand.Float64()
+}
+
+// SetupWithManager registers the controller. Our own status writes do not trigger a reconcile
+// (only spec, annotation, finalizer and deletion changes do); changes to the Secrets we own do,
+// so a Secret deleted or edited by hand is restored.
+func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, concurrency int) error {
+	if r.Clock == nil {
+		r.Clock = clock.RealClock{}
+	}
+	if r.Backoff == (renewal.Backoff{}) {
+		r.Backoff = renewal.DefaultBackoff
+	}
+	if r.KeycloakTimeout <= 0 {
+		r.KeycloakTimeout = DefaultKeycloakTimeout
+	}
+	if r.RevocationTimeout <= 0 {
+		r.RevocationTimeout = DefaultRevocationTimeout
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&authv1alpha1.MLflowAccessToken{}, builder.WithPredicates(specOrMetadataChanged{})).
+		Owns(&corev1.Secret{}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: concurrency}).
+		Named("mlflowaccesstoken").
+		Complete(r)
+}
+
+// specOrMetadataChanged passes updates that change the spec (generation), annotations,
+// finalizers or the deletion timestamp, and drops status-only updates.
+type specOrMetadataChanged struct{ predicate.Funcs }
+
+func (specOrMetadataChanged) Update(e event.UpdateEvent) bool {
+	if e.ObjectOld == nil || e.ObjectNew == nil {
+		return true
+	}
+	o, n := e.ObjectOld, e.ObjectNew
+	return o.GetGeneration() != n.GetGeneration() ||
+		!equality.Semantic.DeepEqual(o.GetAnnotations(), n.GetAnnotations()) ||
+		!equality.Semantic.DeepEqual(o.GetFinalizers(), n.GetFinalizers()) ||
+		!o.GetDeletionTimestamp().Equal(n.GetDeletionTimestamp())
+}

@@ -1,0 +1,399 @@
+package controllers
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/renewal"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
+)
+
+// failure is a classified reason why no token could be obtained or written.
+type failure struct {
+	Reason  string
+	Message string
+}
+
+func (f *failure) Error() string { return f.Reason + ": " + f.Message }
+
+func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) (ctrl.Result, error) {
+	logger := log.FromContext(ctx)
+	now := r.now()
+	name := obj.SecretNameOrDefault()
+	inputs := inputsHash(obj)
+
+	secret, err := r.ownedSecret(ctx, obj, name, r.Client)
+	if err != nil {
+		return r.fail(ctx, obj, nil, asFailure(err))
+	}
+	cur, have := tokensecret.Read(secret)
+
+	d := renewal.Decide(decideInput(obj, now, cur, have, inputs))
+	if !d.Issue {
+		// Bring labels, annotations and the tracking URI up to date without a new token.
+		if have && cur.IssuedFor == inputs {
+			if err := r.writeSecret(ctx, obj, secret, name, cur); err != nil {
+				return r.fail(ctx, obj, &cur, asFailure(err))
+			}
+			r.markValid(obj, cur)
+		}
+		return ctrl.Result{RequeueAfter: d.RequeueAfter}, nil
+	}
+
+	// Before spending a token, look at the Secret as the API server has it: the cache may not
+	// yet show a token another reconcile (or the previous leader) just wrote.
+	fresh, err := r.ownedSecret(ctx, obj, name, r.APIReader)
+	if err != nil {
+		return r.fail(ctx, obj, nil, asFailure(err))
+	}
+	if st, ok := tokensecret.Read(fresh); ok {
+		if d2 := renewal.Decide(decideInput(obj, now, st, ok, inputs)); !d2.Issue {
+			r.markValid(obj, st)
+			return ctrl.Result{RequeueAfter: d2.RequeueAfter}, nil
+		}
+		cur, have, secret = st, ok, fresh
+	}
+
+	logger.V(1).Info("Obtaining a token", "why", d.Why, "secret", name)
+	tok, issuedAt, ferr := r.obtain(ctx, obj)
+	if ferr != nil {
+		var valid *tokensecret.State
+		if have && now.Before(cur.ExpiresAt) {
+			valid = &cur
+		}
+		return r.fail(ctx, obj, valid, ferr)
+	}
+
+	st := r.schedule(obj, tok, issuedAt, inputs)
+	if err := r.writeSecret(ctx, obj, secret, name, st); err != nil {
+		var valid *tokensecret.State
+		if have && now.Before(cur.ExpiresAt) {
+			valid = &cur
+		}
+		return r.fail(ctx, obj, valid, asFailure(err))
+	}
+	if old := obj.Status.SecretName; old != "" && old != name {
+		r.deleteOwnedSecret(ctx, obj, old)
+	}
+
+	first := obj.Status.Rotations == 0
+	obj.Status.Rotations++
+	obj.Status.FailedAttempts = 0
+	obj.Status.LastFailureTime = nil
+	r.markValid(obj, st)
+
+	claims := obj.Status.Token
+	who := ""
+	if claims != nil {
+		who = firstNonEmpty(claims.PreferredUsername, claims.Subject)
+	}
+	reason, verb := "Renewed", "Renewed"
+	if first {
+		reason, verb = "Issued", "Issued"
+	}
+	r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, reason, "Issue",
+		"%s token for %q in Secret %s, expires %s, next renewal %s (%s)", verb, who, name,
+		st.ExpiresAt.Format(time.RFC3339), st.RenewAt.Format(time.RFC3339), d.Why)
+	logger.Info("Token written", "secret", name, "why", d.Why, "expiresAt", st.ExpiresAt, "renewAt", st.RenewAt, "rotations", obj.Status.Rotations)
+	return ctrl.Result{RequeueAfter: st.RenewAt.Sub(r.now())}, nil
+}
+
+func decideInput(obj *authv1alpha1.MLflowAccessToken, now time.Time, cur tokensecret.State, have bool, inputs string) renewal.Input {
+	in := renewal.Input{
+		Now:         now,
+		HaveToken:   have,
+		InputsMatch: cur.IssuedFor == inputs,
+		RenewAt:     cur.RenewAt,
+		SpecChanged: obj.Generation != obj.Status.ObservedGeneration,
+	}
+	if obj.Status.FailedAttempts > 0 && obj.Status.RenewalTime != nil {
+		t := obj.Status.RenewalTime.Time
+		in.RetryAt = &t
+	}
+	return in
+}
+
+// obtain reads the client secret and asks Keycloak for a token.
+func (r *MLflowAccessTokenReconciler) obtain(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) (*keycloak.Token, time.Time, *failure) {
+	creds, ferr := r.clientCredentials(ctx, obj)
+	if ferr != nil {
+		return nil, time.Time{}, ferr
+	}
+	kctx, cancel := context.WithTimeout(ctx, r.KeycloakTimeout)
+	defer cancel()
+	// The lifetime is counted from before the request: the token cannot expire later than
+	// sent-time + expires_in by our clock.
+	issuedAt := r.now()
+	ep := keycloak.Endpoint{URL: obj.Spec.Keycloak.URL, Realm: obj.Spec.Keycloak.Realm}
+	var tok *keycloak.Token
+	var err error
+	switch obj.Spec.Grant.Type {
+	case authv1alpha1.GrantClientCredentials:
+		tok, err = r.Keycloak.ClientCredentials(kctx, ep, creds, obj.Spec.Grant.Scopes)
+	default:
+		return nil, time.Time{}, &failure{Reason: authv1alpha1.ReasonUnsupportedGrant, Message: fmt.Sprintf("grant type %q is not supported by this operator version", obj.Spec.Grant.Type)}
+	}
+	if err != nil {
+		return nil, time.Time{}, &failure{Reason: string(keycloak.ReasonOf(err)), Message: err.Error()}
+	}
+	return tok, issuedAt, nil
+}
+
+// clientCredentials reads the client secret through the uncached reader: the cache holds only
+// the operator's own Secrets, and a user's credentials should not sit in memory longer than needed.
+func (r *MLflowAccessTokenReconciler) clientCredentials(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) (keycloak.Credentials, *failure) {
+	ref := obj.Spec.Keycloak.ClientSecretRef
+	key := ref.Key
+	if key == "" {
+		key = "client-secret"
+	}
+	s := &corev1.Secret{}
+	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, s); err != nil {
+		if apierrors.IsNotFound(err) {
+			return keycloak.Credentials{}, &failure{Reason: authv1alpha1.ReasonClientSecretNotFound,
+				Message: fmt.Sprintf("Secret %q (keycloak.clientSecretRef) does not exist in namespace %s", ref.Name, obj.Namespace)}
+		}
+		return keycloak.Credentials{}, asFailure(err)
+	}
+	v, ok := s.Data[key]
+	if !ok {
+		return keycloak.Credentials{}, &failure{Reason: authv1alpha1.ReasonClientSecretNotFound,
+			Message: fmt.Sprintf("Secret %q has no key %q (keycloak.clientSecretRef.key); it has keys %v", ref.Name, key, keysOf(s.Data))}
+	}
+	if len(v) == 0 {
+		return keycloak.Credentials{}, &failure{Reason: authv1alpha1.ReasonInvalidClientSecret,
+			Message: fmt.Sprintf("key %q of Secret %q is empty", key, ref.Name)}
+	}
+	return keycloak.Credentials{ClientID: obj.Spec.Keycloak.ClientID, ClientSecret: string(v)}, nil
+}
+
+// schedule turns a token response into the state recorded in the Secret. The renewal time,
+// with its jitter, is computed here once and stored.
+func (r *MLflowAccessTokenReconciler) schedule(obj *authv1alpha1.MLflowAccessToken, tok *keycloak.Token, issuedAt time.Time, inputs string) tokensecret.State {
+	expiresAt := issuedAt.Add(tok.ExpiresIn)
+	// Keycloak's own exp claim is usually the same second; when it is earlier (clock skew),
+	// trust the earlier one.
+	if c, err := keycloak.ParseClaims(tok.AccessToken); err == nil && !c.ExpiresAt.IsZero() && c.ExpiresAt.Before(expiresAt) && c.ExpiresAt.After(issuedAt) {
+		expiresAt = c.ExpiresAt
+	}
+	expiresAt = expiresAt.Truncate(time.Second)
+	var rb *time.Duration
+	if obj.Spec.RenewBefore != nil {
+		d := obj.Spec.RenewBefore.Duration
+		rb = &d
+	}
+	sched := renewal.RenewalTime(issuedAt, expiresAt, rb, r.rand())
+	return tokensecret.State{
+		AccessToken: tok.AccessToken,
+		IssuedAt:    issuedAt.Truncate(time.Second),
+		ExpiresAt:   expiresAt,
+		RenewAt:     sched.RenewAt,
+		IssuedFor:   inputs,
+	}
+}
+
+// ownedSecret returns the Secret called name if this resource may write it: nil when it does
+// not exist, a SecretConflict failure when it belongs to someone else.
+func (r *MLflowAccessTokenReconciler) ownedSecret(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, name string, reader client.Reader) (*corev1.Secret, error) {
+	s := &corev1.Secret{}
+	err := reader.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: name}, s)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !metav1.IsControlledBy(s, obj) {
+		return nil, conflict(obj, name)
+	}
+	return s, nil
+}
+
+func conflict(obj *authv1alpha1.MLflowAccessToken, name string) *failure {
+	return &failure{Reason: authv1alpha1.ReasonSecretConflict,
+		Message: fmt.Sprintf("Secret %q exists and is not owned by this MLflowAccessToken; delete it or choose another spec.secretName", name)}
+}
+
+// writeSecret creates the Secret or updates it in place. It never deletes and re-creates it:
+// a mounted volume follows updates of the Secret it was created from, not a new one.
+func (r *MLflowAccessTokenReconciler) writeSecret(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, existing *corev1.Secret, name string, st tokensecret.State) error {
+	if existing == nil {
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: obj.Namespace}}
+		tokensecret.Apply(s, obj, st)
+		if err := controllerutil.SetControllerReference(obj, s, r.Scheme()); err != nil {
+			return err
+		}
+		err := r.Create(ctx, s)
+		if apierrors.IsAlreadyExists(err) {
+			// The cache cannot see Secrets without our label: look it up directly.
+			found, gerr := r.ownedSecret(ctx, obj, name, r.APIReader)
+			if gerr != nil {
+				return gerr
+			}
+			if found == nil {
+				return err
+			}
+			existing = found // ours, but its label was removed: adopt it below.
+		} else {
+			return err
+		}
+	}
+	s := existing.DeepCopy()
+	if !tokensecret.Apply(s, obj, st) {
+		return nil
+	}
+	return r.Update(ctx, s)
+}
+
+// deleteOwnedSecret removes a Secret this resource wrote before spec.secretName changed.
+func (r *MLflowAccessTokenReconciler) deleteOwnedSecret(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, name string) {
+	s, err := r.ownedSecret(ctx, obj, name, r.APIReader)
+	if err != nil || s == nil {
+		return
+	}
+	if err := r.Delete(ctx, s, client.Preconditions{UID: &s.UID}); err != nil && !apierrors.IsNotFound(err) {
+		log.FromContext(ctx).Info("Could not delete the previous Secret", "secret", name, "error", err.Error())
+	}
+}
+
+// markValid records a good token in status.
+func (r *MLflowAccessTokenReconciler) markValid(obj *authv1alpha1.MLflowAccessToken, st tokensecret.State) {
+	s := &obj.Status
+	s.SecretName = obj.SecretNameOrDefault()
+	s.IssuedAt = timePtr(st.IssuedAt)
+	s.ExpiresAt = timePtr(st.ExpiresAt)
+	s.RenewalTime = timePtr(st.RenewAt)
+	s.Token = tokenInfo(st.AccessToken)
+	if s.FailedAttempts == 0 {
+		setCondition(obj, authv1alpha1.ConditionReady, true, authv1alpha1.ReasonTokenValid,
+			fmt.Sprintf("Token in Secret %s is valid until %s; renewal at %s", s.SecretName,
+				st.ExpiresAt.UTC().Format(time.RFC3339), st.RenewAt.UTC().Format(time.RFC3339)))
+		setCondition(obj, authv1alpha1.ConditionRenewalFailing, false, authv1alpha1.ReasonRenewalSucceeded, "The last attempt to obtain a token succeeded")
+	}
+}
+
+// fail records a failed attempt: conditions, an event, the failure count and the next retry
+// time (exponential backoff with jitter, stored so that it survives a restart). It returns nil
+// error and its own requeue so that failures do not flood the error log. A Secret holding a
+// valid token is left as it is.
+func (r *MLflowAccessTokenReconciler) fail(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, valid *tokensecret.State, f *failure) (ctrl.Result, error) {
+	if f.Reason == "" {
+		// Not classified: an API server error. Let controller-runtime retry with its rate limiter.
+		return ctrl.Result{}, f
+	}
+	now := r.now()
+	s := &obj.Status
+	s.FailedAttempts++
+	s.LastFailureTime = timePtr(now.Truncate(time.Second))
+
+	var exp *time.Time
+	if valid != nil {
+		exp = &valid.ExpiresAt
+	}
+	delay := r.Backoff.Delay(s.FailedAttempts, now, exp, r.rand())
+	retryAt := now.Add(delay).Truncate(time.Second)
+	s.RenewalTime = timePtr(retryAt)
+
+	setCondition(obj, authv1alpha1.ConditionRenewalFailing, true, f.Reason,
+		fmt.Sprintf("%s (attempt %d; next attempt at %s)", f.Message, s.FailedAttempts, retryAt.UTC().Format(time.RFC3339)))
+	if valid != nil {
+		setCondition(obj, authv1alpha1.ConditionReady, true, authv1alpha1.ReasonRenewalFailing,
+			fmt.Sprintf("Renewal failing (%s) but the token in Secret %s is valid until %s", f.Reason, obj.Status.SecretName,
+				valid.ExpiresAt.UTC().Format(time.RFC3339)))
+	} else {
+		msg := f.Message
+		if s.ExpiresAt != nil && !now.Before(s.ExpiresAt.Time) {
+			msg = fmt.Sprintf("the token expired at %s and no new one could be obtained: %s", s.ExpiresAt.UTC().Format(time.RFC3339), f.Message)
+		}
+		setCondition(obj, authv1alpha1.ConditionReady, false, f.Reason, msg)
+	}
+	r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, f.Reason, "Issue", "Renewal failed: %s", f.Message)
+	log.FromContext(ctx).Info("Could not obtain a token", "reason", f.Reason, "message", f.Message,
+		"failedAttempts", s.FailedAttempts, "retryIn", delay.String())
+	return ctrl.Result{RequeueAfter: retryAt.Sub(now)}, nil
+}
+
+// asFailure classifies errors that come from the API server or our own code.
+func asFailure(err error) *failure {
+	if f, ok := err.(*failure); ok {
+		return f
+	}
+	// An API error (conflict, throttling, server down): not the user's problem; retried by
+	// controller-runtime's rate limiter, nothing recorded.
+	return &failure{Message: err.Error()}
+}
+
+// inputsHash identifies the spec fields that shape the token; a change to any of them makes
+// the operator obtain a new token even when the current one is not due.
+func inputsHash(obj *authv1alpha1.MLflowAccessToken) string {
+	k := obj.Spec.Keycloak
+	scopes := slices.Clone(obj.Spec.Grant.Scopes)
+	slices.Sort(scopes)
+	b, _ := json.Marshal([]any{k.URL, k.Realm, k.ClientID, k.ClientSecretRef.Name, k.ClientSecretRef.Key, obj.Spec.Grant.Type, scopes})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+func tokenInfo(token string) *authv1alpha1.TokenInfo {
+	c, err := keycloak.ParseClaims(token)
+	if err != nil {
+		return nil
+	}
+	return &authv1alpha1.TokenInfo{
+		ID: c.ID, Issuer: c.Issuer, Subject: c.Subject, PreferredUsername: c.PreferredUsername,
+		AuthorizedParty: c.AuthorizedParty, Audience: c.Audience, Scope: c.Scope, Groups: c.Groups,
+	}
+}
+
+func setCondition(obj *authv1alpha1.MLflowAccessToken, typ string, status bool, reason, msg string) {
+	st := metav1.ConditionFalse
+	if status {
+		st = metav1.ConditionTrue
+	}
+	if len(msg) > 1024 {
+		msg = msg[:1024]
+	}
+	meta.SetStatusCondition(&obj.Status.Conditions, metav1.Condition{
+		Type: typ, Status: st, Reason: reason, Message: msg, ObservedGeneration: obj.Generation,
+	})
+}
+
+func timePtr(t time.Time) *metav1.Time {
+	mt := metav1.NewTime(t.UTC())
+	return &mt
+}
+
+func keysOf(m map[string][]byte) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}

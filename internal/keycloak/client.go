@@ -1,0 +1,297 @@
+// Package keycloak obtains and revokes tokens at a Keycloak realm. It hides gocloak behind a
+// small interface so that the controller can be tested, and it turns Keycloak's answers into
+// errors a person can act on (see Error and its Reason).
+package keycloak
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/Nerzal/gocloak/v13"
+	"github.com/go-resty/resty/v2"
+)
+
+// Endpoint names a realm of a Keycloak server.
+type Endpoint struct {
+	// URL is Keycloak's base URL, e.g. https://keycloak.example.com.
+	URL string
+	// Realm is the realm name.
+	Realm string
+}
+
+// Credentials authenticate a confidential client.
+type Credentials struct {
+	ClientID     string
+	ClientSecret string
+}
+
+// Token is what Keycloak's token endpoint returned. It holds secrets: never log it.
+type Token struct {
+	AccessToken      string
+	RefreshToken     string
+	ExpiresIn        time.Duration
+	RefreshExpiresIn time.Duration
+	Scope            string
+	SessionState     string
+}
+
+// Client talks to Keycloak for the controller.
+type Client interface {
+	// ClientCredentials obtains a token for the client's service account.
+	ClientCredentials(ctx context.Context, ep Endpoint, creds Credentials, scopes []string) (*Token, error)
+	// Revoke revokes a token (RFC 7009). tokenTypeHint is "access_token" or "refresh_token".
+	Revoke(ctx context.Context, ep Endpoint, creds Credentials, token, tokenTypeHint string) error
+}
+
+// Options configure the HTTP side of the client.
+type Options struct {
+	// Timeout bounds each HTTP request (gocloak has no timeout of its own).
+	Timeout time.Duration
+	// MaxResponseBytes caps how much of a response body is read.
+	MaxResponseBytes int
+	// TLSConfig, when set, is used for https (nil: system roots).
+	TLSConfig *tls.Config
+}
+
+// DefaultOptions are used for zero fields of Options.
+var DefaultOptions = Options{Timeout: 10 * time.Second, MaxResponseBytes: 1 << 20}
+
+// GoCloak implements Client with gocloak. It keeps one gocloak client per base URL, all
+// sharing one resty client and so one pool of keep-alive connections.
+type GoCloak struct {
+	resty   *resty.Client
+	mu      sync.Mutex
+	clients map[string]*gocloak.GoCloak
+}
+
+var _ Client = (*GoCloak)(nil)
+
+// NewGoCloak returns a Client backed by gocloak.
+func NewGoCloak(opts Options) *GoCloak {
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultOptions.Timeout
+	}
+	if opts.MaxResponseBytes <= 0 {
+		opts.MaxResponseBytes = DefaultOptions.MaxResponseBytes
+	}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.MaxIdleConnsPerHost = 64
+	transport.ResponseHeaderTimeout = opts.Timeout
+	if opts.TLSConfig != nil {
+		transport.TLSClientConfig = opts.TLSConfig
+	}
+	r := resty.New().
+		SetTransport(transport).
+		SetTimeout(opts.Timeout).
+		SetResponseBodyLimit(opts.MaxResponseBytes).
+		SetRedirectPolicy(resty.NoRedirectPolicy())
+	return &GoCloak{resty: r, clients: map[string]*gocloak.GoCloak{}}
+}
+
+func (g *GoCloak) client(baseURL string) *gocloak.GoCloak {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	c, ok := g.clients[baseURL]
+	if !ok {
+		c = gocloak.NewClient(baseURL)
+		c.SetRestyClient(g.resty)
+		g.clients[baseURL] = c
+	}
+	return c
+}
+
+func realmURL(ep Endpoint, path string) string {
+	return strings.TrimRight(ep.URL, "/") + "/realms/" + url.PathEscape(ep.Realm) + path
+}
+
+// ClientCredentials implements Client.
+//
+// The client's credentials travel in the form body (client_secret_post), not in a Basic
+// header: gocloak does not URL-encode Basic credentials, so secrets with '%', '+', '&' ...
+// would fail with a misleading "invalid client credentials".
+func (g *GoCloak) ClientCredentials(ctx context.Context, ep Endpoint, creds Credentials, scopes []string) (*Token, error) {
+	form := map[string]string{
+		"grant_type":    "client_credentials",
+		"client_id":     creds.ClientID,
+		"client_secret": creds.ClientSecret,
+	}
+	if len(scopes) > 0 {
+		form["scope"] = strings.Join(scopes, " ")
+	}
+	var jwt gocloak.JWT
+	resp, err := g.client(ep.URL).GetRequest(ctx).
+		SetFormData(form).
+		SetResult(&jwt).
+		Post(realmURL(ep, "/protocol/openid-connect/token"))
+	if err := classify(ctx, resp, err, "token request"); err != nil {
+		return nil, err
+	}
+	return tokenFrom(&jwt)
+}
+
+// Revoke implements Client. Keycloak answers 200 also for unknown or already revoked tokens,
+// so revoking twice is harmless.
+func (g *GoCloak) Revoke(ctx context.Context, ep Endpoint, creds Credentials, token, tokenTypeHint string) error {
+	form := map[string]string{
+		"client_id":     creds.ClientID,
+		"client_secret": creds.ClientSecret,
+		"token":         token,
+	}
+	if tokenTypeHint != "" {
+		form["token_type_hint"] = tokenTypeHint
+	}
+	resp, err := g.client(ep.URL).GetRequest(ctx).
+		SetFormData(form).
+		Post(realmURL(ep, "/protocol/openid-connect/revoke"))
+	return classify(ctx, resp, err, "revocation")
+}
+
+// maxExpiresIn bounds what we believe of expires_in: a token claiming to live longer than a
+// year is treated as a broken response rather than scheduled a year ahead.
+const maxExpiresIn = 366 * 24 * time.Hour
+
+func tokenFrom(j *gocloak.JWT) (*Token, error) {
+	if j.AccessToken == "" {
+		return nil, &Error{Reason: ReasonInvalidResponse, Message: "Keycloak's token response holds no access_token"}
+	}
+	if !strings.EqualFold(j.TokenType, "bearer") && j.TokenType != "" {
+		return nil, &Error{Reason: ReasonInvalidResponse, Message: fmt.Sprintf("Keycloak returned a token of type %q, expected Bearer", truncate(j.TokenType, 32))}
+	}
+	exp := time.Duration(j.ExpiresIn) * time.Second
+	if j.ExpiresIn <= 0 || exp > maxExpiresIn {
+		return nil, &Error{Reason: ReasonInvalidResponse, Message: fmt.Sprintf("Keycloak's token response has an unusable expires_in of %d seconds", j.ExpiresIn)}
+	}
+	refreshExp := time.Duration(j.RefreshExpiresIn) * time.Second
+	if refreshExp < 0 || refreshExp > maxExpiresIn {
+		refreshExp = 0
+	}
+	return &Token{
+		AccessToken:      j.AccessToken,
+		RefreshToken:     j.RefreshToken,
+		ExpiresIn:        exp,
+		RefreshExpiresIn: refreshExp,
+		Scope:            j.Scope,
+		SessionState:     j.SessionState,
+	}, nil
+}
+
+// Reason classifies a failure; the controller maps it onto a condition reason.
+type Reason string
+
+// Failure reasons.
+const (
+	ReasonInvalidClientCredentials Reason = "InvalidClientCredentials"
+	ReasonUnauthorizedClient       Reason = "UnauthorizedClient"
+	ReasonInvalidScope             Reason = "InvalidScope"
+	ReasonRealmNotFound            Reason = "RealmNotFound"
+	ReasonUnreachable              Reason = "KeycloakUnreachable"
+	ReasonTimeout                  Reason = "KeycloakTimeout"
+	ReasonServerError              Reason = "KeycloakError"
+	ReasonInvalidResponse          Reason = "InvalidTokenResponse"
+)
+
+// Error is a classified Keycloak failure. Its message never contains credentials or tokens.
+type Error struct {
+	Reason Reason
+	// StatusCode is the HTTP status, 0 for transport failures.
+	StatusCode int
+	Message    string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// ReasonOf returns the Reason of a Keycloak error, or ReasonServerError for others.
+func ReasonOf(err error) Reason {
+	var ke *Error
+	if errors.As(err, &ke) {
+		return ke.Reason
+	}
+	return ReasonServerError
+}
+
+func classify(ctx context.Context, resp *resty.Response, err error, what string) error {
+	if err != nil {
+		return transportError(ctx, err, what)
+	}
+	if resp == nil {
+		return &Error{Reason: ReasonServerError, Message: what + ": no response from Keycloak"}
+	}
+	code := resp.StatusCode()
+	if code >= 200 && code < 300 {
+		return nil
+	}
+	var oauthErr, desc string
+	if e, ok := resp.Error().(*gocloak.HTTPErrorResponse); ok && e != nil {
+		oauthErr = truncate(e.Error, 64)
+		desc = truncate(firstNonEmpty(e.Description, e.Message), 200)
+	}
+	detail := resp.Status()
+	if oauthErr != "" || desc != "" {
+		detail = fmt.Sprintf("%d %s", code, strings.TrimSpace(oauthErr+": "+desc))
+	}
+	switch {
+	case code == http.StatusNotFound:
+		return &Error{Reason: ReasonRealmNotFound, StatusCode: code,
+			Message: fmt.Sprintf("%s: Keycloak answered %s: the realm does not exist or the URL is not Keycloak's base URL", what, detail)}
+	case oauthErr == "invalid_scope":
+		return &Error{Reason: ReasonInvalidScope, StatusCode: code,
+			Message: fmt.Sprintf("%s: Keycloak rejected the requested scopes (%s)", what, detail)}
+	case oauthErr == "invalid_client" || (code == http.StatusUnauthorized && strings.Contains(strings.ToLower(desc), "invalid client")):
+		return &Error{Reason: ReasonInvalidClientCredentials, StatusCode: code,
+			Message: fmt.Sprintf("%s: Keycloak rejected the client ID or secret (%s)", what, detail)}
+	case oauthErr == "unauthorized_client" || code == http.StatusUnauthorized || code == http.StatusForbidden:
+		return &Error{Reason: ReasonUnauthorizedClient, StatusCode: code,
+			Message: fmt.Sprintf("%s: the client may not use this grant (%s); for client credentials enable \"Service accounts roles\" on the client", what, detail)}
+	case code >= 500:
+		return &Error{Reason: ReasonServerError, StatusCode: code,
+			Message: fmt.Sprintf("%s: Keycloak failed with %s", what, detail)}
+	default:
+		return &Error{Reason: ReasonServerError, StatusCode: code,
+			Message: fmt.Sprintf("%s: unexpected answer from Keycloak: %s", what, detail)}
+	}
+}
+
+func transportError(ctx context.Context, err error, what string) error {
+	var netErr net.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()):
+		return &Error{Reason: ReasonTimeout, Message: fmt.Sprintf("%s: Keycloak did not answer in time", what)}
+	case ctx.Err() != nil:
+		return &Error{Reason: ReasonTimeout, Message: fmt.Sprintf("%s: cancelled: %v", what, ctx.Err())}
+	}
+	return &Error{Reason: ReasonUnreachable, Message: fmt.Sprintf("%s: cannot reach Keycloak: %s", what, describeTransport(err))}
+}
+
+// describeTransport renders a transport error without the request's form data (Go's url.Error
+// carries only method and URL, and our URLs hold no credentials).
+func describeTransport(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return truncate(ue.Err.Error(), 300)
+	}
+	return truncate(err.Error(), 300)
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
