@@ -219,6 +219,14 @@ func ReasonOf(err error) Reason {
 
 func classify(ctx context.Context, resp *resty.Response, err error, what string) error {
 	if err != nil {
+		switch {
+		case errors.Is(err, resty.ErrResponseBodyTooLarge):
+			return &Error{Reason: ReasonInvalidResponse, Message: what + ": Keycloak's response is larger than the size limit"}
+		case resp != nil && resp.RawResponse != nil && resp.StatusCode() >= 200 && resp.StatusCode() < 300:
+			// An answer arrived but could not be decoded (truncated or not JSON).
+			return &Error{Reason: ReasonInvalidResponse, StatusCode: resp.StatusCode(),
+				Message: fmt.Sprintf("%s: Keycloak's answer is not a valid token response (%s)", what, truncate(err.Error(), 120))}
+		}
 		return transportError(ctx, err, what)
 	}
 	if resp == nil {

@@ -1,0 +1,122 @@
+package renewal
+
+import (
+	"testing"
+	"time"
+
+	clocktesting "k8s.io/utils/clock/testing"
+)
+
+var t0 = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+
+func dur(d time.Duration) *time.Duration { return &d }
+
+func TestRenewalTime(t *testing.T) {
+	tests := []struct {
+		name        string
+		issued      time.Time
+		lifetime    time.Duration
+		renewBefore *time.Duration
+		rnd         float64
+		want        time.Time
+		wantNote    bool
+	}{
+		{name: "default two thirds, no jitter", issued: t0, lifetime: 300 * time.Second, rnd: 0, want: t0.Add(200 * time.Second)},
+		{name: "default with max jitter subtracts just under 10%", issued: t0, lifetime: 300 * time.Second, rnd: 0.999999, want: t0.Add(170 * time.Second)},
+		{name: "default with half jitter", issued: t0, lifetime: 300 * time.Second, rnd: 0.5, want: t0.Add(185 * time.Second)},
+		{name: "renewBefore", issued: t0, lifetime: 300 * time.Second, renewBefore: dur(60 * time.Second), rnd: 0, want: t0.Add(240 * time.Second)},
+		{name: "renewBefore with jitter", issued: t0, lifetime: 300 * time.Second, renewBefore: dur(60 * time.Second), rnd: 0.5, want: t0.Add(225 * time.Second)},
+		{name: "tiny renewBefore is held back by the floor", issued: t0, lifetime: 300 * time.Second, renewBefore: dur(time.Second), rnd: 0, want: t0.Add(295 * time.Second)},
+		{name: "renewBefore not shorter than lifetime renews after a third", issued: t0, lifetime: 300 * time.Second, renewBefore: dur(10 * time.Minute), rnd: 0, want: t0.Add(100 * time.Second), wantNote: true},
+		{name: "short lifetime floor shrinks to a tenth", issued: t0, lifetime: 12 * time.Second, renewBefore: dur(100 * time.Millisecond), rnd: 0, want: t0.Add(10 * time.Second)},
+		{name: "truncated to whole seconds", issued: t0.Add(700 * time.Millisecond), lifetime: 300 * time.Second, rnd: 0, want: t0.Add(200 * time.Second)},
+		{name: "zero lifetime renews now", issued: t0, lifetime: 0, want: t0, wantNote: true},
+		{name: "out of range rnd means no jitter", issued: t0, lifetime: 300 * time.Second, rnd: 7, want: t0.Add(200 * time.Second)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := RenewalTime(tt.issued, tt.issued.Add(tt.lifetime), tt.renewBefore, tt.rnd)
+			if !got.RenewAt.Equal(tt.want) {
+				t.Errorf("RenewAt = %s, want %s", got.RenewAt, tt.want)
+			}
+			if (got.Note != "") != tt.wantNote {
+				t.Errorf("Note = %q, wantNote %v", got.Note, tt.wantNote)
+			}
+		})
+	}
+}
+
+// Over many random draws the renewal time stays in [2/3 L - 10% L, 2/3 L], a whole second,
+// and never later than expiry minus the floor.
+func TestRenewalTimeJitterBounds(t *testing.T) {
+	for _, lifetime := range []time.Duration{12 * time.Second, 30 * time.Second, 5 * time.Minute, 10 * time.Hour} {
+		lo := t0.Add(time.Duration(float64(lifetime)*(DefaultFraction-JitterFraction)) - time.Second)
+		hi := t0.Add(time.Duration(float64(lifetime) * DefaultFraction))
+		seen := map[time.Time]bool{}
+		for i := range 1000 {
+			rnd := float64(i) / 1000
+			got := RenewalTime(t0, t0.Add(lifetime), nil, rnd).RenewAt
+			if got.Before(lo) || got.After(hi) {
+				t.Fatalf("lifetime %s rnd %v: %s outside [%s, %s]", lifetime, rnd, got, lo, hi)
+			}
+			if got.Nanosecond() != 0 {
+				t.Fatalf("not truncated: %s", got)
+			}
+			floor := min(ExpiryFloor, lifetime/10)
+			if got.After(t0.Add(lifetime - floor)) {
+				t.Fatalf("later than expiry minus floor: %s", got)
+			}
+			seen[got] = true
+		}
+		if lifetime >= 5*time.Minute && len(seen) < 10 {
+			t.Errorf("lifetime %s: jitter produced only %d distinct times", lifetime, len(seen))
+		}
+	}
+}
+
+func TestBackoffDelay(t *testing.T) {
+	b := Backoff{Initial: 2 * time.Second, Max: time.Minute}
+	far := t0.Add(time.Hour)
+	tests := []struct {
+		failures int32
+		exp      *time.Time
+		rnd      float64
+		want     time.Duration
+	}{
+		{failures: 0, want: 2 * time.Second},
+		{failures: 1, want: 2 * time.Second},
+		{failures: 2, want: 4 * time.Second},
+		{failures: 5, want: 32 * time.Second},
+		{failures: 6, want: time.Minute},
+		{failures: 1000, want: time.Minute},
+		{failures: 6, exp: &far, want: time.Minute},
+		{failures: 3, rnd: 0.999, want: 6 * time.Second}, // 8s * (1 - 0.25*0.999) = 6.0s, truncated
+	}
+	for _, tt := range tests {
+		if got := b.Delay(tt.failures, t0, tt.exp, tt.rnd); got != tt.want {
+			t.Errorf("Delay(%d, rnd %v) = %s, want %s", tt.failures, tt.rnd, got, tt.want)
+		}
+	}
+}
+
+// The cap keeps several retries inside the remaining life of a still-valid token.
+func TestBackoffCappedByRemainingLifetime(t *testing.T) {
+	b := DefaultBackoff
+	clk := clocktesting.NewFakeClock(t0)
+	exp := t0.Add(40 * time.Second)
+	attempts := 0
+	for f := int32(1); clk.Now().Before(exp); f++ {
+		d := b.Delay(f, clk.Now(), &exp, 0.5)
+		if d < MinRetry {
+			t.Fatalf("delay %s below the minimum", d)
+		}
+		clk.Step(d)
+		attempts++
+	}
+	if attempts < 4 {
+		t.Errorf("only %d attempts before expiry, want at least 4", attempts)
+	}
+	if d := b.Delay(3, t0, &exp, 0); d > 10*time.Second {
+		t.Errorf("delay %s exceeds a quarter of the remaining 40s", d)
+	}
+}
