@@ -64,10 +64,9 @@ run: manifests generate ## Run the controller against the cluster in ~/.kube/con
 docker-build: ## Build the container image (needs a Docker engine).
 	docker build -t $(IMG) .
 
-.PHONY: build-installer
-build-installer: manifests generate ## Write dist/install.yaml (CRD, RBAC, Deployment).
-	mkdir -p dist
-	go run sigs.k8s.io/kustomize/kustomize/v5 build config/default > dist/install.yaml
+.PHONY: docker-build-stage
+docker-build-stage: ## Run the Dockerfile's build-stage command without Docker (static binary).
+	CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags="-s -w" -o bin/manager-static ./cmd
 
 ##@ Tools
 
