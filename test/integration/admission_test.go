@@ -1,0 +1,112 @@
+package integration
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// validSpec returns a spec the API server accepts; each case below breaks one thing.
+func validSpec() map[string]any {
+	return map[string]any{
+		"keycloak": map[string]any{
+			"url": "https://keycloak.example.com", "realm": "mlflow", "clientID": "mlflow-operator",
+			"clientSecretRef": map[string]any{"name": "kc-client", "key": "client-secret"},
+		},
+		"grant": map[string]any{"type": "ClientCredentials"},
+	}
+}
+
+func set(path string, v any) func(map[string]any) {
+	return func(spec map[string]any) {
+		parts := strings.Split(path, ".")
+		m := spec
+		for _, p := range parts[:len(parts)-1] {
+			next, ok := m[p].(map[string]any)
+			if !ok {
+				next = map[string]any{}
+				m[p] = next
+			}
+			m = next
+		}
+		if v == nil {
+			delete(m, parts[len(parts)-1])
+		} else {
+			m[parts[len(parts)-1]] = v
+		}
+	}
+}
+
+// Bad resources are rejected by the API server itself (OpenAPI schema + CEL), with a message
+// a person understands. kubectl applies with strict field validation, so unknown fields such
+// as a namespace on the Secret reference are rejected too.
+func TestAdmissionRejectsBadResources(t *testing.T) {
+	ns := newNamespace(t)
+	cases := []struct {
+		name    string
+		mutate  func(map[string]any)
+		wantMsg string
+	}{
+		{"ftp URL", set("keycloak.url", "ftp://keycloak.example.com"), "url must be an absolute http:// or https:// URL"},
+		{"URL without scheme", set("keycloak.url", "keycloak.example.com"), "url must be an absolute http:// or https:// URL"},
+		{"URL with realm path", set("keycloak.url", "https://kc.example.com/realms/mlflow"), "without the /realms/<realm> path"},
+		{"URL with query", set("keycloak.url", "https://kc.example.com/?x=1"), "must not carry a query"},
+		{"empty URL", set("keycloak.url", ""), "spec.keycloak.url"},
+		{"missing realm", set("keycloak.realm", nil), "spec.keycloak.realm: Required value"},
+		{"realm with slash", set("keycloak.realm", "a/b"), "spec.keycloak.realm"},
+		{"missing clientID", set("keycloak.clientID", nil), "spec.keycloak.clientID: Required value"},
+		{"missing secret name", set("keycloak.clientSecretRef.name", nil), "spec.keycloak.clientSecretRef.name: Required value"},
+		{"cross-namespace secret ref", set("keycloak.clientSecretRef.namespace", "other"), `unknown field "spec.keycloak.clientSecretRef.namespace"`},
+		{"unknown grant", set("grant.type", "Implicit"), `supported values: "ClientCredentials"`},
+		{"missing grant", set("grant", nil), "spec.grant: Required value"},
+		{"scope with a space", set("grant.scopes", []any{"openid profile"}), "spec.grant.scopes[0]"},
+		{"duplicate scopes", set("grant.scopes", []any{"openid", "openid"}), "Duplicate value"},
+		{"negative renewBefore", set("renewBefore", "-5m"), "spec.renewBefore"},
+		{"zero renewBefore", set("renewBefore", "0s"), "renewBefore must be a positive duration"},
+		{"word as renewBefore", set("renewBefore", "soon"), "spec.renewBefore"},
+		{"absurd renewBefore", set("renewBefore", "100000h"), "must not exceed 8760h"},
+		{"bad secretName", set("secretName", "Bad_Name"), "spec.secretName"},
+		{"tracking URI not a URL", set("mlflow.trackingURI", "mlflow:5000"), "trackingURI must be an absolute http:// or https:// URL"},
+		{"oversized clientID", set("keycloak.clientID", strings.Repeat("c", 300)), "spec.keycloak.clientID: Too long"},
+	}
+	if len(cases) < 10 {
+		t.Fatal("fewer than 10 kinds of mistake")
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := validSpec()
+			tc.mutate(spec)
+			u := &unstructured.Unstructured{Object: map[string]any{
+				"apiVersion": "auth.mlflow-token-operator.io/v1alpha1",
+				"kind":       "MLflowAccessToken",
+				"metadata":   map[string]any{"generateName": "bad-", "namespace": ns},
+				"spec":       spec,
+			}}
+			err := k8s.Create(context.Background(), u, client.FieldValidation("Strict"), client.DryRunAll)
+			if err == nil {
+				t.Fatalf("accepted: %v", spec)
+			}
+			if !strings.Contains(err.Error(), tc.wantMsg) {
+				t.Errorf("message %q does not contain %q", err.Error(), tc.wantMsg)
+			}
+		})
+	}
+
+	// And the valid one is accepted, with the key defaulted.
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "auth.mlflow-token-operator.io/v1alpha1", "kind": "MLflowAccessToken",
+		"metadata": map[string]any{"name": "good", "namespace": ns},
+		"spec":     validSpec(),
+	}}
+	set("keycloak.clientSecretRef.key", nil)(u.Object["spec"].(map[string]any))
+	if err := k8s.Create(context.Background(), u, client.FieldValidation("Strict"), client.DryRunAll); err != nil {
+		t.Fatalf("valid resource rejected: %v", err)
+	}
+	key, _, _ := unstructured.NestedString(u.Object, "spec", "keycloak", "clientSecretRef", "key")
+	if key != "client-secret" {
+		t.Errorf("clientSecretRef.key defaulted to %q", key)
+	}
+}

@@ -1,0 +1,202 @@
+package integration
+
+import (
+	"context"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
+)
+
+// The main promise: a client-credentials token from the real Keycloak lands in the Secret,
+// rotates before it expires, and is revoked when the resource is deleted.
+func TestClientCredentialsLifecycle(t *testing.T) {
+	ns := newNamespace(t)
+	createClientSecret(t, ns, "kc-client", clientSecret)
+	obj := newToken(ns, "train", func(o *authv1alpha1.MLflowAccessToken) {
+		o.Labels = map[string]string{"argocd.argoproj.io/instance": "team-a"}
+		o.Spec.SecretName = "train-token"
+		o.Spec.SecretTemplate = &authv1alpha1.SecretTemplate{Labels: map[string]string{"team": "a"}}
+		o.Spec.MLflow = &authv1alpha1.MLflowSpec{TrackingURI: "http://127.0.0.1:5000"}
+	})
+	create(t, obj)
+
+	obj = waitReady(t, ns, "train", 30*time.Second)
+	s := getSecret(t, ns, "train-token")
+	if s == nil {
+		t.Fatal("Secret not created")
+	}
+
+	// The Secret: our label and the template's, not the resource's; owned by the resource.
+	if s.Labels[tokensecret.LabelManagedBy] != tokensecret.ManagedByValue || s.Labels["team"] != "a" {
+		t.Errorf("Secret labels = %v", s.Labels)
+	}
+	if _, copied := s.Labels["argocd.argoproj.io/instance"]; copied {
+		t.Error("the resource's labels were copied onto the Secret")
+	}
+	if ref := metav1.GetControllerOf(s); ref == nil || ref.UID != obj.UID {
+		t.Errorf("Secret controller reference = %+v", ref)
+	}
+	if string(s.Data["MLFLOW_TRACKING_URI"]) != "http://127.0.0.1:5000" ||
+		string(s.Data["MLFLOW_TRACKING_TOKEN"]) != secretToken(s) {
+		t.Errorf("Secret keys wrong: %v", keys(s.Data))
+	}
+
+	// The token is a JWT for our client whose exp matches status.expiresAt.
+	claims := jwtPayload(t, secretToken(s))
+	if claims["azp"] != clientID {
+		t.Errorf("azp = %v, want %s", claims["azp"], clientID)
+	}
+	exp := int64(claims["exp"].(float64))
+	if d := exp - obj.Status.ExpiresAt.Unix(); d < 0 || d > 1 {
+		t.Errorf("JWT exp %d vs status.expiresAt %s: off by %ds", exp, obj.Status.ExpiresAt, d)
+	}
+	if string(s.Data["expiresAt"]) != obj.Status.ExpiresAt.UTC().Format(time.RFC3339) {
+		t.Errorf("Secret expiresAt %q vs status %s", s.Data["expiresAt"], obj.Status.ExpiresAt)
+	}
+	if obj.Status.Token == nil || obj.Status.Token.PreferredUsername != "service-account-"+clientID ||
+		obj.Status.Token.AuthorizedParty != clientID || obj.Status.Token.ID != claims["jti"] {
+		t.Errorf("status.token = %+v", obj.Status.Token)
+	}
+	if !contains(obj.Status.Token.Audience, "mlflow") {
+		t.Errorf("status.token.audience = %v, want it to contain mlflow (audience mapper)", obj.Status.Token.Audience)
+	}
+	checkRenewalWindow(t, obj)
+	if !introspect(t, secretToken(s)) {
+		t.Error("the issued token is not active at Keycloak")
+	}
+
+	// At least three rotations, each a different token, each before the previous expired,
+	// and the Secret updated in place (same UID).
+	seen := map[string]bool{secretToken(s): true}
+	uid := s.UID
+	prevExp := obj.Status.ExpiresAt.Time
+	for i := range 3 {
+		var next string
+		eventually(t, waitForRotation, "rotation", func() (bool, string) {
+			cur := getSecret(t, ns, "train-token")
+			next = secretToken(cur)
+			return next != "" && !seen[next], "token unchanged"
+		})
+		if time.Now().After(prevExp) {
+			t.Errorf("rotation %d happened after the previous token expired at %s", i+1, prevExp)
+		}
+		seen[next] = true
+		cur := getSecret(t, ns, "train-token")
+		if cur.UID != uid {
+			t.Fatalf("the Secret was re-created (UID %s → %s); it must be updated in place", uid, cur.UID)
+		}
+		obj = waitReady(t, ns, "train", 10*time.Second)
+		prevExp = obj.Status.ExpiresAt.Time
+	}
+	obj = get(t, ns, "train")
+	if obj.Status.Rotations < 4 {
+		t.Errorf("status.rotations = %d, want ≥ 4", obj.Status.Rotations)
+	}
+	t.Logf("rotations seen: %d", len(seen))
+
+	// Delete: the last token is revoked (inactive at Keycloak), the Secret is gone.
+	last := secretToken(getSecret(t, ns, "train-token"))
+	deleteAndWait(t, obj, 30*time.Second)
+	if introspect(t, last) {
+		t.Error("the last token is still active after the resource was deleted")
+	}
+	if getSecret(t, ns, "train-token") != nil {
+		t.Error("the Secret still exists after the resource was deleted")
+	}
+	if getSecret(t, ns, "kc-client") == nil {
+		t.Error("the user's client secret was deleted")
+	}
+}
+
+// checkRenewalWindow asserts the renewal time lies in the default window: two thirds of the
+// lifetime minus at most 10% jitter, truncated to seconds.
+func checkRenewalWindow(t *testing.T, obj *authv1alpha1.MLflowAccessToken) {
+	t.Helper()
+	st := obj.Status
+	life := st.ExpiresAt.Sub(st.IssuedAt.Time).Seconds()
+	got := st.RenewalTime.Sub(st.IssuedAt.Time).Seconds()
+	lo, hi := math.Floor(life*(2.0/3-0.1))-1, math.Ceil(life*2.0/3)+1
+	if got < lo || got > hi {
+		t.Errorf("renewal %.0fs after issue, want within [%.0f, %.0f] for a %.0fs lifetime", got, lo, hi, life)
+	}
+}
+
+func TestWrongClientSecret(t *testing.T) {
+	ns := newNamespace(t)
+	createClientSecret(t, ns, "kc-client", "not-the-secret")
+	create(t, newToken(ns, "bad"))
+	obj := waitReason(t, ns, "bad", authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonInvalidClientCredentials, 30*time.Second)
+	if c := cond(obj, authv1alpha1.ConditionRenewalFailing); c == nil || c.Status != metav1.ConditionTrue {
+		t.Errorf("RenewalFailing = %+v", c)
+	}
+	if obj.Status.FailedAttempts < 1 || obj.Status.LastFailureTime == nil || obj.Status.RenewalTime == nil {
+		t.Errorf("failure bookkeeping missing: %+v", obj.Status)
+	}
+	if getSecret(t, ns, "bad") != nil {
+		t.Error("a Secret was written although no token was obtained")
+	}
+	// Backoff, not a hot loop: over 6 s with a 1 s → 3 s backoff there are at most ~5 attempts.
+	before := obj.Status.FailedAttempts
+	time.Sleep(6 * time.Second)
+	after := get(t, ns, "bad").Status.FailedAttempts
+	if after-before > 6 {
+		t.Errorf("%d attempts in 6 s: not backing off", after-before)
+	}
+	// Fixing the secret heals the resource without touching it.
+	s := getSecret(t, ns, "kc-client")
+	s.Data["client-secret"] = []byte(clientSecret)
+	if err := k8s.Update(context.Background(), s); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, ns, "bad", 30*time.Second)
+	deleteAndWait(t, get(t, ns, "bad"), 30*time.Second)
+}
+
+func TestMissingClientSecret(t *testing.T) {
+	ns := newNamespace(t)
+	create(t, newToken(ns, "nosecret"))
+	obj := waitReason(t, ns, "nosecret", authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonClientSecretNotFound, 30*time.Second)
+	if c := cond(obj, authv1alpha1.ConditionReady); c == nil || !strings.Contains(c.Message, `"kc-client"`) {
+		t.Errorf("message does not name the missing Secret: %+v", c)
+	}
+	if getSecret(t, ns, "nosecret") != nil {
+		t.Error("a Secret was written although no token was obtained")
+	}
+
+	// A Secret without the key is reported too, naming the keys it has.
+	if err := k8s.Create(context.Background(), &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "kc-client", Namespace: ns},
+		StringData: map[string]string{"clientSecret": clientSecret},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "missing-key message", func() (bool, string) {
+		c := cond(get(t, ns, "nosecret"), authv1alpha1.ConditionReady)
+		return c != nil && strings.Contains(c.Message, `has no key "client-secret"`) && strings.Contains(c.Message, "clientSecret"), c.Message
+	})
+	deleteAndWait(t, obj, 30*time.Second)
+}
+
+func keys[V any](m map[string]V) []string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	return ks
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
