@@ -48,7 +48,7 @@ test: ## Run the whole test suite (unit, API server, Keycloak integration).
 
 .PHONY: run-local
 run-local: ## Local API server + Keycloak + operator + sample resource; shows the Secret rotating.
-	hack/run-local.sh
+	hack/run-local.sh $(ARGS)
 
 ##@ Build
 

@@ -17,22 +17,15 @@ import (
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
-	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
-	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
-	"github.com/mlflow-token-operator/mlflow-token-operator/controllers"
-	kc "github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/manager"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/renewal"
-	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
 )
 
@@ -84,8 +77,6 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "FAIL: KEYCLOAK_HOME is not set: run the tests with `make test` (hack/keycloak.sh installs Keycloak)")
 		return 1
 	}
-	utilMust(clientgoscheme.AddToScheme(scheme))
-	utilMust(authv1alpha1.AddToScheme(scheme))
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -147,29 +138,14 @@ func run(m *testing.M) int {
 // backoffs so that failures and recoveries happen within a test's patience. All log levels
 // are captured.
 func startOperator(ctx context.Context, cfg *rest.Config) (func(), error) {
-	logger := zap.New(zap.WriteTo(io.MultiWriter(logs, os.Stderr)), zap.UseDevMode(true), zap.Level(zapcore.Level(-10)))
-	ctrl.SetLogger(logger)
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
-		Scheme:  scheme,
-		Metrics: metricsserver.Options{BindAddress: "0"},
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			&corev1.Secret{}: {Label: labels.SelectorFromSet(labels.Set{tokensecret.LabelManagedBy: tokensecret.ManagedByValue})},
-		}},
-		Logger: logger,
-	})
+	ctrl.SetLogger(zap.New(zap.WriteTo(io.MultiWriter(logs, os.Stderr)), zap.UseDevMode(true), zap.Level(zapcore.Level(-10))))
+	o := manager.Defaults()
+	o.MetricsAddr, o.ProbeAddr = "0", "0"
+	o.KeycloakTimeout = 5 * time.Second
+	o.RevocationTimeout = 20 * time.Second
+	o.Backoff = renewal.Backoff{Initial: time.Second, Max: 3 * time.Second}
+	mgr, err := manager.New(cfg, o)
 	if err != nil {
-		return nil, err
-	}
-	r := &controllers.MLflowAccessTokenReconciler{
-		Client:            mgr.GetClient(),
-		APIReader:         mgr.GetAPIReader(),
-		Recorder:          mgr.GetEventRecorder("mlflow-token-operator"),
-		Keycloak:          kc.NewGoCloak(kc.Options{Timeout: 5 * time.Second}),
-		Backoff:           renewal.Backoff{Initial: time.Second, Max: 3 * time.Second},
-		KeycloakTimeout:   5 * time.Second,
-		RevocationTimeout: 20 * time.Second,
-	}
-	if err := r.SetupWithManager(mgr, 4); err != nil {
 		return nil, err
 	}
 	mctx, cancel := context.WithCancel(ctx)
@@ -181,12 +157,6 @@ func startOperator(ctx context.Context, cfg *rest.Config) (func(), error) {
 		}
 	}()
 	return func() { cancel(); <-done }, nil
-}
-
-func utilMust(err error) {
-	if err != nil {
-		panic(err)
-	}
 }
 
 // newNamespace creates a namespace for one test.

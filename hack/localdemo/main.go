@@ -1,0 +1,223 @@
+// Command localdemo runs the operator's main job on a laptop with nothing but this repo:
+// a local API server (envtest's etcd + kube-apiserver from bin/k8s), a local Keycloak (from
+// bin/, with the test realm: 12-second tokens), the operator binary, and the sample resource.
+// It prints the Secret rotating until Ctrl-C (or -duration), then deletes the resource, which
+// revokes the token, and stops everything. Run it through `make run-local`.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/yaml"
+
+	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/manager"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
+)
+
+const (
+	// The sample resource points at this port and client; the realm fixture holds the secret.
+	keycloakPort = 18080
+	clientSecret = "mlflowOperatorTestSecret0001"
+	samplePath   = "config/samples/auth_v1alpha1_mlflowaccesstoken.yaml"
+	realmPath    = "test/keycloak/realm-mlflow.json"
+)
+
+func main() {
+	duration := flag.Duration("duration", 0, "Stop after watching this long (0: run until Ctrl-C). With a duration, exit non-zero unless the token rotated at least twice.")
+	managerBin := flag.String("manager", "bin/manager", "The operator binary.")
+	flag.Parse()
+	if err := run(*duration, *managerBin); err != nil {
+		fmt.Fprintln(os.Stderr, "localdemo:", err)
+		os.Exit(1)
+	}
+}
+
+func say(format string, args ...any) {
+	fmt.Printf("%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
+}
+
+func run(duration time.Duration, managerBin string) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" || keycloak.HomeFromEnv() == "" {
+		return fmt.Errorf("KUBEBUILDER_ASSETS and KEYCLOAK_HOME must be set; run `make run-local`")
+	}
+
+	say("Starting a local API server (etcd + kube-apiserver from %s)", os.Getenv("KUBEBUILDER_ASSETS"))
+	env := &envtest.Environment{CRDDirectoryPaths: []string{"config/crd/bases"}, ErrorIfCRDPathMissing: true}
+	cfg, err := env.Start()
+	if err != nil {
+		return fmt.Errorf("starting the API server: %w", err)
+	}
+	defer func() { _ = env.Stop(); say("API server stopped") }()
+	kubeconfig, _ := filepath.Abs("bin/local/kubeconfig")
+	if err := os.MkdirAll(filepath.Dir(kubeconfig), 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(kubeconfig, env.KubeConfig, 0o600); err != nil {
+		return err
+	}
+	say("API server at %s (kubeconfig: %s)", cfg.Host, kubeconfig)
+
+	say("Starting Keycloak on 127.0.0.1:%d with realm %s (tokens live 12 s)", keycloakPort, realmPath)
+	kctx, kcancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	kc, err := keycloak.Start(kctx, keycloak.Options{Home: keycloak.HomeFromEnv(), Port: keycloakPort, RealmFiles: []string{realmPath}})
+	kcancel()
+	if err != nil {
+		return fmt.Errorf("starting Keycloak: %w", err)
+	}
+	defer func() { kc.Close(); say("Keycloak stopped") }()
+	say("Keycloak ready at %s (admin console: admin/admin)", kc.URL())
+
+	say("Starting the operator: %s --kubeconfig %s", managerBin, kubeconfig)
+	op := exec.Command(managerBin, "--kubeconfig", kubeconfig, "--metrics-bind-address=0", "--health-probe-bind-address=0")
+	op.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	out, _ := op.StdoutPipe()
+	op.Stderr = op.Stdout
+	if err := op.Start(); err != nil {
+		return fmt.Errorf("starting the operator: %w", err)
+	}
+	go prefix("operator | ", out)
+	defer func() { _ = op.Process.Signal(syscall.SIGTERM); _ = op.Wait(); say("Operator stopped") }()
+
+	c, err := client.New(cfg, client.Options{Scheme: manager.Scheme()})
+	if err != nil {
+		return err
+	}
+	bg := context.Background()
+	if err := c.Create(bg, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "mlflow-operator-client", Namespace: "default"},
+		StringData: map[string]string{"client-secret": clientSecret},
+	}); err != nil {
+		return err
+	}
+	raw, err := os.ReadFile(samplePath)
+	if err != nil {
+		return err
+	}
+	sample := &unstructured.Unstructured{}
+	if err := yaml.Unmarshal(raw, &sample.Object); err != nil {
+		return err
+	}
+	sample.SetNamespace("default")
+	if err := c.Create(bg, sample, client.FieldValidation("Strict")); err != nil {
+		return fmt.Errorf("applying %s: %w", samplePath, err)
+	}
+	say("Applied %s; watching Secret %q (Ctrl-C to stop and clean up)", samplePath, "mlflow-token")
+
+	if duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, duration)
+		defer cancel()
+	}
+	rotations := watch(ctx, c, sample.GetName())
+
+	say("Deleting the MLflowAccessToken: the operator revokes the token and deletes the Secret")
+	obj := &authv1alpha1.MLflowAccessToken{}
+	key := types.NamespacedName{Namespace: "default", Name: sample.GetName()}
+	_ = c.Delete(bg, sample)
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if err := c.Get(bg, key, obj); apierrors.IsNotFound(err) {
+			break
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	printEvents(c, sample.GetName())
+	if s := (&corev1.Secret{}); c.Get(bg, types.NamespacedName{Namespace: "default", Name: "mlflow-token"}, s) == nil {
+		say("Secret still exists after deletion")
+	} else {
+		say("Secret mlflow-token deleted")
+	}
+	if duration > 0 && rotations < 2 {
+		return fmt.Errorf("saw %d rotations in %s, want at least 2", rotations, duration)
+	}
+	return nil
+}
+
+// watch prints the Secret and status whenever the token changes, and returns how many times
+// it rotated. Tokens are shown by a short SHA-256 fingerprint, never in clear.
+func watch(ctx context.Context, c client.Client, name string) int {
+	var last string
+	seen := 0
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return max(seen-1, 0)
+		case <-tick.C:
+		}
+		obj := &authv1alpha1.MLflowAccessToken{}
+		if err := c.Get(context.Background(), types.NamespacedName{Namespace: "default", Name: name}, obj); err != nil {
+			continue
+		}
+		s := &corev1.Secret{}
+		_ = c.Get(context.Background(), types.NamespacedName{Namespace: "default", Name: obj.SecretNameOrDefault()}, s)
+		tok := string(s.Data[tokensecret.KeyToken])
+		ready := meta.FindStatusCondition(obj.Status.Conditions, authv1alpha1.ConditionReady)
+		if tok == "" || tok == last || ready == nil || obj.Status.ExpiresAt == nil {
+			continue
+		}
+		last = tok
+		seen++
+		sum := sha256.Sum256([]byte(tok))
+		verb := "issued "
+		if seen > 1 {
+			verb = "rotated"
+		}
+		say("token %s #%d  sha256:%s…  user=%s  expires=%s  next renewal=%s  Ready=%s/%s",
+			verb, seen, hex.EncodeToString(sum[:4]), who(obj), obj.Status.ExpiresAt.Format("15:04:05"),
+			obj.Status.RenewalTime.Format("15:04:05"), ready.Status, ready.Reason)
+	}
+}
+
+func who(obj *authv1alpha1.MLflowAccessToken) string {
+	if obj.Status.Token == nil {
+		return "?"
+	}
+	return obj.Status.Token.PreferredUsername
+}
+
+func printEvents(c client.Client, name string) {
+	var evs corev1.EventList
+	if err := c.List(context.Background(), &evs, client.InNamespace("default")); err != nil {
+		return
+	}
+	for _, e := range evs.Items {
+		if e.InvolvedObject.Name == name && (e.Reason == "Revoked" || strings.HasPrefix(e.Reason, "Revocation")) {
+			say("event %s: %s", e.Reason, e.Message)
+		}
+	}
+}
+
+func prefix(p string, r io.Reader) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		fmt.Println(p + sc.Text())
+	}
+}

@@ -1,0 +1,110 @@
+// Package manager wires the operator: scheme, cache, reconciler. cmd/main.go, the local demo
+// and the integration tests all build the operator through New, so they run the same thing.
+package manager
+
+import (
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+	"github.com/mlflow-token-operator/mlflow-token-operator/controllers"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/renewal"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
+)
+
+// Options are the operator's tunables; cmd/main.go fills them from flags.
+type Options struct {
+	MetricsAddr             string
+	ProbeAddr               string
+	LeaderElection          bool
+	LeaderElectionNamespace string
+	// Concurrency is how many resources are reconciled in parallel.
+	Concurrency int
+	// QPS and Burst of the Kubernetes client (client-go's defaults of 5/10 throttle fleets).
+	QPS   float32
+	Burst int
+	// KeycloakTimeout bounds one exchange with Keycloak.
+	KeycloakTimeout time.Duration
+	// RevocationTimeout is how long deletion retries revocation.
+	RevocationTimeout time.Duration
+	// Backoff after failures.
+	Backoff renewal.Backoff
+}
+
+// Defaults returns the options cmd/main.go starts from.
+func Defaults() Options {
+	return Options{
+		MetricsAddr:       ":8080",
+		ProbeAddr:         ":8081",
+		Concurrency:       4,
+		QPS:               50,
+		Burst:             100,
+		KeycloakTimeout:   controllers.DefaultKeycloakTimeout,
+		RevocationTimeout: controllers.DefaultRevocationTimeout,
+		Backoff:           renewal.DefaultBackoff,
+	}
+}
+
+// Scheme holds the types the operator reads and writes.
+func Scheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(s))
+	utilruntime.Must(authv1alpha1.AddToScheme(s))
+	return s
+}
+
+// New builds a manager running the MLflowAccessToken controller.
+func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
+	cfg = rest.CopyConfig(cfg)
+	if o.QPS > 0 {
+		cfg.QPS, cfg.Burst = o.QPS, o.Burst
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                  Scheme(),
+		Metrics:                 metricsserver.Options{BindAddress: o.MetricsAddr},
+		HealthProbeBindAddress:  o.ProbeAddr,
+		LeaderElection:          o.LeaderElection,
+		LeaderElectionID:        "mlflow-token-operator.auth.mlflow-token-operator.io",
+		LeaderElectionNamespace: o.LeaderElectionNamespace,
+		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
+			// Cache only the Secrets we write, not every Secret in the cluster.
+			&corev1.Secret{}: {Label: labels.SelectorFromSet(labels.Set{tokensecret.LabelManagedBy: tokensecret.ManagedByValue})},
+		}},
+	})
+	if err != nil {
+		return nil, err
+	}
+	r := &controllers.MLflowAccessTokenReconciler{
+		Client:            mgr.GetClient(),
+		APIReader:         mgr.GetAPIReader(),
+		Recorder:          mgr.GetEventRecorder("mlflow-token-operator"),
+		Keycloak:          keycloak.NewGoCloak(keycloak.Options{Timeout: o.KeycloakTimeout}),
+		Backoff:           o.Backoff,
+		KeycloakTimeout:   o.KeycloakTimeout,
+		RevocationTimeout: o.RevocationTimeout,
+	}
+	if err := r.SetupWithManager(mgr, o.Concurrency); err != nil {
+		return nil, err
+	}
+	if o.ProbeAddr != "" && o.ProbeAddr != "0" {
+		if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+			return nil, err
+		}
+		if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+			return nil, err
+		}
+	}
+	return mgr, nil
+}
