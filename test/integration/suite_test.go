@@ -17,7 +17,6 @@ import (
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -43,7 +42,7 @@ var (
 	restCfg  *rest.Config
 	kcServer *keycloak.Server
 	logs     = &syncBuffer{}
-	scheme   = runtime.NewScheme()
+	scheme   = manager.Scheme()
 )
 
 // syncBuffer collects the operator's log output for the leak test.
