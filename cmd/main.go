@@ -25,6 +25,9 @@ func main() {
 	flag.DurationVar(&o.RevocationTimeout, "revocation-timeout", o.RevocationTimeout, "How long deletion retries revocation before it finishes without it (with a Warning event).")
 	flag.DurationVar(&o.Backoff.Initial, "min-retry-interval", o.Backoff.Initial, "Wait after the first failed attempt for a resource; doubles per failure.")
 	flag.DurationVar(&o.Backoff.Max, "max-retry-interval", o.Backoff.Max, "Longest wait between two failed attempts for one resource.")
+	flag.BoolVar(&o.VerifySessionRevocation, "verify-session-revocation", false, "At every deletion, check with Keycloak's admin API that the session ended, and delete it if not (the client's service account needs realm-management view-users and manage-users).")
+	flag.DurationVar(&o.OfflineIdleTimeout, "offline-idle-timeout", o.OfflineIdleTimeout, "The realms' offline session idle timeout: the end of an offline refresh chain when Keycloak reports none.")
+	flag.DurationVar(&o.RefreshChainWarning, "refresh-chain-warning", o.RefreshChainWarning, "RefreshChainExpiring turns True this long before a RefreshToken grant's chain ends.")
 	zopts := zap.Options{}
 	zopts.BindFlags(flag.CommandLine)
 	flag.Parse()

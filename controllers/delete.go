@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -28,7 +29,7 @@ func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *
 	}
 	logger := log.FromContext(ctx)
 
-	names := []string{obj.SecretNameOrDefault()}
+	names := []string{obj.SecretNameOrDefault(), tokensecret.StateSecretName(obj)}
 	if s := obj.Status.SecretName; s != "" && s != names[0] {
 		names = append(names, s)
 	}
@@ -84,34 +85,84 @@ func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *
 	return ctrl.Result{}, true, nil
 }
 
-// revokeAll revokes the unexpired access tokens held in the given Secrets.
+// revokeAll revokes what the resource holds at Keycloak: the refresh chain's token first (that
+// ends the session, online or offline), then the unexpired access tokens; with the admin API
+// check on, it then makes sure the session is gone, deleting it if not.
 func (r *MLflowAccessTokenReconciler) revokeAll(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, secrets []*corev1.Secret) *failure {
 	now := r.now()
-	var tokens []string
+	var access []string
 	for _, s := range secrets {
 		st, _ := tokensecret.Read(s)
 		if st.AccessToken == "" || (!st.ExpiresAt.IsZero() && !now.Before(st.ExpiresAt)) {
 			continue // nothing to revoke, or already expired
 		}
-		tokens = append(tokens, st.AccessToken)
+		access = append(access, st.AccessToken)
 	}
-	if len(tokens) == 0 {
+	stateSecret, err := r.stateSecret(ctx, obj)
+	if err != nil {
+		if f, ok := err.(*failure); ok {
+			return f
+		}
+		return &failure{Reason: authv1alpha1.ReasonRevocationFailing, Message: err.Error()}
+	}
+	chain := tokensecret.ReadChain(stateSecret)
+	sessionID, offline := obj.Status.SessionID, obj.Status.OfflineSession
+	if chain != nil {
+		sessionID, offline = firstNonEmpty(chain.SessionID, sessionID), chain.Offline || offline
+	}
+	verify := (r.VerifySessionRevocation || (obj.Spec.Revocation != nil && obj.Spec.Revocation.VerifySessionWithAdminAPI)) && sessionID != ""
+	if len(access) == 0 && (chain == nil || chain.RefreshToken == "") && !verify {
 		return nil
 	}
+
 	creds, ferr := r.clientCredentials(ctx, obj)
 	if ferr != nil {
 		return ferr
 	}
 	ep := keycloak.Endpoint{URL: obj.Spec.Keycloak.URL, Realm: obj.Spec.Keycloak.Realm}
-	for _, t := range tokens {
+	revoke := func(token, hint string) *failure {
 		kctx, cancel := context.WithTimeout(ctx, r.KeycloakTimeout)
-		err := r.Keycloak.Revoke(kctx, ep, creds, t, "access_token")
-		cancel()
-		if err != nil {
+		defer cancel()
+		if err := r.Keycloak.Revoke(kctx, ep, creds, token, hint); err != nil {
 			return &failure{Reason: string(keycloak.ReasonOf(err)), Message: err.Error()}
 		}
+		return nil
 	}
-	r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, "Revoked", "Revoke", "Revoked the access token at Keycloak")
-	log.FromContext(ctx).Info("Token revoked")
+	var what []string
+	if chain != nil && chain.RefreshToken != "" {
+		if f := revoke(chain.RefreshToken, "refresh_token"); f != nil {
+			return f
+		}
+		what = append(what, "refresh token (ends the session)")
+	}
+	for _, t := range access {
+		if f := revoke(t, "access_token"); f != nil {
+			return f
+		}
+	}
+	if len(access) > 0 {
+		what = append(what, "access token")
+	}
+	if verify {
+		kctx, cancel := context.WithTimeout(ctx, r.KeycloakTimeout)
+		defer cancel()
+		admin, err := r.Keycloak.ClientCredentials(kctx, ep, creds, nil)
+		if err != nil {
+			return &failure{Reason: string(keycloak.ReasonOf(err)), Message: "admin API token: " + err.Error()}
+		}
+		existed, err := r.Keycloak.DeleteSession(kctx, ep, admin.AccessToken, sessionID, offline)
+		if err != nil {
+			return &failure{Reason: string(keycloak.ReasonOf(err)), Message: "checking the session with the admin API: " + err.Error()}
+		}
+		if existed {
+			r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, "SessionDeleted", "Revoke",
+				"Session %s was still alive after revocation; deleted it through the admin API", sessionID)
+			what = append(what, "session (through the admin API)")
+		} else {
+			what = append(what, "session checked gone with the admin API")
+		}
+	}
+	r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, "Revoked", "Revoke", "Revoked at Keycloak: %s", strings.Join(what, ", "))
+	log.FromContext(ctx).Info("Revoked at Keycloak", "what", what, "session", sessionID, "offline", offline)
 	return nil
 }

@@ -31,8 +31,10 @@ const Finalizer = "auth.mlflow-token-operator.io/revoke"
 
 // Defaults of the Reconciler's tunables.
 const (
-	DefaultKeycloakTimeout   = 15 * time.Second
-	DefaultRevocationTimeout = 5 * time.Minute
+	DefaultKeycloakTimeout     = 15 * time.Second
+	DefaultRevocationTimeout   = 5 * time.Minute
+	DefaultOfflineIdleTimeout  = 30 * 24 * time.Hour
+	DefaultRefreshChainWarning = 72 * time.Hour
 )
 
 // MLflowAccessTokenReconciler keeps each MLflowAccessToken's Secret filled with a valid token.
@@ -53,6 +55,15 @@ type MLflowAccessTokenReconciler struct {
 	// RevocationTimeout is how long after deletion was requested revocation is retried before
 	// the deletion finishes without it (with a Warning event).
 	RevocationTimeout time.Duration
+	// VerifySessionRevocation makes every deletion check with the admin API that the session
+	// ended (spec.revocation.verifySessionWithAdminAPI does it per resource).
+	VerifySessionRevocation bool
+	// OfflineIdleTimeout is the realm's offline session idle timeout, used as the chain's end
+	// when Keycloak reports refresh_expires_in 0 for an offline token.
+	OfflineIdleTimeout time.Duration
+	// RefreshChainWarning: RefreshChainExpiring turns True when a RefreshToken grant's chain
+	// ends within this window.
+	RefreshChainWarning time.Duration
 }
 
 // +kubebuilder:rbac:groups=auth.mlflow-token-operator.io,resources=mlflowaccesstokens,verbs=get;list;watch;update;patch
@@ -125,7 +136,7 @@ func (r *MLflowAccessTokenReconciler) rand() float64 {
 // SetupWithManager registers the controller. Our own status writes do not trigger a reconcile
 // (only spec, annotation, finalizer and deletion changes do); changes to the Secrets we own do,
 // so a Secret deleted or edited by hand is restored.
-func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, concurrency int) error {
+func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
 	}
@@ -138,10 +149,16 @@ func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, concurr
 	if r.RevocationTimeout <= 0 {
 		r.RevocationTimeout = DefaultRevocationTimeout
 	}
+	if r.OfflineIdleTimeout <= 0 {
+		r.OfflineIdleTimeout = DefaultOfflineIdleTimeout
+	}
+	if r.RefreshChainWarning <= 0 {
+		r.RefreshChainWarning = DefaultRefreshChainWarning
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&authv1alpha1.MLflowAccessToken{}, builder.WithPredicates(specOrMetadataChanged{})).
 		Owns(&corev1.Secret{}).
-		WithOptions(controller.Options{MaxConcurrentReconciles: concurrency}).
+		WithOptions(opts).
 		Named("mlflowaccesstoken").
 		Complete(r)
 }

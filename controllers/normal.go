@@ -72,7 +72,7 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 	}
 
 	logger.V(1).Info("Obtaining a token", "why", d.Why, "secret", name)
-	tok, issuedAt, ferr := r.obtain(ctx, obj)
+	tok, chain, issuedAt, ferr := r.obtain(ctx, obj)
 	if ferr != nil {
 		var valid *tokensecret.State
 		if have && now.Before(cur.ExpiresAt) {
@@ -92,6 +92,11 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 	if old := obj.Status.SecretName; old != "" && old != name {
 		r.deleteOwnedSecret(ctx, obj, old)
 	}
+
+	if obj.Spec.Grant.Type == authv1alpha1.GrantClientCredentials {
+		r.keepClientSession(ctx, obj, tok)
+	}
+	r.markChain(obj, chain, tok)
 
 	first := obj.Status.Rotations == 0
 	obj.Status.Rotations++
@@ -130,30 +135,32 @@ func decideInput(obj *authv1alpha1.MLflowAccessToken, now time.Time, cur tokense
 	return in
 }
 
-// obtain reads the client secret and asks Keycloak for a token.
-func (r *MLflowAccessTokenReconciler) obtain(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) (*keycloak.Token, time.Time, *failure) {
+// obtain reads the client's credentials and asks Keycloak for a token. For the refresh-based
+// grants it also returns the refresh chain, already persisted in the state Secret.
+func (r *MLflowAccessTokenReconciler) obtain(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) (*keycloak.Token, *tokensecret.Chain, time.Time, *failure) {
 	creds, ferr := r.clientCredentials(ctx, obj)
 	if ferr != nil {
-		return nil, time.Time{}, ferr
+		return nil, nil, time.Time{}, ferr
 	}
-	kctx, cancel := context.WithTimeout(ctx, r.KeycloakTimeout)
-	defer cancel()
 	// The lifetime is counted from before the request: the token cannot expire later than
 	// sent-time + expires_in by our clock.
 	issuedAt := r.now()
 	ep := keycloak.Endpoint{URL: obj.Spec.Keycloak.URL, Realm: obj.Spec.Keycloak.Realm}
-	var tok *keycloak.Token
-	var err error
 	switch obj.Spec.Grant.Type {
 	case authv1alpha1.GrantClientCredentials:
-		tok, err = r.Keycloak.ClientCredentials(kctx, ep, creds, obj.Spec.Grant.Scopes)
+		kctx, cancel := context.WithTimeout(ctx, r.KeycloakTimeout)
+		defer cancel()
+		tok, err := r.Keycloak.ClientCredentials(kctx, ep, creds, obj.Spec.Grant.Scopes)
+		if err != nil {
+			return nil, nil, time.Time{}, &failure{Reason: string(keycloak.ReasonOf(err)), Message: err.Error()}
+		}
+		return tok, nil, issuedAt, nil
+	case authv1alpha1.GrantRefreshToken, authv1alpha1.GrantPassword:
+		tok, chain, ferr := r.obtainByRefresh(ctx, obj, creds, ep)
+		return tok, chain, issuedAt, ferr
 	default:
-		return nil, time.Time{}, &failure{Reason: authv1alpha1.ReasonUnsupportedGrant, Message: fmt.Sprintf("grant type %q is not supported by this operator version", obj.Spec.Grant.Type)}
+		return nil, nil, time.Time{}, &failure{Reason: authv1alpha1.ReasonUnsupportedGrant, Message: fmt.Sprintf("grant type %q is not supported by this operator version", obj.Spec.Grant.Type)}
 	}
-	if err != nil {
-		return nil, time.Time{}, &failure{Reason: string(keycloak.ReasonOf(err)), Message: err.Error()}
-	}
-	return tok, issuedAt, nil
 }
 
 // clientCredentials reads the client secret through the uncached reader: the cache holds only

@@ -7,6 +7,9 @@ const (
 	// ConditionRenewalFailing is True when the last attempt to obtain a token failed. While the
 	// current token is still valid, Ready stays True with reason RenewalFailing.
 	ConditionRenewalFailing = "RenewalFailing"
+	// ConditionRefreshChainExpiring is True when the refresh chain will end before it can be
+	// renewed for long (RefreshToken grant: a person must bootstrap a new token soon).
+	ConditionRefreshChainExpiring = "RefreshChainExpiring"
 )
 
 // Condition reasons. Each is documented in docs/troubleshooting.md with its cause and fix.
@@ -47,6 +50,24 @@ const (
 	ReasonRevocationFailing = "RevocationFailing"
 	// ReasonUnsupportedGrant: the grant type is not implemented by this operator version.
 	ReasonUnsupportedGrant = "UnsupportedGrant"
+	// ReasonRefreshTokenNotFound: the Secret or key named by refreshTokenSecretRef does not exist.
+	ReasonRefreshTokenNotFound = "RefreshTokenNotFound"
+	// ReasonRefreshTokenInvalid: Keycloak rejected the refresh token (invalid_grant): expired,
+	// revoked, reused under strict rotation, or issued to another client. Bootstrap a new one.
+	ReasonRefreshTokenInvalid = "RefreshTokenInvalid"
+	// ReasonRefreshOutcomeUnknown: the operator stopped while redeeming the refresh token, so it
+	// cannot know whether Keycloak rotated it; redeeming it again could end the session under
+	// strict rotation. Bootstrap a new refresh token.
+	ReasonRefreshOutcomeUnknown = "RefreshOutcomeUnknown"
+	// ReasonUserCredentialsNotFound: the Secret or keys named by passwordSecretRef do not exist.
+	ReasonUserCredentialsNotFound = "UserCredentialsNotFound"
+	// ReasonInvalidUserCredentials: Keycloak rejected the user name or password, or the account
+	// is disabled or not fully set up.
+	ReasonInvalidUserCredentials = "InvalidUserCredentials"
+	// ReasonChainExpiring: RefreshChainExpiring=True.
+	ReasonChainExpiring = "ChainExpiring"
+	// ReasonChainHealthy: RefreshChainExpiring=False.
+	ReasonChainHealthy = "ChainHealthy"
 	// ReasonSecretConflict: a Secret with the target name exists and is not owned by this resource.
 	ReasonSecretConflict = "SecretConflict"
 )

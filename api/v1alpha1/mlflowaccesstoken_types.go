@@ -5,18 +5,25 @@ import (
 )
 
 // GrantType names the OAuth 2.0 grant the operator uses to obtain tokens.
-// +kubebuilder:validation:Enum=ClientCredentials
+// +kubebuilder:validation:Enum=ClientCredentials;RefreshToken;Password
 type GrantType string
 
 const (
 	// GrantClientCredentials obtains tokens for the client's own service account
 	// (the `service-account-<clientID>` user in Keycloak).
 	GrantClientCredentials GrantType = "ClientCredentials"
+	// GrantRefreshToken redeems a refresh or offline token that a person bootstrapped once; the
+	// operator then keeps the rotating refresh token in its own state Secret.
+	GrantRefreshToken GrantType = "RefreshToken"
+	// GrantPassword logs in with a user name and password once, then lives on refresh tokens,
+	// logging in again only when the refresh chain ends.
+	GrantPassword GrantType = "Password"
 )
 
 // MLflowAccessTokenSpec says where to get a token and where to put it.
 // +kubebuilder:validation:XValidation:rule="!has(self.renewBefore) || duration(self.renewBefore) > duration('0s')",message="renewBefore must be a positive duration such as 90s or 2m"
 // +kubebuilder:validation:XValidation:rule="!has(self.renewBefore) || duration(self.renewBefore) <= duration('8760h')",message="renewBefore must not exceed 8760h (one year)"
+// +kubebuilder:validation:XValidation:rule="!has(self.secretName) || !self.secretName.endsWith('-refresh-state')",message="secretName must not end with -refresh-state: that name is reserved for the operator's state Secret"
 type MLflowAccessTokenSpec struct {
 	// Keycloak says which Keycloak, realm and client issue the token.
 	Keycloak KeycloakSpec `json:"keycloak"`
@@ -51,6 +58,20 @@ type MLflowAccessTokenSpec struct {
 	// MLflow holds optional MLflow settings written into the Secret for the consumer's convenience.
 	// +optional
 	MLflow *MLflowSpec `json:"mlflow,omitempty"`
+
+	// Revocation tunes what deletion does at Keycloak.
+	// +optional
+	Revocation *RevocationSpec `json:"revocation,omitempty"`
+}
+
+// RevocationSpec tunes revocation on deletion.
+type RevocationSpec struct {
+	// VerifySessionWithAdminAPI makes deletion also check, through Keycloak's admin API, that the
+	// token's session is gone, and delete it if not. The admin API is called with a token of the
+	// client's own service account, which then needs the realm-management roles view-users and
+	// manage-users. The operator flag --verify-session-revocation turns this on for all resources.
+	// +optional
+	VerifySessionWithAdminAPI bool `json:"verifySessionWithAdminAPI,omitempty"`
 }
 
 // KeycloakSpec names the Keycloak realm and client.
@@ -100,10 +121,73 @@ type SecretKeyRef struct {
 	Key string `json:"key,omitempty"`
 }
 
+// RefreshTokenRef selects the bootstrap refresh or offline token in a Secret of the same namespace.
+type RefreshTokenRef struct {
+	// Name of the Secret. The operator reads it and never modifies or deletes it.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+
+	// Key within the Secret's data. Defaults to "refresh-token".
+	// +optional
+	// +kubebuilder:default=refresh-token
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	Key string `json:"key,omitempty"`
+}
+
+// UserCredentialsRef selects a user name and password in a Secret of the same namespace.
+type UserCredentialsRef struct {
+	// Name of the Secret. The operator reads it and never modifies or deletes it.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+
+	// UsernameKey is the key holding the user name. Defaults to "username".
+	// +optional
+	// +kubebuilder:default=username
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	UsernameKey string `json:"usernameKey,omitempty"`
+
+	// PasswordKey is the key holding the password. Defaults to "password".
+	// +optional
+	// +kubebuilder:default=password
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	PasswordKey string `json:"passwordKey,omitempty"`
+}
+
 // GrantSpec says how the token is obtained.
+// +kubebuilder:validation:XValidation:rule="self.type == 'RefreshToken' ? has(self.refreshTokenSecretRef) : !has(self.refreshTokenSecretRef)",message="refreshTokenSecretRef is required for type RefreshToken and not allowed for other types"
+// +kubebuilder:validation:XValidation:rule="self.type == 'Password' ? has(self.passwordSecretRef) : !has(self.passwordSecretRef)",message="passwordSecretRef is required for type Password and not allowed for other types"
+// +kubebuilder:validation:XValidation:rule="!has(self.offline) || !self.offline || self.type == 'Password'",message="offline is only meaningful for type Password (a RefreshToken grant keeps the kind of token it was bootstrapped with)"
 type GrantSpec struct {
 	// Type is the OAuth 2.0 grant. ClientCredentials: the client's own service account.
+	// RefreshToken: a refresh or offline token bootstrapped once by a person.
+	// Password: a user's name and password (resource owner password credentials).
 	Type GrantType `json:"type"`
+
+	// RefreshTokenSecretRef points at the bootstrap refresh or offline token (type RefreshToken).
+	// After the first redemption the operator keeps the rotating refresh token in its own state
+	// Secret; put a new token here to re-bootstrap a chain that ended.
+	// +optional
+	RefreshTokenSecretRef *RefreshTokenRef `json:"refreshTokenSecretRef,omitempty"`
+
+	// PasswordSecretRef points at the user name and password (type Password).
+	// +optional
+	PasswordSecretRef *UserCredentialsRef `json:"passwordSecretRef,omitempty"`
+
+	// Offline requests an offline token (scope offline_access) for type Password: a session
+	// that survives Keycloak's SSO session limits, ended only by revocation or the realm's
+	// offline idle timeout. The user needs the realm role offline_access.
+	// +optional
+	Offline bool `json:"offline,omitempty"`
 
 	// Scopes are extra scopes to request, for example ["openid"]. Each is a single scope token.
 	// +optional
@@ -214,6 +298,22 @@ type MLflowAccessTokenStatus struct {
 	// Token holds non-secret facts from the current access token.
 	// +optional
 	Token *TokenInfo `json:"token,omitempty"`
+
+	// SessionID is the Keycloak session behind the token (RefreshToken and Password grants, and
+	// client credentials when the client issues refresh tokens).
+	// +optional
+	SessionID string `json:"sessionID,omitempty"`
+
+	// OfflineSession is true when the session is an offline session.
+	// +optional
+	OfflineSession bool `json:"offlineSession,omitempty"`
+
+	// RefreshChainExpiresAt is when the refresh chain ends unless renewed in time: the refresh
+	// token's expiry, or for offline tokens without a maximum, the realm's offline idle timeout
+	// counted from the last refresh (operator flag --offline-idle-timeout). After it, a
+	// RefreshToken grant needs a new bootstrap token and a Password grant logs in again.
+	// +optional
+	RefreshChainExpiresAt *metav1.Time `json:"refreshChainExpiresAt,omitempty"`
 }
 
 // MLflowAccessToken keeps a Keycloak access token for MLflow fresh in a Secret.

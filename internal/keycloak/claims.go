@@ -21,8 +21,10 @@ type Claims struct {
 	Scope             string
 	Groups            []string
 	SessionID         string
-	IssuedAt          time.Time
-	ExpiresAt         time.Time
+	// Type is the `typ` claim: "Bearer" for access tokens, "Refresh" or "Offline" for refresh tokens.
+	Type      string
+	IssuedAt  time.Time
+	ExpiresAt time.Time
 }
 
 // maxTokenBytes bounds the size of a token we are willing to decode.
@@ -51,6 +53,7 @@ func ParseClaims(token string) (*Claims, error) {
 		Scope             string          `json:"scope"`
 		Groups            []string        `json:"groups"`
 		Sid               string          `json:"sid"`
+		Typ               string          `json:"typ"`
 		Iat               json.Number     `json:"iat"`
 		Exp               json.Number     `json:"exp"`
 	}
@@ -59,7 +62,7 @@ func ParseClaims(token string) (*Claims, error) {
 	}
 	c := &Claims{
 		ID: raw.JTI, Issuer: raw.Iss, Subject: raw.Sub, PreferredUsername: raw.PreferredUsername,
-		AuthorizedParty: raw.Azp, Scope: raw.Scope, Groups: raw.Groups, SessionID: raw.Sid,
+		AuthorizedParty: raw.Azp, Scope: raw.Scope, Groups: raw.Groups, SessionID: raw.Sid, Type: raw.Typ,
 		IssuedAt: unixTime(raw.Iat), ExpiresAt: unixTime(raw.Exp),
 	}
 	if len(raw.Aud) > 0 {

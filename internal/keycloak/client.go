@@ -47,8 +47,21 @@ type Token struct {
 type Client interface {
 	// ClientCredentials obtains a token for the client's service account.
 	ClientCredentials(ctx context.Context, ep Endpoint, creds Credentials, scopes []string) (*Token, error)
+	// Refresh redeems a refresh (or offline) token.
+	Refresh(ctx context.Context, ep Endpoint, creds Credentials, refreshToken string, scopes []string) (*Token, error)
+	// Password logs a user in (resource owner password credentials).
+	Password(ctx context.Context, ep Endpoint, creds Credentials, user UserCredentials, scopes []string) (*Token, error)
 	// Revoke revokes a token (RFC 7009). tokenTypeHint is "access_token" or "refresh_token".
 	Revoke(ctx context.Context, ep Endpoint, creds Credentials, token, tokenTypeHint string) error
+	// DeleteSession ends a user session through the admin API, authenticated with adminToken.
+	// It reports whether the session still existed (false: it was already gone).
+	DeleteSession(ctx context.Context, ep Endpoint, adminToken, sessionID string, offline bool) (bool, error)
+}
+
+// UserCredentials are a user's name and password. Never log them.
+type UserCredentials struct {
+	Username string
+	Password string
 }
 
 // Options configure the HTTP side of the client.
@@ -113,16 +126,43 @@ func realmURL(ep Endpoint, path string) string {
 }
 
 // ClientCredentials implements Client.
-//
-// The client's credentials travel in the form body (client_secret_post), not in a Basic
-// header: gocloak does not URL-encode Basic credentials, so secrets with '%', '+', '&' ...
-// would fail with a misleading "invalid client credentials".
 func (g *GoCloak) ClientCredentials(ctx context.Context, ep Endpoint, creds Credentials, scopes []string) (*Token, error) {
-	form := map[string]string{
-		"grant_type":    "client_credentials",
-		"client_id":     creds.ClientID,
-		"client_secret": creds.ClientSecret,
+	return g.token(ctx, ep, creds, map[string]string{"grant_type": "client_credentials"}, scopes)
+}
+
+// Refresh implements Client.
+func (g *GoCloak) Refresh(ctx context.Context, ep Endpoint, creds Credentials, refreshToken string, scopes []string) (*Token, error) {
+	return g.token(ctx, ep, creds, map[string]string{"grant_type": "refresh_token", "refresh_token": refreshToken}, scopes)
+}
+
+// Password implements Client.
+func (g *GoCloak) Password(ctx context.Context, ep Endpoint, creds Credentials, user UserCredentials, scopes []string) (*Token, error) {
+	return g.token(ctx, ep, creds, map[string]string{"grant_type": "password", "username": user.Username, "password": user.Password}, scopes)
+}
+
+// DeleteSession implements Client. gocloak's LogoutUserSession has no isOffline parameter, so
+// the request is built on gocloak's authenticated request.
+func (g *GoCloak) DeleteSession(ctx context.Context, ep Endpoint, adminToken, sessionID string, offline bool) (bool, error) {
+	u := strings.TrimRight(ep.URL, "/") + "/admin/realms/" + url.PathEscape(ep.Realm) + "/sessions/" + url.PathEscape(sessionID)
+	if offline {
+		u += "?isOffline=true"
 	}
+	resp, err := g.client(ep.URL).GetRequestWithBearerAuth(ctx, adminToken).Delete(u)
+	if err == nil && resp != nil && resp.StatusCode() == http.StatusNotFound {
+		return false, nil
+	}
+	if err := classify(ctx, resp, err, "session deletion"); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// token posts a grant to the token endpoint. The client's credentials travel in the form body
+// (client_secret_post), not in a Basic header: gocloak does not URL-encode Basic credentials,
+// so secrets with '%', '+', '&' ... would fail with a misleading "invalid client credentials".
+func (g *GoCloak) token(ctx context.Context, ep Endpoint, creds Credentials, form map[string]string, scopes []string) (*Token, error) {
+	form["client_id"] = creds.ClientID
+	form["client_secret"] = creds.ClientSecret
 	if len(scopes) > 0 {
 		form["scope"] = strings.Join(scopes, " ")
 	}
@@ -196,6 +236,9 @@ const (
 	ReasonTimeout                  Reason = "KeycloakTimeout"
 	ReasonServerError              Reason = "KeycloakError"
 	ReasonInvalidResponse          Reason = "InvalidTokenResponse"
+	// ReasonInvalidGrant: Keycloak rejected the grant itself (invalid_grant): a refresh token that
+	// expired, was revoked or reused, or a wrong user name or password.
+	ReasonInvalidGrant Reason = "InvalidGrant"
 )
 
 // Error is a classified Keycloak failure. Its message never contains credentials or tokens.
@@ -249,6 +292,9 @@ func classify(ctx context.Context, resp *resty.Response, err error, what string)
 	case code == http.StatusNotFound:
 		return &Error{Reason: ReasonRealmNotFound, StatusCode: code,
 			Message: fmt.Sprintf("%s: Keycloak answered %s: the realm does not exist or the URL is not Keycloak's base URL", what, detail)}
+	case oauthErr == "invalid_grant":
+		return &Error{Reason: ReasonInvalidGrant, StatusCode: code,
+			Message: fmt.Sprintf("%s: Keycloak rejected the grant (%s)", what, detail)}
 	case oauthErr == "invalid_scope":
 		return &Error{Reason: ReasonInvalidScope, StatusCode: code,
 			Message: fmt.Sprintf("%s: Keycloak rejected the requested scopes (%s)", what, detail)}

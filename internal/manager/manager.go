@@ -14,6 +14,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -41,19 +42,29 @@ type Options struct {
 	RevocationTimeout time.Duration
 	// Backoff after failures.
 	Backoff renewal.Backoff
+	// VerifySessionRevocation checks with the admin API at every deletion that the session ended.
+	VerifySessionRevocation bool
+	// OfflineIdleTimeout is the realms' offline session idle timeout (Keycloak's default: 30 days).
+	OfflineIdleTimeout time.Duration
+	// RefreshChainWarning is how early RefreshChainExpiring warns before a chain ends.
+	RefreshChainWarning time.Duration
+	// SkipNameValidation allows several managers in one process (tests that restart the operator).
+	SkipNameValidation bool
 }
 
 // Defaults returns the options cmd/main.go starts from.
 func Defaults() Options {
 	return Options{
-		MetricsAddr:       ":8080",
-		ProbeAddr:         ":8081",
-		Concurrency:       4,
-		QPS:               50,
-		Burst:             100,
-		KeycloakTimeout:   controllers.DefaultKeycloakTimeout,
-		RevocationTimeout: controllers.DefaultRevocationTimeout,
-		Backoff:           renewal.DefaultBackoff,
+		MetricsAddr:         ":8080",
+		ProbeAddr:           ":8081",
+		Concurrency:         4,
+		QPS:                 50,
+		Burst:               100,
+		KeycloakTimeout:     controllers.DefaultKeycloakTimeout,
+		RevocationTimeout:   controllers.DefaultRevocationTimeout,
+		Backoff:             renewal.DefaultBackoff,
+		OfflineIdleTimeout:  controllers.DefaultOfflineIdleTimeout,
+		RefreshChainWarning: controllers.DefaultRefreshChainWarning,
 	}
 }
 
@@ -94,8 +105,12 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		Backoff:           o.Backoff,
 		KeycloakTimeout:   o.KeycloakTimeout,
 		RevocationTimeout: o.RevocationTimeout,
+
+		VerifySessionRevocation: o.VerifySessionRevocation,
+		OfflineIdleTimeout:      o.OfflineIdleTimeout,
+		RefreshChainWarning:     o.RefreshChainWarning,
 	}
-	if err := r.SetupWithManager(mgr, o.Concurrency); err != nil {
+	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: o.Concurrency, SkipNameValidation: &o.SkipNameValidation}); err != nil {
 		return nil, err
 	}
 	if o.ProbeAddr != "" && o.ProbeAddr != "0" {
