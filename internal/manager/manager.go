@@ -48,6 +48,8 @@ type Options struct {
 	OfflineIdleTimeout time.Duration
 	// RefreshChainWarning is how early RefreshChainExpiring warns before a chain ends.
 	RefreshChainWarning time.Duration
+	// Keycloak replaces the gocloak-backed client (tests wrap it to count calls).
+	Keycloak keycloak.Client
 	// SkipNameValidation allows several managers in one process (tests that restart the operator).
 	SkipNameValidation bool
 }
@@ -97,11 +99,15 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	if err != nil {
 		return nil, err
 	}
+	kc := o.Keycloak
+	if kc == nil {
+		kc = keycloak.NewGoCloak(keycloak.Options{Timeout: o.KeycloakTimeout})
+	}
 	r := &controllers.MLflowAccessTokenReconciler{
 		Client:            mgr.GetClient(),
 		APIReader:         mgr.GetAPIReader(),
 		Recorder:          mgr.GetEventRecorder("mlflow-token-operator"),
-		Keycloak:          keycloak.NewGoCloak(keycloak.Options{Timeout: o.KeycloakTimeout}),
+		Keycloak:          kc,
 		Backoff:           o.Backoff,
 		KeycloakTimeout:   o.KeycloakTimeout,
 		RevocationTimeout: o.RevocationTimeout,

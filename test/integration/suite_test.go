@@ -89,7 +89,7 @@ func run(m *testing.M) int {
 		var err error
 		kcServer, err = keycloak.Start(kctx, keycloak.Options{
 			Home:       keycloak.HomeFromEnv(),
-			RealmFiles: []string{filepath.Join("..", "keycloak", "realm-mlflow.json")},
+			RealmFiles: []string{filepath.Join("..", "keycloak", "realm-mlflow.json"), filepath.Join("..", "keycloak", "realm-strict.json")},
 		})
 		if err == nil {
 			fmt.Fprintf(os.Stderr, "Keycloak ready at %s after %s\n", kcServer.URL(), time.Since(start).Round(time.Millisecond))
@@ -123,13 +123,12 @@ func run(m *testing.M) int {
 		return 1
 	}
 
-	stop, err := startOperator(ctx, cfg)
-	if err != nil {
+	if stopOperator, err = startOperator(ctx, cfg); err != nil {
 		fmt.Fprintf(os.Stderr, "FAIL: starting the operator: %v\n", err)
 		return 1
 	}
 	code := m.Run()
-	stop()
+	stopOperator()
 	return code
 }
 
@@ -143,6 +142,8 @@ func startOperator(ctx context.Context, cfg *rest.Config) (func(), error) {
 	o.KeycloakTimeout = 5 * time.Second
 	o.RevocationTimeout = 20 * time.Second
 	o.Backoff = renewal.Backoff{Initial: time.Second, Max: 3 * time.Second}
+	o.Keycloak = kcCalls
+	o.SkipNameValidation = true // restartOperator runs a second manager in this process
 	mgr, err := manager.New(cfg, o)
 	if err != nil {
 		return nil, err
@@ -156,6 +157,20 @@ func startOperator(ctx context.Context, cfg *rest.Config) (func(), error) {
 		}
 	}()
 	return func() { cancel(); <-done }, nil
+}
+
+// stopOperator stops the running operator.
+var stopOperator func()
+
+// restartOperator stops the operator and starts a new one, as a process restart would: the new
+// one starts with empty caches and nothing in memory.
+func restartOperator(t *testing.T) {
+	t.Helper()
+	stopOperator()
+	var err error
+	if stopOperator, err = startOperator(context.Background(), restCfg); err != nil {
+		t.Fatalf("restarting the operator: %v", err)
+	}
 }
 
 // newNamespace creates a namespace for one test.
