@@ -31,7 +31,6 @@ import (
 //     unknown, and it does not redeem that token again.
 //  3. The new refresh token is persisted before the access token is published.
 
-
 // obtainByRefresh obtains a token for the RefreshToken and Password grants.
 func (r *MLflowAccessTokenReconciler) obtainByRefresh(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, creds keycloak.Credentials, ep keycloak.Endpoint) (*keycloak.Token, *tokensecret.Chain, *failure) {
 	logger := log.FromContext(ctx)
