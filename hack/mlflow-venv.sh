@@ -7,8 +7,10 @@
 #   hack/mlflow-venv.sh path     print the venv's absolute path (no install)
 #
 # Environment:
-#   PYTHON            interpreter to build the venv from (default: python3; needs >= 3.11, the
-#                     floor of mlflow-oidc-auth 11.x)
+#   PYTHON            interpreter to build the venv from. Needs Python >= 3.12: mlflow-oidc-auth
+#                     11.0.2 declares >= 3.11 but fails to import on 3.11 (a frozen dataclass
+#                     with a MappingProxyType default, hashable only since 3.12). Default: the
+#                     first of python3.12, python3.13 on PATH, pyenv's 3.12.x/3.13.x, python3.
 #   MLFLOW_VENV_DIR   where to put the venv (default: bin/venv-mlflow, gitignored)
 #
 # Pins live in test/e2e/requirements.txt (the two products: mlflow, mlflow-oidc-auth, plus pytest)
@@ -23,7 +25,32 @@ VENV="${MLFLOW_VENV_DIR:-$ROOT/bin/venv-mlflow}"
 REQ="$ROOT/test/e2e/requirements.txt"
 CONSTRAINTS="$ROOT/test/e2e/constraints.txt"
 PLUGIN="$ROOT/clients/python"
-PY="${PYTHON:-python3}"
+
+# is_ok PY: PY exists and is Python >= 3.12.
+is_ok() { "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1; }
+
+pick_python() {
+	if [[ -n "${PYTHON:-}" ]]; then
+		echo "$PYTHON"
+		return
+	fi
+	local c root
+	for c in python3.12 python3.13; do
+		if command -v "$c" >/dev/null && is_ok "$c"; then
+			command -v "$c"
+			return
+		fi
+	done
+	root="$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"
+	for c in "$root"/versions/3.12.*/bin/python3 "$root"/versions/3.13.*/bin/python3; do
+		if [[ -x "$c" ]] && is_ok "$c"; then
+			echo "$c"
+			return
+		fi
+	done
+	echo python3
+}
+PY="$(pick_python)"
 STAMP="$VENV/.mlflow-venv-stamp"
 
 log() { echo "mlflow-venv.sh: $*" >&2; }
@@ -33,8 +60,8 @@ if [[ "${1:-}" == "path" ]]; then
 	exit 0
 fi
 
-if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
-	log "$PY is missing or older than Python 3.11 (mlflow-oidc-auth 11.x needs >= 3.11); set PYTHON"
+if ! is_ok "$PY"; then
+	log "$PY is missing or older than Python 3.12 (mlflow-oidc-auth 11.0.2 does not import on 3.11); install Python 3.12 (e.g. pyenv install 3.12) or set PYTHON"
 	exit 1
 fi
 
