@@ -70,6 +70,15 @@ func TestAdmissionRejectsBadResources(t *testing.T) {
 		{"absurd renewBefore", set("renewBefore", "100000h"), "must not exceed 8760h"},
 		{"bad secretName", set("secretName", "Bad_Name"), "spec.secretName"},
 		{"tracking URI not a URL", set("mlflow.trackingURI", "mlflow:5000"), "trackingURI must be an absolute http:// or https:// URL"},
+		{"RefreshToken without its Secret", set("grant.type", "RefreshToken"), "refreshTokenSecretRef is required for type RefreshToken"},
+		{"Password without its Secret", set("grant.type", "Password"), "passwordSecretRef is required for type Password"},
+		{"password Secret on client credentials", set("grant.passwordSecretRef", map[string]any{"name": "creds"}), "passwordSecretRef is required for type Password and not allowed"},
+		{"offline on client credentials", set("grant.offline", true), "offline is only meaningful for type Password"},
+		{"cross-namespace password ref", func(m map[string]any) {
+			set("grant.type", "Password")(m)
+			set("grant.passwordSecretRef", map[string]any{"name": "creds", "namespace": "other"})(m)
+		}, `unknown field "spec.grant.passwordSecretRef.namespace"`},
+		{"secretName taking the state Secret's name", set("secretName", "x-refresh-state"), "reserved for the operator's state Secret"},
 		{"oversized clientID", set("keycloak.clientID", strings.Repeat("c", 300)), "spec.keycloak.clientID: Too long"},
 	}
 	if len(cases) < 10 {
