@@ -13,6 +13,16 @@ export KUBEBUILDER_ASSETS="$PWD/bin/k8s"
 export KEYCLOAK_HOME
 KEYCLOAK_HOME="$(hack/keycloak.sh home)"
 
+# --- issue 6: MLflow venv for test/e2e (block owned by the e2e/plugin work) ---------------------
+# bin/venv-mlflow: pinned mlflow + mlflow-oidc-auth (test/e2e/requirements.txt), the token-file
+# plugin (clients/python) and pytest. Cached by a stamp: instant when nothing changed. test/e2e
+# fails without MLFLOW_VENV and also runs the plugin's pytest suite.
+echo "==> MLflow venv (mlflow, mlflow-oidc-auth, clients/python)"
+hack/mlflow-venv.sh | tail -n 2
+export MLFLOW_VENV
+MLFLOW_VENV="$(hack/mlflow-venv.sh path)"
+# --- end of issue 6 block ----------------------------------------------------------------------
+
 echo "==> go vet"
 go vet ./...
 
