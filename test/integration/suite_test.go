@@ -68,6 +68,9 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	// Set the logger first: controller-runtime replaces an unset logger with a silent one after
+	// 30 s, and starting Keycloak can take longer than that. All verbosities are captured.
+	ctrl.SetLogger(zap.New(zap.WriteTo(io.MultiWriter(logs, os.Stderr)), zap.UseDevMode(true), zap.Level(zapcore.Level(-10))))
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		fmt.Fprintln(os.Stderr, "FAIL: KUBEBUILDER_ASSETS is not set: run the tests with `make test` (hack/build-envtest.sh builds etcd and kube-apiserver)")
 		return 1
@@ -136,7 +139,6 @@ func run(m *testing.M) int {
 // backoffs so that failures and recoveries happen within a test's patience. All log levels
 // are captured.
 func startOperator(ctx context.Context, cfg *rest.Config) (func(), error) {
-	ctrl.SetLogger(zap.New(zap.WriteTo(io.MultiWriter(logs, os.Stderr)), zap.UseDevMode(true), zap.Level(zapcore.Level(-10))))
 	o := manager.Defaults()
 	o.MetricsAddr, o.ProbeAddr = "0", "0"
 	o.KeycloakTimeout = 5 * time.Second
