@@ -15,6 +15,7 @@ import (
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 )
 
@@ -48,6 +49,7 @@ func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *
 	}
 
 	if obj.Annotations[authv1alpha1.AnnotationSkipRevocation] == "true" {
+		metrics.Revocation("skipped")
 		r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, "RevocationSkipped", "Revoke",
 			"Revocation skipped because of the %s annotation", authv1alpha1.AnnotationSkipRevocation)
 	} else if err := r.revokeAll(ctx, obj, owned); err != nil {
@@ -62,10 +64,12 @@ func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *
 			setCondition(obj, authv1alpha1.ConditionReady, false, authv1alpha1.ReasonRevocationFailing,
 				fmt.Sprintf("Deletion waits for revocation: %s (attempt %d; giving up at %s)", err.Message,
 					obj.Status.FailedAttempts, deadline.UTC().Format(time.RFC3339)))
+			metrics.Revocation("failed")
 			r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, "RevocationFailed", "Revoke", "Revocation failed: %s", err.Message)
 			logger.Info("Revocation failed; retrying", "reason", err.Reason, "message", err.Message, "retryIn", delay.String())
 			return ctrl.Result{RequeueAfter: delay}, false, nil
 		}
+		metrics.Revocation("abandoned")
 		r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, "RevocationFailed", "Revoke",
 			"Gave up revoking after %s: %s; the token stays valid until it expires", r.RevocationTimeout, err.Message)
 		logger.Info("Gave up revoking; finishing deletion", "reason", err.Reason, "message", err.Message)
@@ -162,6 +166,7 @@ func (r *MLflowAccessTokenReconciler) revokeAll(ctx context.Context, obj *authv1
 			what = append(what, "session checked gone with the admin API")
 		}
 	}
+	metrics.Revocation("revoked")
 	r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, "Revoked", "Revoke", "Revoked at Keycloak: %s", strings.Join(what, ", "))
 	log.FromContext(ctx).Info("Revoked at Keycloak", "what", what, "session", sessionID, "offline", offline)
 	return nil

@@ -23,6 +23,7 @@ import (
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/renewal"
 )
 
@@ -99,9 +100,12 @@ func (r *MLflowAccessTokenReconciler) Reconcile(ctx context.Context, req ctrl.Re
 		res, err = r.reconcileNormal(ctx, obj)
 	}
 	if gone {
+		metrics.Forget(obj.Namespace, obj.Name)
 		return res, err
 	}
-	return r.writeStatus(ctx, before, obj, res, err)
+	res, err = r.writeStatus(ctx, before, obj, res, err)
+	metrics.Observe(obj)
+	return res, err
 }
 
 // writeStatus is the one status write of a reconcile. It is skipped when nothing changed, and

@@ -21,6 +21,7 @@ import (
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/controllers"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/renewal"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 )
@@ -103,6 +104,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	if kc == nil {
 		kc = keycloak.NewGoCloak(keycloak.Options{Timeout: o.KeycloakTimeout})
 	}
+	kc = metrics.Instrument(kc)
 	r := &controllers.MLflowAccessTokenReconciler{
 		Client:            mgr.GetClient(),
 		APIReader:         mgr.GetAPIReader(),
