@@ -165,7 +165,7 @@ func TestTrainingJobAcrossRotations(t *testing.T) {
 	// --- Two training jobs side by side ----------------------------------------------------
 	stockToken := secretToken(t, secretKey)
 	stockExp := time.Unix(int64(num(jwtClaims(t, stockToken)["exp"])), 0)
-	jobsStart := time.Now()
+	var stockFirst401 time.Duration
 	writesBefore := len(proj.Writes())
 	var wg sync.WaitGroup
 	var plugin, stock jobResult
@@ -213,7 +213,7 @@ func TestTrainingJobAcrossRotations(t *testing.T) {
 	if ff := stock.FirstFailure; ff == nil {
 		t.Errorf("stock job never failed in %.0fs although its token expired at %s", stock.Elapsed, stockExp.Format(time.RFC3339))
 	} else {
-		failAt := jobsStart.Add(time.Duration(ff.T * float64(time.Second)))
+		failAt, started := unixFloat(ff.Wall), unixFloat(stock.StartedWall)
 		if ff.Status == nil || *ff.Status != http.StatusUnauthorized {
 			t.Errorf("stock job's first failure is not a 401: %+v", ff)
 		}
@@ -226,8 +226,9 @@ func TestTrainingJobAcrossRotations(t *testing.T) {
 				okBefore++
 			}
 		}
-		t.Logf("stock job (MLFLOW_TRACKING_TOKEN captured at start): %d calls OK, then HTTP %d at %.1fs after start (%.1fs after its token's exp): %s",
-			okBefore, deref(ff.Status), ff.T, failAt.Sub(stockExp).Seconds(), ff.What)
+		stockFirst401 = failAt.Sub(started)
+		t.Logf("stock job (MLFLOW_TRACKING_TOKEN captured at start, token had %.1fs left): %d calls OK, then HTTP %d %.1fs after the job started (%.1fs after its token's exp): %s",
+			stockExp.Sub(started).Seconds(), okBefore, deref(ff.Status), stockFirst401.Seconds(), failAt.Sub(stockExp).Seconds(), ff.What)
 	}
 
 	// --- Deleting the resource: no fresh token, and the last one dies at its expiry ---------
@@ -268,13 +269,14 @@ func TestTrainingJobAcrossRotations(t *testing.T) {
 	t.Logf("after deletion: Secret gone, no new token in %.0fs, the last token got 401 once expired (%s)",
 		time.Since(jobsEnd).Seconds(), lastExp.Format(time.RFC3339))
 	t.Logf("summary: versions [%s]; plugin job %.0fs with %d rotations, all calls OK; stock job first %d after %.1fs; e2e test body %s (servers started in %s)",
-		versions, plugin.Elapsed, len(plugin.Tokens)-1, deref(stock.firstStatus()), stock.firstT(), time.Since(begin).Round(time.Second), startup.Round(time.Second))
+		versions, plugin.Elapsed, len(plugin.Tokens)-1, deref(stock.firstStatus()), stockFirst401.Seconds(), time.Since(begin).Round(time.Second), startup.Round(time.Second))
 }
 
 // --- The training job ---------------------------------------------------------------------
 
 type jobCall struct {
-	T      float64 `json:"t"`
+	T      float64 `json:"t"`    // seconds since the job's first MLflow call was prepared
+	Wall   float64 `json:"wall"` // Unix time the call started
 	What   string  `json:"what"`
 	OK     bool    `json:"ok"`
 	Status *int    `json:"status"`
@@ -288,6 +290,7 @@ type jobResult struct {
 	Tokens        []string  `json:"tokens"`
 	FirstFailure  *jobCall  `json:"first_failure"`
 	Elapsed       float64   `json:"elapsed"`
+	StartedWall   float64   `json:"started_wall"` // Unix time the process started
 	Steps         int       `json:"steps"`
 	MetricPoints  int       `json:"metric_points"`
 
@@ -302,11 +305,8 @@ func (r jobResult) firstStatus() *int {
 	return r.FirstFailure.Status
 }
 
-func (r jobResult) firstT() float64 {
-	if r.FirstFailure == nil {
-		return -1
-	}
-	return r.FirstFailure.T
+func unixFloat(f float64) time.Time {
+	return time.Unix(0, int64(f*float64(time.Second)))
 }
 
 func runJob(t *testing.T, mode, experiment string, duration time.Duration, env []string) jobResult {

@@ -22,6 +22,7 @@ import time
 
 
 def main():
+    started_wall = time.time()  # before the (slow) imports: when the "container" started
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", choices=["plugin", "stock"], required=True)
     ap.add_argument("--experiment", required=True)
@@ -57,6 +58,7 @@ def main():
         "calls": [],
         "tokens": [],  # sha256 prefixes of the distinct tokens sent, in order (plugin mode)
         "first_failure": None,
+        "started_wall": started_wall,
     }
 
     def token_seen():
@@ -72,11 +74,12 @@ def main():
 
     def call(what, fn):
         t = round(time.monotonic() - start, 2)
+        wall = time.time()
         last_status.clear()
         try:
             token_seen()
             fn()
-            result["calls"].append({"t": t, "what": what, "ok": True})
+            result["calls"].append({"t": t, "wall": wall, "what": what, "ok": True})
             print(f"[{args.mode}] t={t:6.2f}s {what}: ok", flush=True)
             return True
         except MlflowException as e:
@@ -84,9 +87,9 @@ def main():
             if status is None:  # no response at all
                 m = re.search(r"error code (\d{3})", str(e))
                 status = int(m.group(1)) if m else None
-            entry = {"t": t, "what": what, "ok": False, "status": status, "error": str(e)[:300]}
+            entry = {"t": t, "wall": wall, "what": what, "ok": False, "status": status, "error": str(e)[:300]}
         except Exception as e:  # noqa: BLE001 - record anything
-            entry = {"t": t, "what": what, "ok": False, "status": None, "error": f"{type(e).__name__}: {e}"[:300]}
+            entry = {"t": t, "wall": wall, "what": what, "ok": False, "status": None, "error": f"{type(e).__name__}: {e}"[:300]}
         result["calls"].append(entry)
         if result["first_failure"] is None:
             result["first_failure"] = entry

@@ -156,8 +156,11 @@ def test_concurrent_reads_during_swaps(tmp_path):
     threads = [threading.Thread(target=reader) for _ in range(4)]
     for t in threads:
         t.start()
+    # Real swaps are minutes apart; 2 ms apart they still race the readers' path resolution
+    # (the old directory is removed while a reader is between ..data and the file) many times.
     for i in range(1, 200):
         project(str(d), {"token": "tok-%04d" % i})
+        time.sleep(0.002)
     time.sleep(0.05)
     stop.set()
     for t in threads:
@@ -165,6 +168,21 @@ def test_concurrent_reads_during_swaps(tmp_path):
     assert not errors, errors[:3]
     assert plugin.read_token(path) == "tok-0199"
     assert all(s.startswith("tok-") and len(s) == 8 for s in seen)
+
+
+def test_enoent_during_a_swap_is_retried(tmp_path, monkeypatch):
+    f = tmp_path / "token"
+    f.write_text("tok")
+    real_stat, fails = os.stat, [2]
+
+    def flaky_stat(p, *a, **kw):
+        if fails[0]:
+            fails[0] -= 1
+            raise FileNotFoundError(2, "No such file or directory", p)
+        return real_stat(p, *a, **kw)
+
+    monkeypatch.setattr(plugin.os, "stat", flaky_stat)
+    assert plugin.read_token(str(f)) == "tok"
 
 
 def test_configure_sets_auth_and_tracking_uri(tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -72,6 +73,9 @@ class _Cached:
     token: str
 
 
+# How often ENOENT is retried (1, 2, 3 ms apart) before the file counts as missing.
+_ENOENT_RETRIES = 3
+
 _cache: Dict[str, _Cached] = {}
 _lock = threading.Lock()
 
@@ -98,12 +102,25 @@ def read_token(path: Optional[str] = None) -> str:
         TokenFileError: The file does not exist, cannot be read, or holds only whitespace.
     """
     path = path or token_file_path()
-    # A swap between stat() and open() can remove the directory the old path resolved to:
-    # then start over on the new one (a swap completes in microseconds; three tries suffice).
-    for attempt in range(3):
+    # Resolving <dir>/token -> ..data/token -> ..<timestamp>/token is not atomic: when the kubelet
+    # swaps ..data and removes the old timestamped directory in between, stat() or open() fails
+    # with ENOENT although the file exists. So ENOENT is retried a few times before it counts.
+    for attempt in range(_ENOENT_RETRIES + 1):
         try:
             st = os.stat(path)
+            ident = _identity(st)
+            with _lock:
+                hit = _cache.get(path)
+            if hit is not None and hit.identity == ident:
+                return hit.token
+            with open(path, "rb") as f:
+                data = f.read()
+                ident = _identity(os.fstat(f.fileno()))
+            break
         except FileNotFoundError:
+            if attempt < _ENOENT_RETRIES:
+                time.sleep(0.001 * (attempt + 1))
+                continue
             raise TokenFileError(
                 f"MLflow token file {path} does not exist. Mount the Secret written by "
                 f"mlflow-token-operator as a volume (not subPath) and point {ENV_TOKEN_FILE} at its "
@@ -111,24 +128,6 @@ def read_token(path: Optional[str] = None) -> str:
             ) from None
         except OSError as e:
             raise TokenFileError(f"MLflow token file {path} cannot be read: {e}") from None
-
-        ident = _identity(st)
-        with _lock:
-            hit = _cache.get(path)
-        if hit is not None and hit.identity == ident:
-            return hit.token
-
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-                ident = _identity(os.fstat(f.fileno()))
-        except FileNotFoundError:
-            if attempt < 2:
-                continue
-            raise TokenFileError(f"MLflow token file {path} kept disappearing while being read") from None
-        except OSError as e:
-            raise TokenFileError(f"MLflow token file {path} cannot be read: {e}") from None
-        break
 
     try:
         token = data.decode("utf-8").strip()
