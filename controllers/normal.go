@@ -72,22 +72,24 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 	}
 
 	logger.V(1).Info("Obtaining a token", "why", d.Why, "secret", name)
+	if pendingRequest(obj, authv1alpha1.AnnotationRevokeRequest, obj.Status.LastRevocationRequest) {
+		// A leaked token: revoke the one in the Secret first, then replace it.
+		if have {
+			if ferr := r.revokeAccessToken(ctx, obj, cur.AccessToken); ferr != nil {
+				return r.fail(ctx, obj, validOrNil(have, cur, now), ferr)
+			}
+			r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, "Revoked", "Revoke", "Revoked the token in Secret %s on request; issuing a new one", name)
+		}
+		obj.Status.LastRevocationRequest = obj.Annotations[authv1alpha1.AnnotationRevokeRequest]
+	}
 	tok, chain, issuedAt, ferr := r.obtain(ctx, obj)
 	if ferr != nil {
-		var valid *tokensecret.State
-		if have && now.Before(cur.ExpiresAt) {
-			valid = &cur
-		}
-		return r.fail(ctx, obj, valid, ferr)
+		return r.fail(ctx, obj, validOrNil(have, cur, now), ferr)
 	}
 
 	st := r.schedule(obj, tok, issuedAt, inputs)
 	if err := r.writeSecret(ctx, obj, secret, name, st); err != nil {
-		var valid *tokensecret.State
-		if have && now.Before(cur.ExpiresAt) {
-			valid = &cur
-		}
-		return r.fail(ctx, obj, valid, asFailure(err))
+		return r.fail(ctx, obj, validOrNil(have, cur, now), asFailure(err))
 	}
 	if old := obj.Status.SecretName; old != "" && old != name {
 		r.deleteOwnedSecret(ctx, obj, old)
@@ -98,6 +100,9 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 	}
 	r.markChain(obj, chain, tok)
 
+	if pendingRequest(obj, authv1alpha1.AnnotationRenewRequest, obj.Status.LastRenewalRequest) {
+		obj.Status.LastRenewalRequest = obj.Annotations[authv1alpha1.AnnotationRenewRequest]
+	}
 	first := obj.Status.Rotations == 0
 	obj.Status.Rotations++
 	obj.Status.FailedAttempts = 0
@@ -113,6 +118,9 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 	if first {
 		reason, verb = "Issued", "Issued"
 	}
+	if d.Why == renewal.Requested {
+		verb += " on request"
+	}
 	r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, reason, "Issue",
 		"%s token for %q in Secret %s, expires %s, next renewal %s (%s)", verb, who, name,
 		st.ExpiresAt.Format(time.RFC3339), st.RenewAt.Format(time.RFC3339), d.Why)
@@ -127,6 +135,7 @@ func decideInput(obj *authv1alpha1.MLflowAccessToken, now time.Time, cur tokense
 		InputsMatch: cur.IssuedFor == inputs,
 		RenewAt:     cur.RenewAt,
 		SpecChanged: obj.Generation != obj.Status.ObservedGeneration,
+		Requested:   pendingRequest(obj, authv1alpha1.AnnotationRenewRequest, obj.Status.LastRenewalRequest) || pendingRequest(obj, authv1alpha1.AnnotationRevokeRequest, obj.Status.LastRevocationRequest),
 	}
 	if obj.Status.FailedAttempts > 0 && obj.Status.RenewalTime != nil {
 		t := obj.Status.RenewalTime.Time
@@ -403,4 +412,33 @@ func firstNonEmpty(s ...string) string {
 		}
 	}
 	return ""
+}
+
+// validOrNil returns the current token state when it is still valid.
+func validOrNil(have bool, cur tokensecret.State, now time.Time) *tokensecret.State {
+	if have && now.Before(cur.ExpiresAt) {
+		return &cur
+	}
+	return nil
+}
+
+// pendingRequest reports whether annotation key holds a request not yet honoured.
+func pendingRequest(obj *authv1alpha1.MLflowAccessToken, key, honoured string) bool {
+	v := obj.Annotations[key]
+	return v != "" && v != honoured
+}
+
+// revokeAccessToken revokes one access token at Keycloak.
+func (r *MLflowAccessTokenReconciler) revokeAccessToken(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, token string) *failure {
+	creds, ferr := r.clientCredentials(ctx, obj)
+	if ferr != nil {
+		return ferr
+	}
+	kctx, cancel := context.WithTimeout(ctx, r.KeycloakTimeout)
+	defer cancel()
+	ep := keycloak.Endpoint{URL: obj.Spec.Keycloak.URL, Realm: obj.Spec.Keycloak.Realm}
+	if err := r.Keycloak.Revoke(kctx, ep, creds, token, "access_token"); err != nil {
+		return &failure{Reason: string(keycloak.ReasonOf(err)), Message: "revoking the current token: " + err.Error()}
+	}
+	return nil
 }

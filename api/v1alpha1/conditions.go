@@ -76,4 +76,12 @@ const (
 const (
 	// AnnotationSkipRevocation set to "true" makes deletion skip revoking the token at Keycloak.
 	AnnotationSkipRevocation = "auth.mlflow-token-operator.io/skip-revocation"
+	// AnnotationRenewRequest asks for a rotation now (kubectl mlflow-token renew). Its value is
+	// the request's time; the operator honours each new value once and records it in
+	// status.lastRenewalRequest.
+	AnnotationRenewRequest = "auth.mlflow-token-operator.io/renew-requested-at"
+	// AnnotationRevokeRequest asks to revoke the current access token and rotate (kubectl
+	// mlflow-token revoke, for a leaked token). Honoured once per value; recorded in
+	// status.lastRevocationRequest.
+	AnnotationRevokeRequest = "auth.mlflow-token-operator.io/revoke-requested-at"
 )

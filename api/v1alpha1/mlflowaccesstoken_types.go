@@ -308,6 +308,16 @@ type MLflowAccessTokenStatus struct {
 	// +optional
 	OfflineSession bool `json:"offlineSession,omitempty"`
 
+	// LastRenewalRequest is the value of the renew-requested-at annotation the operator last
+	// honoured (a manual rotation).
+	// +optional
+	LastRenewalRequest string `json:"lastRenewalRequest,omitempty"`
+
+	// LastRevocationRequest is the value of the revoke-requested-at annotation the operator last
+	// honoured (the token then in the Secret was revoked and replaced).
+	// +optional
+	LastRevocationRequest string `json:"lastRevocationRequest,omitempty"`
+
 	// RefreshChainExpiresAt is when the refresh chain ends unless renewed in time: the refresh
 	// token's expiry, or for offline tokens without a maximum, the realm's offline idle timeout
 	// counted from the last refresh (operator flag --offline-idle-timeout). After it, a

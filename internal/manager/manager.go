@@ -49,6 +49,9 @@ type Options struct {
 	OfflineIdleTimeout time.Duration
 	// RefreshChainWarning is how early RefreshChainExpiring warns before a chain ends.
 	RefreshChainWarning time.Duration
+	// Namespaces restricts the operator to these namespaces (empty: all). Then it needs
+	// permissions only there (Roles instead of a ClusterRole).
+	Namespaces []string
 	// Keycloak replaces the gocloak-backed client (tests wrap it to count calls).
 	Keycloak keycloak.Client
 	// SkipNameValidation allows several managers in one process (tests that restart the operator).
@@ -92,10 +95,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		LeaderElection:          o.LeaderElection,
 		LeaderElectionID:        "mlflow-token-operator.auth.mlflow-token-operator.io",
 		LeaderElectionNamespace: o.LeaderElectionNamespace,
-		Cache: cache.Options{ByObject: map[client.Object]cache.ByObject{
-			// Cache only the Secrets we write, not every Secret in the cluster.
-			&corev1.Secret{}: {Label: labels.SelectorFromSet(labels.Set{tokensecret.LabelManagedBy: tokensecret.ManagedByValue})},
-		}},
+		Cache: cacheOptions(o.Namespaces),
 	})
 	if err != nil {
 		return nil, err
@@ -130,4 +130,19 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		}
 	}
 	return mgr, nil
+}
+
+// cacheOptions caches only the Secrets the operator writes, not every Secret in the cluster,
+// and only the given namespaces when any are named.
+func cacheOptions(namespaces []string) cache.Options {
+	opts := cache.Options{ByObject: map[client.Object]cache.ByObject{
+		&corev1.Secret{}: {Label: labels.SelectorFromSet(labels.Set{tokensecret.LabelManagedBy: tokensecret.ManagedByValue})},
+	}}
+	if len(namespaces) > 0 {
+		opts.DefaultNamespaces = map[string]cache.Config{}
+		for _, ns := range namespaces {
+			opts.DefaultNamespaces[ns] = cache.Config{}
+		}
+	}
+	return opts
 }

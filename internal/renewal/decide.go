@@ -17,6 +17,8 @@ const (
 	InputsChanged Why = "InputsChanged"
 	// Due: the renewal time has come.
 	Due Why = "Due"
+	// Requested: a person asked for a rotation (kubectl mlflow-token renew or revoke).
+	Requested Why = "Requested"
 )
 
 // Input is what Decide looks at.
@@ -32,6 +34,9 @@ type Input struct {
 	RetryAt *time.Time
 	// SpecChanged: the spec changed since the last attempt; a change skips the backoff.
 	SpecChanged bool
+	// Requested: a person asked for a rotation that has not been honoured yet. It skips the
+	// schedule and the backoff.
+	Requested bool
 }
 
 // Decision says whether to obtain a token now, and otherwise when to look again.
@@ -44,6 +49,9 @@ type Decision struct {
 
 // Decide is the whole "is a new token needed now?" question, as a pure function.
 func Decide(in Input) Decision {
+	if in.Requested {
+		return Decision{Issue: true, Why: Requested}
+	}
 	if in.HaveToken && in.InputsMatch && in.Now.Before(in.RenewAt) {
 		return Decision{Why: NotDue, RequeueAfter: in.RenewAt.Sub(in.Now)}
 	}

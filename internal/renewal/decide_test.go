@@ -23,6 +23,7 @@ func TestDecide(t *testing.T) {
 		{name: "backing off", in: Input{Now: t0, HaveToken: true, InputsMatch: true, RenewAt: earlier, RetryAt: &later}, wantWhy: BackingOff, wantAfter: time.Minute},
 		{name: "backing off without a token", in: Input{Now: t0, RetryAt: &later}, wantWhy: BackingOff, wantAfter: time.Minute},
 		{name: "spec change skips the backoff", in: Input{Now: t0, RetryAt: &later, SpecChanged: true}, wantIssue: true, wantWhy: NoToken},
+		{name: "a request skips schedule and backoff", in: Input{Now: t0, HaveToken: true, InputsMatch: true, RenewAt: later, RetryAt: &later, Requested: true}, wantIssue: true, wantWhy: Requested},
 		{name: "retry time passed", in: Input{Now: t0, HaveToken: true, InputsMatch: true, RenewAt: earlier, RetryAt: &earlier}, wantIssue: true, wantWhy: Due},
 	}
 	for _, tt := range tests {

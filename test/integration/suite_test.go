@@ -38,11 +38,13 @@ const (
 )
 
 var (
-	k8s      client.Client
-	restCfg  *rest.Config
-	kcServer *keycloak.Server
-	logs     = &syncBuffer{}
-	scheme   = manager.Scheme()
+	k8s     client.Client
+	restCfg *rest.Config
+	// kubeconfigPath points at the API server, for tools run as processes (the kubectl plugin).
+	kubeconfigPath string
+	kcServer       *keycloak.Server
+	logs           = &syncBuffer{}
+	scheme         = manager.Scheme()
 )
 
 // syncBuffer collects the operator's log output for the leak test.
@@ -113,6 +115,18 @@ func run(m *testing.M) int {
 	defer func() { _ = env.Stop() }()
 	fmt.Fprintf(os.Stderr, "API server ready after %s\n", time.Since(start).Round(time.Millisecond))
 	restCfg = cfg
+	kubeconfigPath = filepath.Join(os.TempDir(), fmt.Sprintf("mlflow-token-it-%d.kubeconfig", os.Getpid()))
+	if err := os.WriteFile(kubeconfigPath, env.KubeConfig, 0o600); err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: %v\n", err)
+		return 1
+	}
+	defer os.Remove(kubeconfigPath)
+	kubeconfigPath = filepath.Join(os.TempDir(), fmt.Sprintf("mlflow-token-it-%d.kubeconfig", os.Getpid()))
+	if err := os.WriteFile(kubeconfigPath, env.KubeConfig, 0o600); err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: %v\n", err)
+		return 1
+	}
+	defer os.Remove(kubeconfigPath)
 
 	if err := <-kcErr; err != nil {
 		fmt.Fprintf(os.Stderr, "FAIL: starting Keycloak: %v\n", err)
