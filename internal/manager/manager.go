@@ -95,7 +95,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		LeaderElection:          o.LeaderElection,
 		LeaderElectionID:        "mlflow-token-operator.auth.mlflow-token-operator.io",
 		LeaderElectionNamespace: o.LeaderElectionNamespace,
-		Cache: cacheOptions(o.Namespaces),
+		Cache:                   cacheOptions(o.Namespaces),
 	})
 	if err != nil {
 		return nil, err
