@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -44,7 +45,9 @@ var (
 	kubeconfigPath string
 	kcServer       *keycloak.Server
 	logs           = &syncBuffer{}
-	scheme         = manager.Scheme()
+	// metricsAddr is where the in-process operator serves /metrics.
+	metricsAddr = freeAddr()
+	scheme      = manager.Scheme()
 )
 
 // syncBuffer collects the operator's log output for the leak test.
@@ -154,7 +157,7 @@ func run(m *testing.M) int {
 // are captured.
 func startOperator(ctx context.Context, cfg *rest.Config) (func(), error) {
 	o := manager.Defaults()
-	o.MetricsAddr, o.ProbeAddr = "0", "0"
+	o.MetricsAddr, o.ProbeAddr = metricsAddr, "0"
 	o.KeycloakTimeout = 5 * time.Second
 	o.RevocationTimeout = 20 * time.Second
 	o.Backoff = renewal.Backoff{Initial: time.Second, Max: 3 * time.Second}
@@ -173,6 +176,15 @@ func startOperator(ctx context.Context, cfg *rest.Config) (func(), error) {
 		}
 	}()
 	return func() { cancel(); <-done }, nil
+}
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
 
 // stopOperator stops the running operator.
