@@ -68,6 +68,31 @@ docker-build: ## Build the container image (needs a Docker engine).
 docker-build-stage: ## Run the Dockerfile's build-stage command without Docker (static binary).
 	CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags="-s -w" -o bin/manager-static ./cmd
 
+##@ Packaging
+
+TOOLS_BIN ?= $(LOCALBIN)/tools
+KUSTOMIZE ?= $(TOOLS_BIN)/kustomize
+HELM ?= $(TOOLS_BIN)/helm
+DIST ?= dist
+CHART ?= charts/mlflow-token-operator
+
+.PHONY: build-installer
+build-installer: kustomize ## Render $(DIST)/install.yaml (CRD, RBAC, Deployment, metrics Service) for image $(IMG).
+	@mkdir -p $(DIST) $(LOCALBIN)/installer
+	@img='$(IMG)'; case "$${img##*/}" in *:*) name="$${img%:*}"; tag="$${img##*:}";; *) name="$$img"; tag=latest;; esac; \
+		printf 'resources:\n- ../../config/default\nimages:\n- name: mlflow-token-operator\n  newName: %s\n  newTag: %s\n' \
+		"$$name" "$$tag" > $(LOCALBIN)/installer/kustomization.yaml
+	$(KUSTOMIZE) build $(LOCALBIN)/installer > $(DIST)/install.yaml
+	@echo "Wrote $(DIST)/install.yaml"
+
+.PHONY: helm-crd
+helm-crd: ## Copy the generated CRD into the Helm chart (a test fails when they differ).
+	cp config/crd/bases/*.yaml $(CHART)/crds/
+
+.PHONY: helm-lint
+helm-lint: helm ## Lint the Helm chart.
+	$(HELM) lint --strict $(CHART)
+
 ##@ Tools
 
 .PHONY: controller-gen
@@ -77,6 +102,14 @@ $(CONTROLLER_GEN):
 	GOBIN=$(LOCALBIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 	mv $(LOCALBIN)/controller-gen $(CONTROLLER_GEN)
 	ln -sf $(notdir $(CONTROLLER_GEN)) $(LOCALBIN)/controller-gen
+
+.PHONY: kustomize
+kustomize: ## Build kustomize from the pinned Go module (hack/tools/kustomize) into bin/tools (cached).
+	hack/packaging-tools.sh
+
+.PHONY: helm
+helm: ## Build Helm from the pinned Go module (hack/tools/helm) into bin/tools (cached).
+	hack/packaging-tools.sh
 
 .PHONY: help
 help: ## Show this help.
