@@ -27,8 +27,9 @@ import (
 //     copy is never redeemed.
 //  2. Before redeeming, a "redeeming" marker is written to the state Secret with an optimistic
 //     lock. Only one writer wins, so two replicas (or two reconciles) never redeem the same
-//     token; a marker left behind tells a restarted operator that a redemption's outcome is
-//     unknown, and it does not redeem that token again.
+//     token. A marker left behind tells a restarted operator that a redemption was
+//     interrupted; it then asks Keycloak's introspection endpoint, which does not consume the
+//     token, whether the token is still active, and redeems it only if it is.
 //  3. The new refresh token is persisted before the access token is published.
 
 // obtainByRefresh obtains a token for the RefreshToken and Password grants.
@@ -63,11 +64,24 @@ func (r *MLflowAccessTokenReconciler) obtainByRefresh(ctx context.Context, obj *
 			return nil, nil, &failure{Message: "another redemption of this refresh chain is in flight"}
 		}
 		if hash == tokensecret.Hash(chain.RefreshToken) && chain.RefreshToken != "" {
-			logger.Info("A redemption of the refresh token was interrupted; its outcome is unknown, so the token is not redeemed again")
-			r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, authv1alpha1.ReasonRefreshOutcomeUnknown, "Refresh",
-				"The operator stopped while redeeming the refresh token; it will not redeem it again")
-			chain.RefreshToken = ""
-			chain.Ended = authv1alpha1.ReasonRefreshOutcomeUnknown
+			// The operator stopped mid-redemption. Ask Keycloak, without using the token,
+			// whether that redemption reached it: under strict rotation a consumed refresh
+			// token is inactive, and redeeming it again would end the session.
+			kctx, cancel := context.WithTimeout(ctx, r.KeycloakTimeout)
+			active, err := r.Keycloak.Introspect(kctx, ep, creds, chain.RefreshToken, "refresh_token")
+			cancel()
+			if err != nil {
+				return nil, nil, &failure{Reason: string(keycloak.ReasonOf(err)), Message: "checking an interrupted refresh: " + err.Error()}
+			}
+			if active {
+				logger.Info("An interrupted redemption had not consumed the refresh token; redeeming it")
+			} else {
+				logger.Info("An interrupted redemption consumed the refresh token; the chain is lost")
+				r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, authv1alpha1.ReasonRefreshTokenInvalid, "Refresh",
+					"The operator stopped while redeeming the refresh token and Keycloak had already rotated it; the chain is lost")
+				chain.RefreshToken = ""
+				chain.Ended = "the operator stopped while Keycloak rotated the refresh token"
+			}
 		}
 		chain.Redeeming = ""
 	}
@@ -77,9 +91,6 @@ func (r *MLflowAccessTokenReconciler) obtainByRefresh(ctx context.Context, obj *
 			f := &failure{Reason: authv1alpha1.ReasonRefreshTokenInvalid, Message: fmt.Sprintf(
 				"the refresh chain ended (%s); put a new refresh or offline token into Secret %q key %q to start a new one",
 				firstNonEmpty(chain.Ended, "no refresh token"), obj.Spec.Grant.RefreshTokenSecretRef.Name, refreshKey(obj))}
-			if chain.Ended == authv1alpha1.ReasonRefreshOutcomeUnknown {
-				f.Reason = authv1alpha1.ReasonRefreshOutcomeUnknown
-			}
 			if _, err := r.saveChain(ctx, obj, stateSecret, *chain); err != nil {
 				return nil, nil, asFailure(err)
 			}

@@ -55,10 +55,6 @@ const (
 	// ReasonRefreshTokenInvalid: Keycloak rejected the refresh token (invalid_grant): expired,
 	// revoked, reused under strict rotation, or issued to another client. Bootstrap a new one.
 	ReasonRefreshTokenInvalid = "RefreshTokenInvalid"
-	// ReasonRefreshOutcomeUnknown: the operator stopped while redeeming the refresh token, so it
-	// cannot know whether Keycloak rotated it; redeeming it again could end the session under
-	// strict rotation. Bootstrap a new refresh token.
-	ReasonRefreshOutcomeUnknown = "RefreshOutcomeUnknown"
 	// ReasonUserCredentialsNotFound: the Secret or keys named by passwordSecretRef do not exist.
 	ReasonUserCredentialsNotFound = "UserCredentialsNotFound"
 	// ReasonInvalidUserCredentials: Keycloak rejected the user name or password, or the account

@@ -116,6 +116,13 @@ func (i instrumented) Revoke(ctx context.Context, ep keycloak.Endpoint, c keyclo
 	return err
 }
 
+func (i instrumented) Introspect(ctx context.Context, ep keycloak.Endpoint, c keycloak.Credentials, tok, hint string) (bool, error) {
+	start := time.Now()
+	ok, err := i.Client.Introspect(ctx, ep, c, tok, hint)
+	observe(hint, "introspect", start, err)
+	return ok, err
+}
+
 func (i instrumented) DeleteSession(ctx context.Context, ep keycloak.Endpoint, admin, sid string, offline bool) (bool, error) {
 	start := time.Now()
 	ok, err := i.Client.DeleteSession(ctx, ep, admin, sid, offline)

@@ -47,6 +47,11 @@ func (c *countingKeycloak) Revoke(ctx context.Context, ep keycloak.Endpoint, cr 
 	return c.Client.Revoke(ctx, ep, cr, tok, hint)
 }
 
+func (c *countingKeycloak) Introspect(ctx context.Context, ep keycloak.Endpoint, cr keycloak.Credentials, tok, hint string) (bool, error) {
+	c.inc(ep.Realm, "introspect")
+	return c.Client.Introspect(ctx, ep, cr, tok, hint)
+}
+
 func (c *countingKeycloak) DeleteSession(ctx context.Context, ep keycloak.Endpoint, admin, sid string, offline bool) (bool, error) {
 	c.inc(ep.Realm, "delete_session")
 	return c.Client.DeleteSession(ctx, ep, admin, sid, offline)
