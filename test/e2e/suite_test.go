@@ -115,7 +115,7 @@ func run(m *testing.M) int {
 		return fail("%v", err)
 	}
 	out, err := exec.Command(filepath.Join(venv, "bin", "python"), "-c",
-		`import importlib.metadata as m; print(" ".join(p + " " + m.version(p) for p in ("mlflow", "mlflow-oidc-auth", "mlflow-token-file-auth")))`).CombinedOutput()
+		`import importlib.metadata as m, platform; print(" ".join(p + " " + m.version(p) for p in ("mlflow", "mlflow-oidc-auth", "mlflow-token-file-auth")) + ", python " + platform.python_version())`).CombinedOutput()
 	if err != nil {
 		return fail("the venv %s is unusable: %v: %s", venv, err, out)
 	}
