@@ -85,9 +85,10 @@ build-installer: kustomize ## Render $(DIST)/install.yaml (CRD, RBAC, Deployment
 	$(KUSTOMIZE) build $(LOCALBIN)/installer > $(DIST)/install.yaml
 	@echo "Wrote $(DIST)/install.yaml"
 
-.PHONY: helm-crd
-helm-crd: ## Copy the generated CRD into the Helm chart (a test fails when they differ).
+.PHONY: helm-sync
+helm-sync: ## Copy the generated CRD and RBAC role into the Helm chart (a test fails when they differ).
 	cp config/crd/bases/*.yaml $(CHART)/crds/
+	cp config/rbac/role.yaml $(CHART)/files/manager-role.yaml
 
 .PHONY: helm-lint
 helm-lint: helm ## Lint the Helm chart.
