@@ -119,11 +119,10 @@ func (r *MLflowAccessTokenReconciler) revokeAll(ctx context.Context, obj *authv1
 		return nil
 	}
 
-	creds, ferr := r.clientCredentials(ctx, obj)
+	ep, creds, ferr := r.keycloakAccess(ctx, obj)
 	if ferr != nil {
 		return ferr
 	}
-	ep := keycloak.Endpoint{URL: obj.Spec.Keycloak.URL, Realm: obj.Spec.Keycloak.Realm}
 	revoke := func(token, hint string) *failure {
 		kctx, cancel := context.WithTimeout(ctx, r.KeycloakTimeout)
 		defer cancel()

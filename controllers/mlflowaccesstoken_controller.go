@@ -71,6 +71,7 @@ type MLflowAccessTokenReconciler struct {
 // +kubebuilder:rbac:groups=auth.mlflow-token-operator.io,resources=mlflowaccesstokens/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=auth.mlflow-token-operator.io,resources=mlflowaccesstokens/finalizers,verbs=update
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
 // Reconcile is get → ensure finalizer → delete or normal path → one status write.

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -147,14 +148,13 @@ func decideInput(obj *authv1alpha1.MLflowAccessToken, now time.Time, cur tokense
 // obtain reads the client's credentials and asks Keycloak for a token. For the refresh-based
 // grants it also returns the refresh chain, already persisted in the state Secret.
 func (r *MLflowAccessTokenReconciler) obtain(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) (*keycloak.Token, *tokensecret.Chain, time.Time, *failure) {
-	creds, ferr := r.clientCredentials(ctx, obj)
+	ep, creds, ferr := r.keycloakAccess(ctx, obj)
 	if ferr != nil {
 		return nil, nil, time.Time{}, ferr
 	}
 	// The lifetime is counted from before the request: the token cannot expire later than
 	// sent-time + expires_in by our clock.
 	issuedAt := r.now()
-	ep := keycloak.Endpoint{URL: obj.Spec.Keycloak.URL, Realm: obj.Spec.Keycloak.Realm}
 	switch obj.Spec.Grant.Type {
 	case authv1alpha1.GrantClientCredentials:
 		kctx, cancel := context.WithTimeout(ctx, r.KeycloakTimeout)
@@ -172,32 +172,56 @@ func (r *MLflowAccessTokenReconciler) obtain(ctx context.Context, obj *authv1alp
 	}
 }
 
-// clientCredentials reads the client secret through the uncached reader: the cache holds only
-// the operator's own Secrets, and a user's credentials should not sit in memory longer than needed.
-func (r *MLflowAccessTokenReconciler) clientCredentials(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) (keycloak.Credentials, *failure) {
-	ref := obj.Spec.Keycloak.ClientSecretRef
-	key := ref.Key
-	if key == "" {
-		key = "client-secret"
+// keycloakAccess returns where and as whom to talk to Keycloak: the endpoint (with the CA
+// bundle, if any) and the client's credentials. Secrets and ConfigMaps are read through the
+// uncached reader: the cache holds only the operator's own Secrets, and a user's credentials
+// should not sit in memory longer than needed.
+func (r *MLflowAccessTokenReconciler) keycloakAccess(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) (keycloak.Endpoint, keycloak.Credentials, *failure) {
+	k := obj.Spec.Keycloak
+	ep := keycloak.Endpoint{URL: k.URL, Realm: k.Realm}
+	ca, ferr := r.caBundle(ctx, obj)
+	if ferr != nil {
+		return ep, keycloak.Credentials{}, ferr
 	}
-	s := &corev1.Secret{}
-	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, s); err != nil {
-		if apierrors.IsNotFound(err) {
-			return keycloak.Credentials{}, &failure{Reason: authv1alpha1.ReasonClientSecretNotFound,
-				Message: fmt.Sprintf("Secret %q (keycloak.clientSecretRef) does not exist in namespace %s", ref.Name, obj.Namespace)}
+	ep.CABundle = ca
+	secret, ferr := r.secretValue(ctx, obj, k.ClientSecretRef.Name, firstNonEmpty(k.ClientSecretRef.Key, "client-secret"),
+		authv1alpha1.ReasonClientSecretNotFound, "keycloak.clientSecretRef")
+	if ferr != nil {
+		return ep, keycloak.Credentials{}, ferr
+	}
+	return ep, keycloak.Credentials{ClientID: k.ClientID, ClientSecret: string(secret)}, nil
+}
+
+// caBundle returns the PEM CA bundle that Keycloak's certificate must chain to (nil: the
+// system's roots).
+func (r *MLflowAccessTokenReconciler) caBundle(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) ([]byte, *failure) {
+	k := obj.Spec.Keycloak
+	var pemData []byte
+	switch {
+	case k.CABundle != "":
+		pemData = []byte(k.CABundle)
+	case k.CAConfigMapRef != nil:
+		ref := k.CAConfigMapRef
+		key := firstNonEmpty(ref.Key, "ca.crt")
+		cm := &corev1.ConfigMap{}
+		if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, cm); err != nil {
+			if apierrors.IsNotFound(err) {
+				return nil, &failure{Reason: authv1alpha1.ReasonCABundleNotFound, Message: fmt.Sprintf("ConfigMap %q (keycloak.caConfigMapRef) does not exist in namespace %s", ref.Name, obj.Namespace)}
+			}
+			return nil, asFailure(err)
 		}
-		return keycloak.Credentials{}, asFailure(err)
+		v, ok := cm.Data[key]
+		if !ok {
+			return nil, &failure{Reason: authv1alpha1.ReasonCABundleNotFound, Message: fmt.Sprintf("ConfigMap %q has no key %q (keycloak.caConfigMapRef.key)", ref.Name, key)}
+		}
+		pemData = []byte(v)
+	default:
+		return nil, nil
 	}
-	v, ok := s.Data[key]
-	if !ok {
-		return keycloak.Credentials{}, &failure{Reason: authv1alpha1.ReasonClientSecretNotFound,
-			Message: fmt.Sprintf("Secret %q has no key %q (keycloak.clientSecretRef.key); it has keys %v", ref.Name, key, keysOf(s.Data))}
+	if !x509.NewCertPool().AppendCertsFromPEM(pemData) {
+		return nil, &failure{Reason: authv1alpha1.ReasonInvalidCABundle, Message: "the CA bundle holds no PEM certificate"}
 	}
-	if len(v) == 0 {
-		return keycloak.Credentials{}, &failure{Reason: authv1alpha1.ReasonInvalidClientSecret,
-			Message: fmt.Sprintf("key %q of Secret %q is empty", key, ref.Name)}
-	}
-	return keycloak.Credentials{ClientID: obj.Spec.Keycloak.ClientID, ClientSecret: string(v)}, nil
+	return pemData, nil
 }
 
 // schedule turns a token response into the state recorded in the Secret. The renewal time,
@@ -430,13 +454,12 @@ func pendingRequest(obj *authv1alpha1.MLflowAccessToken, key, honoured string) b
 
 // revokeAccessToken revokes one access token at Keycloak.
 func (r *MLflowAccessTokenReconciler) revokeAccessToken(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, token string) *failure {
-	creds, ferr := r.clientCredentials(ctx, obj)
+	ep, creds, ferr := r.keycloakAccess(ctx, obj)
 	if ferr != nil {
 		return ferr
 	}
 	kctx, cancel := context.WithTimeout(ctx, r.KeycloakTimeout)
 	defer cancel()
-	ep := keycloak.Endpoint{URL: obj.Spec.Keycloak.URL, Realm: obj.Spec.Keycloak.Realm}
 	if err := r.Keycloak.Revoke(kctx, ep, creds, token, "access_token"); err != nil {
 		return &failure{Reason: string(keycloak.ReasonOf(err)), Message: "revoking the current token: " + err.Error()}
 	}

@@ -368,10 +368,9 @@ func (r *MLflowAccessTokenReconciler) keepClientSession(ctx context.Context, obj
 		return
 	}
 	if prev != nil && prev.RefreshToken != "" && prev.RefreshToken != next.RefreshToken {
-		if creds, ferr := r.clientCredentials(ctx, obj); ferr == nil {
+		if ep, creds, ferr := r.keycloakAccess(ctx, obj); ferr == nil {
 			kctx, cancel := context.WithTimeout(ctx, r.KeycloakTimeout)
 			defer cancel()
-			ep := keycloak.Endpoint{URL: obj.Spec.Keycloak.URL, Realm: obj.Spec.Keycloak.Realm}
 			if err := r.Keycloak.Revoke(kctx, ep, creds, prev.RefreshToken, "refresh_token"); err != nil {
 				log.FromContext(ctx).Info("Could not end the previous client session", "error", err.Error())
 			}

@@ -40,6 +40,13 @@ const (
 	ReasonRealmNotFound = "RealmNotFound"
 	// ReasonKeycloakUnreachable: connection refused, DNS failure, TLS failure.
 	ReasonKeycloakUnreachable = "KeycloakUnreachable"
+	// ReasonKeycloakTLSError: Keycloak's certificate could not be verified (unknown CA, wrong host
+	// name, expired). Set keycloak.caBundle or caConfigMapRef to the CA that issued it.
+	ReasonKeycloakTLSError = "KeycloakTLSError"
+	// ReasonCABundleNotFound: the ConfigMap or key named by keycloak.caConfigMapRef does not exist.
+	ReasonCABundleNotFound = "CABundleNotFound"
+	// ReasonInvalidCABundle: the CA bundle holds no PEM certificate.
+	ReasonInvalidCABundle = "InvalidCABundle"
 	// ReasonKeycloakTimeout: Keycloak did not answer in time.
 	ReasonKeycloakTimeout = "KeycloakTimeout"
 	// ReasonKeycloakError: Keycloak answered with a server error (5xx) or another unexpected status.

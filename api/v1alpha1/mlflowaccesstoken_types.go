@@ -75,6 +75,7 @@ type RevocationSpec struct {
 }
 
 // KeycloakSpec names the Keycloak realm and client.
+// +kubebuilder:validation:XValidation:rule="!(has(self.caBundle) && has(self.caConfigMapRef))",message="set caBundle or caConfigMapRef, not both"
 type KeycloakSpec struct {
 	// URL is Keycloak's base URL, for example https://keycloak.example.com (without /realms/...).
 	// Use exactly the host name that MLflow's OIDC configuration uses: Keycloak writes the
@@ -102,6 +103,36 @@ type KeycloakSpec struct {
 	// ClientSecretRef points at the client's secret in a Secret of the resource's own namespace.
 	// There is no namespace field on purpose: a resource can only read Secrets of its namespace.
 	ClientSecretRef SecretKeyRef `json:"clientSecretRef"`
+
+	// CABundle is a PEM bundle of the CAs that Keycloak's HTTPS certificate must chain to, for a
+	// Keycloak behind a private CA. Without it (and without caConfigMapRef) the system's roots
+	// are used. Certificates are always verified.
+	// +optional
+	// +kubebuilder:validation:MaxLength=262144
+	// +kubebuilder:validation:XValidation:rule="self.contains('-----BEGIN CERTIFICATE-----')",message="caBundle must be PEM: one or more -----BEGIN CERTIFICATE----- blocks"
+	CABundle string `json:"caBundle,omitempty"`
+
+	// CAConfigMapRef points at a PEM CA bundle in a ConfigMap of the resource's namespace (for
+	// example one that cert-manager's trust-manager fills), instead of caBundle.
+	// +optional
+	CAConfigMapRef *ConfigMapKeyRef `json:"caConfigMapRef,omitempty"`
+}
+
+// ConfigMapKeyRef selects a key of a ConfigMap in the same namespace as the resource.
+type ConfigMapKeyRef struct {
+	// Name of the ConfigMap.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+
+	// Key within the ConfigMap's data. Defaults to "ca.crt".
+	// +optional
+	// +kubebuilder:default=ca.crt
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	Key string `json:"key,omitempty"`
 }
 
 // SecretKeyRef selects a key of a Secret in the same namespace as the resource.

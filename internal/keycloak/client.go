@@ -5,7 +5,10 @@ package keycloak
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -25,6 +28,8 @@ type Endpoint struct {
 	URL string
 	// Realm is the realm name.
 	Realm string
+	// CABundle is a PEM bundle of CAs to verify Keycloak's certificate with (nil: system roots).
+	CABundle []byte
 }
 
 // Credentials authenticate a confidential client.
@@ -79,12 +84,15 @@ type Options struct {
 // DefaultOptions are used for zero fields of Options.
 var DefaultOptions = Options{Timeout: 10 * time.Second, MaxResponseBytes: 1 << 20}
 
-// GoCloak implements Client with gocloak. It keeps one gocloak client per base URL, all
-// sharing one resty client and so one pool of keep-alive connections.
+// GoCloak implements Client with gocloak. It keeps one gocloak client per base URL and CA
+// bundle; those without a CA bundle share one resty client and so one pool of keep-alive
+// connections, and each distinct CA bundle gets a resty client of its own.
 type GoCloak struct {
+	opts    Options
 	resty   *resty.Client
 	mu      sync.Mutex
 	clients map[string]*gocloak.GoCloak
+	byCA    map[string]*resty.Client
 }
 
 var _ Client = (*GoCloak)(nil)
@@ -97,28 +105,47 @@ func NewGoCloak(opts Options) *GoCloak {
 	if opts.MaxResponseBytes <= 0 {
 		opts.MaxResponseBytes = DefaultOptions.MaxResponseBytes
 	}
+	return &GoCloak{opts: opts, resty: newResty(opts, opts.TLSConfig), clients: map[string]*gocloak.GoCloak{}, byCA: map[string]*resty.Client{}}
+}
+
+func newResty(opts Options, tlsConfig *tls.Config) *resty.Client {
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = 64
 	transport.ResponseHeaderTimeout = opts.Timeout
-	if opts.TLSConfig != nil {
-		transport.TLSClientConfig = opts.TLSConfig
+	if tlsConfig != nil {
+		transport.TLSClientConfig = tlsConfig
 	}
-	r := resty.New().
+	return resty.New().
 		SetTransport(transport).
 		SetTimeout(opts.Timeout).
 		SetResponseBodyLimit(opts.MaxResponseBytes).
 		SetRedirectPolicy(resty.NoRedirectPolicy())
-	return &GoCloak{resty: r, clients: map[string]*gocloak.GoCloak{}}
 }
 
-func (g *GoCloak) client(baseURL string) *gocloak.GoCloak {
+// client returns the gocloak client for an endpoint's base URL and CA bundle.
+func (g *GoCloak) client(ep Endpoint) *gocloak.GoCloak {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	c, ok := g.clients[baseURL]
+	caKey := ""
+	if len(ep.CABundle) > 0 {
+		sum := sha256.Sum256(ep.CABundle)
+		caKey = hex.EncodeToString(sum[:])
+	}
+	key := ep.URL + "\x00" + caKey
+	c, ok := g.clients[key]
 	if !ok {
-		c = gocloak.NewClient(baseURL)
-		c.SetRestyClient(g.resty)
-		g.clients[baseURL] = c
+		r := g.resty
+		if caKey != "" {
+			if r, ok = g.byCA[caKey]; !ok {
+				pool := x509.NewCertPool()
+				pool.AppendCertsFromPEM(ep.CABundle)
+				r = newResty(g.opts, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+				g.byCA[caKey] = r
+			}
+		}
+		c = gocloak.NewClient(ep.URL)
+		c.SetRestyClient(r)
+		g.clients[key] = c
 	}
 	return c
 }
@@ -152,7 +179,7 @@ func (g *GoCloak) Introspect(ctx context.Context, ep Endpoint, creds Credentials
 	var res struct {
 		Active bool `json:"active"`
 	}
-	resp, err := g.client(ep.URL).GetRequest(ctx).SetFormData(form).SetResult(&res).
+	resp, err := g.client(ep).GetRequest(ctx).SetFormData(form).SetResult(&res).
 		Post(realmURL(ep, "/protocol/openid-connect/token/introspect"))
 	if err := classify(ctx, resp, err, "introspection"); err != nil {
 		return false, err
@@ -167,7 +194,7 @@ func (g *GoCloak) DeleteSession(ctx context.Context, ep Endpoint, adminToken, se
 	if offline {
 		u += "?isOffline=true"
 	}
-	resp, err := g.client(ep.URL).GetRequestWithBearerAuth(ctx, adminToken).Delete(u)
+	resp, err := g.client(ep).GetRequestWithBearerAuth(ctx, adminToken).Delete(u)
 	if err == nil && resp != nil && resp.StatusCode() == http.StatusNotFound {
 		return false, nil
 	}
@@ -187,7 +214,7 @@ func (g *GoCloak) token(ctx context.Context, ep Endpoint, creds Credentials, for
 		form["scope"] = strings.Join(scopes, " ")
 	}
 	var jwt gocloak.JWT
-	resp, err := g.client(ep.URL).GetRequest(ctx).
+	resp, err := g.client(ep).GetRequest(ctx).
 		SetFormData(form).
 		SetResult(&jwt).
 		Post(realmURL(ep, "/protocol/openid-connect/token"))
@@ -208,7 +235,7 @@ func (g *GoCloak) Revoke(ctx context.Context, ep Endpoint, creds Credentials, to
 	if tokenTypeHint != "" {
 		form["token_type_hint"] = tokenTypeHint
 	}
-	resp, err := g.client(ep.URL).GetRequest(ctx).
+	resp, err := g.client(ep).GetRequest(ctx).
 		SetFormData(form).
 		Post(realmURL(ep, "/protocol/openid-connect/revoke"))
 	return classify(ctx, resp, err, "revocation")
@@ -254,6 +281,7 @@ const (
 	ReasonRealmNotFound            Reason = "RealmNotFound"
 	ReasonUnreachable              Reason = "KeycloakUnreachable"
 	ReasonTimeout                  Reason = "KeycloakTimeout"
+	ReasonTLS                      Reason = "KeycloakTLSError"
 	ReasonServerError              Reason = "KeycloakError"
 	ReasonInvalidResponse          Reason = "InvalidTokenResponse"
 	// ReasonInvalidGrant: Keycloak rejected the grant itself (invalid_grant): a refresh token that
@@ -335,7 +363,13 @@ func classify(ctx context.Context, resp *resty.Response, err error, what string)
 
 func transportError(ctx context.Context, err error, what string) error {
 	var netErr net.Error
+	var unknownCA x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var invalidCert x509.CertificateInvalidError
+	var verifyErr *tls.CertificateVerificationError
 	switch {
+	case errors.As(err, &unknownCA) || errors.As(err, &hostErr) || errors.As(err, &invalidCert) || errors.As(err, &verifyErr):
+		return &Error{Reason: ReasonTLS, Message: fmt.Sprintf("%s: Keycloak's TLS certificate could not be verified (%s); set keycloak.caBundle or keycloak.caConfigMapRef to the CA that issued it", what, describeTransport(err))}
 	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()):
 		return &Error{Reason: ReasonTimeout, Message: fmt.Sprintf("%s: Keycloak did not answer in time", what)}
 	case ctx.Err() != nil:

@@ -88,6 +88,17 @@ func run(m *testing.M) int {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
+	pkiDir, err := os.MkdirTemp("", "mlflow-token-pki-")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: %v\n", err)
+		return 1
+	}
+	defer os.RemoveAll(pkiDir)
+	if pki, err = makeTestPKI(pkiDir); err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: generating the test CA: %v\n", err)
+		return 1
+	}
+
 	// Start Keycloak and the API server side by side: both take a while.
 	kcErr := make(chan error, 1)
 	go func() {
@@ -96,8 +107,10 @@ func run(m *testing.M) int {
 		defer kcancel()
 		var err error
 		kcServer, err = keycloak.Start(kctx, keycloak.Options{
-			Home:       keycloak.HomeFromEnv(),
-			RealmFiles: []string{filepath.Join("..", "keycloak", "realm-mlflow.json"), filepath.Join("..", "keycloak", "realm-strict.json")},
+			Home:        keycloak.HomeFromEnv(),
+			RealmFiles:  []string{filepath.Join("..", "keycloak", "realm-mlflow.json"), filepath.Join("..", "keycloak", "realm-strict.json")},
+			TLSCertFile: pki.CertFile,
+			TLSKeyFile:  pki.KeyFile,
 		})
 		if err == nil {
 			fmt.Fprintf(os.Stderr, "Keycloak ready at %s after %s\n", kcServer.URL(), time.Since(start).Round(time.Millisecond))

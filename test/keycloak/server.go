@@ -87,6 +87,11 @@ type Options struct {
 	RealmFiles []string
 	// AdminUser and AdminPassword are the master-realm bootstrap admin (default admin/admin).
 	AdminUser, AdminPassword string
+	// TLSCertFile and TLSKeyFile (PEM) turn on HTTPS on HTTPSPort, next to plain HTTP; the
+	// management interface stays on HTTP.
+	TLSCertFile, TLSKeyFile string
+	// HTTPSPort is the HTTPS port when TLS files are given (0 = pick a free port).
+	HTTPSPort int
 	// LogFile receives the server's stdout and stderr (appended). Default: keycloak.log in the
 	// server's temporary directory (removed by Close).
 	LogFile string
@@ -158,6 +163,13 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 			}
 		}
 	}
+	if opts.TLSCertFile != "" && opts.HTTPSPort == 0 {
+		for opts.HTTPSPort == 0 || opts.HTTPSPort == opts.Port || opts.HTTPSPort == opts.ManagementPort {
+			if opts.HTTPSPort, err = freePort(opts.Host); err != nil {
+				return nil, err
+			}
+		}
+	}
 
 	dir, err := os.MkdirTemp("", "keycloak-server-")
 	if err != nil {
@@ -182,6 +194,15 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 // URL is the base URL, e.g. http://127.0.0.1:34567 (issuer of realm r: URL()+"/realms/"+r).
 func (s *Server) URL() string {
 	return "http://" + net.JoinHostPort(s.opts.Host, strconv.Itoa(s.opts.Port))
+}
+
+// HTTPSURL is the HTTPS base URL (empty without TLS files). Tokens requested through it carry
+// it as their issuer.
+func (s *Server) HTTPSURL() string {
+	if s.opts.TLSCertFile == "" {
+		return ""
+	}
+	return "https://" + net.JoinHostPort(s.opts.Host, strconv.Itoa(s.opts.HTTPSPort))
 }
 
 // ManagementURL is the base URL of the management interface (/health, /health/ready).
@@ -428,6 +449,15 @@ func (s *Server) args() []string {
 		// Not built by hack/keycloak.sh: pass the build options; kc.sh re-runs the Quarkus build
 		// (into the shared distribution's lib/, ~40 s) when they differ from the last build.
 		a = append(a, "--db=dev-file", "--health-enabled=true")
+	}
+	if s.opts.TLSCertFile != "" {
+		a = append(a,
+			"--https-port="+strconv.Itoa(s.opts.HTTPSPort),
+			"--https-certificate-file="+s.opts.TLSCertFile,
+			"--https-certificate-key-file="+s.opts.TLSKeyFile,
+			// Keep /health/ready on plain HTTP (it would inherit TLS otherwise).
+			"--http-management-scheme=http",
+		)
 	}
 	return append(a,
 		"--http-enabled=true",
