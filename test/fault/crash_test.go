@@ -1,0 +1,142 @@
+package fault
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+)
+
+// mixedFleet creates n resources, alternately ClientCredentials (realm mlflow) and RefreshToken
+// (realm strict, bootstrapped with a password grant), ten per namespace.
+func mixedFleet(t *testing.T, prefix string, n int) []string {
+	t.Helper()
+	var namespaces []string
+	for i := 0; i < n; i++ {
+		if i%10 == 0 {
+			namespaces = append(namespaces, newNamespace(t, prefix))
+		}
+		ns := namespaces[len(namespaces)-1]
+		if i%2 == 0 {
+			create(t, ccToken(ns, fmt.Sprintf("cc-%03d", i)))
+		} else {
+			create(t, rtToken(t, ns, fmt.Sprintf("rt-%03d", i), i/2))
+		}
+	}
+	return namespaces
+}
+
+// lostChainEvents counts the operator's "the chain is lost" Warning events: a redemption that
+// Keycloak completed but the killed operator never saved (see controllers/refresh.go).
+func lostChainEvents(t *testing.T, namespaces []string) (int, []string) {
+	t.Helper()
+	n := 0
+	var which []string
+	for _, ns := range namespaces {
+		var l corev1.EventList
+		if err := listRetry(&l, client.InNamespace(ns)); err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range l.Items {
+			if e.Reason == authv1alpha1.ReasonRefreshTokenInvalid && strings.Contains(e.Message, "operator stopped") {
+				n++
+				which = append(which, ns+"/"+e.InvolvedObject.Name)
+			}
+		}
+	}
+	return n, which
+}
+
+// The operator process SIGKILLed at random moments while a mixed fleet rotates, and restarted
+// at once: every resource is Ready again after each restart, no refresh chain is broken, no
+// refresh token is redeemed twice, and tokens are not issued before they are due.
+func TestOperatorCrash(t *testing.T) {
+	nRes := pick(40, 100)
+	kills := pick(5, 20)
+	seed := uint64(time.Now().UnixNano())
+	rng := rand.New(rand.NewPCG(seed, 42))
+	t.Logf("%d resources, %d kills, seed %d", nRes, kills, seed)
+	namespaces := mixedFleet(t, "crash", nRes)
+
+	op := startOperator(t, "op-0", namespaces)
+	op.waitMetrics(t, time.Minute)
+	took := waitAllReady(t, namespaces, nRes, 3*time.Minute)
+	t.Logf("%d resources Ready %s after the operator started", nRes, fmtDur(took))
+	w := watchSecrets(t, namespaces, 500*time.Millisecond)
+	time.Sleep(tokenLifespan / 2)
+	proxy.ResetCounts()
+	started := time.Now()
+
+	var readyTimes []time.Duration
+	for k := 1; k <= kills; k++ {
+		wait := time.Duration(500+rng.IntN(7500)) * time.Millisecond
+		time.Sleep(wait)
+		op.Kill()
+		killedAt := time.Now()
+		op = startOperator(t, fmt.Sprintf("op-%d", k), namespaces)
+		ready := waitAllReady(t, namespaces, nRes, 2*time.Minute)
+		readyTimes = append(readyTimes, time.Since(killedAt))
+		t.Logf("kill %d after %s of running: all %d Ready %s after the kill (%s after the restart's first check)",
+			k, fmtDur(wait), nRes, fmtDur(time.Since(killedAt)), fmtDur(ready))
+	}
+	// One more token lifetime with the last process: rotations continue.
+	time.Sleep(tokenLifespan + 2*time.Second)
+	waitAllReady(t, namespaces, nRes, 2*time.Minute)
+	w.Stop()
+	elapsed := time.Since(started)
+	c := proxy.Counts()
+	blanked, deleted, tokens, notDue, _ := w.Snapshot()
+	alive, broken, why := chainsAlive(t, namespaces)
+	lost, lostWhich := lostChainEvents(t, namespaces)
+
+	sorted := append([]time.Duration(nil), readyTimes...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
+	issued := c.GrantsOK["client_credentials"] + c.GrantsOK["refresh_token"] + c.GrantsOK["password"]
+	t.Logf("FIGURE crash: resources=%d kills=%d duration=%s ready_after_restart_median=%s max=%s all=%v "+
+		"chains_alive=%d chains_broken=%d lost_in_crash_window=%d double_redemptions=%d refresh_tokens_posted_twice=%d refresh_invalid_grant=%d "+
+		"tokens_issued_by_keycloak=%d tokens_published=%d issued_not_published=%d published_before_due=%d secrets_blanked=%d secrets_deleted=%d introspections=%d",
+		nRes, kills, fmtDur(elapsed), fmtDur(sorted[len(sorted)/2]), fmtDur(sorted[len(sorted)-1]), roundAll(readyTimes),
+		alive, broken, lost, c.DoubleRedemptions, c.RefreshTokensPostedTwice, c.RefreshInvalidGrant,
+		issued, tokens, issued-tokens, notDue, blanked, deleted, countSuffix(c.Paths, "/token/introspect"))
+	if broken != 0 {
+		t.Errorf("%d refresh chains broken (%d of them lost in the crash window: %v): %v", broken, lost, lostWhich, why)
+	}
+	if c.DoubleRedemptions != 0 || c.RefreshInvalidGrant != 0 {
+		t.Errorf("%d double redemptions, %d invalid_grant answers to refresh grants", c.DoubleRedemptions, c.RefreshInvalidGrant)
+	}
+	if blanked != 0 || deleted != 0 {
+		t.Errorf("%d Secrets blanked, %d deleted", blanked, deleted)
+	}
+	if notDue != 0 {
+		w.mu.Lock()
+		t.Errorf("%d tokens published before the previous one was due: %v", notDue, w.NotDueLog)
+		w.mu.Unlock()
+	}
+	_ = context.Background
+}
+
+func roundAll(ds []time.Duration) []string {
+	out := make([]string, len(ds))
+	for i, d := range ds {
+		out[i] = fmtDur(d)
+	}
+	return out
+}
+
+func countSuffix(m map[string]int, suffix string) int {
+	n := 0
+	for k, v := range m {
+		if strings.HasSuffix(k, suffix) {
+			n += v
+		}
+	}
+	return n
+}

@@ -1,0 +1,158 @@
+// Package fault runs the operator binary as a separate process against a real kube-apiserver
+// (envtest) and a real Keycloak behind a fault-injecting proxy, and kills, restarts and starves
+// it. See docs/reliability.md for the figures and how to reproduce them.
+//
+// Run: KUBEBUILDER_ASSETS=$PWD/bin/k8s KEYCLOAK_HOME=$PWD/bin/keycloak-26.7.3 go test -count=1 -v ./test/fault/
+// Long version (more resources, more kills, longer outages): FAULT_LONG=1 (make test-faults-long).
+package fault
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/manager"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
+)
+
+// Facts of the realm fixtures test/keycloak/realm-mlflow.json and realm-strict.json.
+const (
+	realm         = "mlflow"
+	strictRealm   = "strict"
+	clientID      = "mlflow-operator"
+	clientSecret  = "mlflowOperatorTestSecret0001"
+	tokenLifespan = 12 * time.Second
+
+	// Operator flags used by every test (the backoff bound of the outage test derives from them).
+	minRetry        = time.Second
+	maxRetry        = 5 * time.Second
+	keycloakTimeout = 3 * time.Second
+)
+
+var (
+	k8s            client.Client
+	restCfg        *rest.Config
+	env            *envtest.Environment
+	kubeconfigPath string
+	kcServer       *keycloak.Server
+	proxy          *Proxy
+	operatorBin    string
+	workDir        string
+	long           = os.Getenv("FAULT_LONG") != ""
+)
+
+// pick returns the short or the long value.
+func pick[T any](short, longV T) T {
+	if long {
+		return longV
+	}
+	return short
+}
+
+func TestMain(m *testing.M) { os.Exit(run(m)) }
+
+func run(m *testing.M) int {
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		fmt.Fprintln(os.Stderr, "FAIL: KUBEBUILDER_ASSETS is not set: run the tests with `make test` (hack/build-envtest.sh builds etcd and kube-apiserver)")
+		return 1
+	}
+	if keycloak.HomeFromEnv() == "" {
+		fmt.Fprintln(os.Stderr, "FAIL: KEYCLOAK_HOME is not set: run the tests with `make test` (hack/keycloak.sh installs Keycloak)")
+		return 1
+	}
+	var err error
+	if workDir, err = os.MkdirTemp("", "mlflow-token-fault-"); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL:", err)
+		return 1
+	}
+	defer os.RemoveAll(workDir)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// Keycloak, the API server and the operator binary side by side: all take a while.
+	kcErr := make(chan error, 1)
+	go func() {
+		start := time.Now()
+		kctx, kcancel := context.WithTimeout(ctx, 4*time.Minute)
+		defer kcancel()
+		var err error
+		kcServer, err = keycloak.Start(kctx, keycloak.Options{
+			Home:       keycloak.HomeFromEnv(),
+			RealmFiles: []string{filepath.Join("..", "keycloak", "realm-mlflow.json"), filepath.Join("..", "keycloak", "realm-strict.json")},
+			LogFile:    filepath.Join(workDir, "keycloak.log"),
+		})
+		if err == nil {
+			fmt.Fprintf(os.Stderr, "Keycloak ready at %s after %s\n", kcServer.URL(), time.Since(start).Round(time.Millisecond))
+		}
+		kcErr <- err
+	}()
+	buildErr := make(chan error, 1)
+	go func() {
+		operatorBin = filepath.Join(workDir, "manager")
+		out, err := exec.Command("go", "build", "-o", operatorBin, "../../cmd").CombinedOutput()
+		if err != nil {
+			err = fmt.Errorf("go build ./cmd: %v\n%s", err, out)
+		}
+		buildErr <- err
+	}()
+
+	start := time.Now()
+	env = &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	// A fixed certificate directory: envtest regenerates the serving CA on restart when the
+	// directory is its own, which would make the kubeconfig the operator holds useless after
+	// the API server restart test.
+	certDir := filepath.Join(workDir, "apiserver-certs")
+	if err := os.MkdirAll(certDir, 0o700); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL:", err)
+		return 1
+	}
+	env.ControlPlane.GetAPIServer().CertDir = certDir
+	cfg, err := env.Start()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: starting the API server: %v\n", err)
+		return 1
+	}
+	defer func() { _ = env.Stop() }()
+	fmt.Fprintf(os.Stderr, "API server ready after %s\n", time.Since(start).Round(time.Millisecond))
+	restCfg = cfg
+	kubeconfigPath = filepath.Join(workDir, "kubeconfig")
+	if err := os.WriteFile(kubeconfigPath, env.KubeConfig, 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL:", err)
+		return 1
+	}
+	if k8s, err = client.New(cfg, client.Options{Scheme: manager.Scheme()}); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL:", err)
+		return 1
+	}
+	if err := <-buildErr; err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: building the operator:", err)
+		return 1
+	}
+	if err := <-kcErr; err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: starting Keycloak: %v\n", err)
+		return 1
+	}
+	defer kcServer.Close()
+	if proxy, err = NewProxy(kcServer.URL()); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL: starting the proxy:", err)
+		return 1
+	}
+	defer proxy.Close()
+	fmt.Fprintf(os.Stderr, "Fault proxy at %s (long run: %v); setup took %s\n", proxy.URL(), long, time.Since(start).Round(time.Millisecond))
+
+	code := m.Run()
+	stopAllOperators()
+	return code
+}

@@ -1,0 +1,102 @@
+package fault
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/renewal"
+)
+
+// attemptBound is the most attempts one resource may make in a window of length d when every
+// attempt fails, by the operator's own backoff (flags --min-retry-interval/--max-retry-interval)
+// with the jitter always at its shortest, starting with a token that still has the full
+// lifetime left (the quarter-of-remaining-life cap then shortens the waits most): an upper bound.
+func attemptBound(d time.Duration) int {
+	b := renewal.Backoff{Initial: minRetry, Max: maxRetry}
+	start := time.Unix(1_000_000, 0)
+	exp := start.Add(tokenLifespan)
+	n := 0
+	for t, f := start, int32(1); t.Sub(start) < d; f++ {
+		n++
+		t = t.Add(b.Delay(f, t, &exp, 0.999999))
+	}
+	return n + 1 // plus one attempt in flight when the window opens
+}
+
+// Keycloak stopped for longer than a token lifetime under many live resources: no Secret is
+// blanked or deleted, the operator does not hammer Keycloak (requests within the backoff bound),
+// and every resource is Ready again soon after Keycloak is back.
+func TestKeycloakOutage(t *testing.T) {
+	nRes := pick(50, 150)
+	down := pick(15*time.Second, 60*time.Second)
+	perNS := 10
+	var namespaces []string
+	for i := 0; i < nRes; i++ {
+		if i%perNS == 0 {
+			namespaces = append(namespaces, newNamespace(t, "outage"))
+		}
+		create(t, ccToken(namespaces[len(namespaces)-1], fmt.Sprintf("tok-%03d", i)))
+	}
+	op := startOperator(t, "op", namespaces)
+	op.waitMetrics(t, time.Minute)
+	took := waitAllReady(t, namespaces, nRes, 3*time.Minute)
+	t.Logf("%d resources Ready %s after the operator started", nRes, fmtDur(took))
+	w := watchSecrets(t, namespaces, 500*time.Millisecond)
+	// Let the fleet rotate once under watch, so that renewals are spread by their jitter.
+	time.Sleep(tokenLifespan)
+
+	proxy.ResetCounts()
+	stopped := time.Now()
+	if err := kcServer.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	restarted := false
+	t.Cleanup(func() {
+		if !restarted {
+			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+			defer cancel()
+			_ = kcServer.Restart(ctx)
+		}
+	})
+	t.Logf("Keycloak stopped (Stop took %s); staying down for %s", fmtDur(time.Since(stopped)), down)
+	time.Sleep(time.Until(stopped.Add(down)))
+	items := listTokens(t, namespaces)
+	n, desc := readiness(items)
+	t.Logf("before restart: %d/%d Ready(TokenValid); %s", n, nRes, desc)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	if err := kcServer.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	restarted = true
+	back := time.Now()
+	outage := back.Sub(stopped)
+	during := proxy.Counts()
+	proxy.ResetCounts()
+
+	healed := waitAllReady(t, namespaces, nRes, 2*time.Minute)
+	w.Stop()
+	blanked, deleted, tokens, notDue, polls := w.Snapshot()
+
+	perResource := attemptBound(outage)
+	bound := nRes * perResource
+	metrics, _ := op.Metrics()
+	t.Logf("FIGURE outage: resources=%d keycloak_down=%s requests_during_outage=%d (token endpoint %d) bound=%d (%d per resource) "+
+		"time_to_all_ready=%s secrets_blanked=%d secrets_deleted=%d secret_polls=%d tokens_seen=%d not_due=%d unreachable_metric=%v",
+		nRes, fmtDur(outage), during.Total, during.Grants["client_credentials"], bound, perResource, fmtDur(healed),
+		blanked, deleted, polls, tokens, notDue, sumMetric(metrics, "mlflow_token_keycloak_requests_total", `outcome="KeycloakUnreachable"`))
+	if blanked != 0 || deleted != 0 {
+		t.Errorf("%d Secrets blanked and %d deleted during the outage", blanked, deleted)
+	}
+	if during.Total > bound {
+		t.Errorf("%d requests to Keycloak during a %s outage, more than the backoff allows (%d)", during.Total, outage, bound)
+	}
+	if during.Total == 0 {
+		t.Errorf("no attempt at all during the outage")
+	}
+	if !op.Alive() {
+		t.Errorf("the operator exited")
+	}
+}
