@@ -115,3 +115,10 @@ helm: ## Build Helm from the pinned Go module (hack/tools/helm) into bin/tools (
 .PHONY: help
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  %-18s %s\n", $$1, $$2 } /^##@/ { printf "\n%s\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+.PHONY: fuzz
+fuzz: ## Run each fuzz test for FUZZTIME (default 30s); seeds are in the tests, and run by `make test` too.
+	go test ./internal/keycloak -run XXX -fuzz FuzzParseClaims -fuzztime $(or $(FUZZTIME),30s)
+	go test ./internal/keycloak -run XXX -fuzz FuzzTokenResponse -fuzztime $(or $(FUZZTIME),30s)
+	go test ./internal/renewal -run XXX -fuzz FuzzRenewalTime -fuzztime $(or $(FUZZTIME),30s)
+	go test ./internal/tokensecret -run XXX -fuzz FuzzRead -fuzztime $(or $(FUZZTIME),30s)

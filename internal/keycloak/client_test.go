@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/Nerzal/gocloak/v13"
 )
 
 func jwtWith(claims map[string]any) string {
@@ -173,6 +175,32 @@ func FuzzParseClaims(f *testing.F) {
 		c, err := ParseClaims(s)
 		if err == nil && c == nil {
 			t.Fatal("nil claims without error")
+		}
+	})
+}
+
+// FuzzTokenResponse feeds arbitrary token endpoint bodies through the same decoding the client
+// uses (encoding/json into gocloak.JWT, then tokenFrom): never a panic, and an accepted token
+// always has an access token and a sane lifetime.
+func FuzzTokenResponse(f *testing.F) {
+	f.Add([]byte(`{"access_token":"a.b.c","expires_in":300,"token_type":"Bearer","refresh_expires_in":1800,"refresh_token":"r"}`))
+	f.Add([]byte(`{"access_token":"a.b.c","expires_in":-1}`))
+	f.Add([]byte(`{"access_token":"","expires_in":1e30}`))
+	f.Add([]byte(`<html>`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var j gocloak.JWT
+		if json.Unmarshal(body, &j) != nil {
+			return
+		}
+		tok, err := tokenFrom(&j)
+		if err != nil {
+			if ReasonOf(err) != ReasonInvalidResponse {
+				t.Fatalf("unexpected reason %s", ReasonOf(err))
+			}
+			return
+		}
+		if tok.AccessToken == "" || tok.ExpiresIn <= 0 || tok.ExpiresIn > maxExpiresIn || tok.RefreshExpiresIn < 0 {
+			t.Fatalf("accepted a bad token response: %+v", tok)
 		}
 	})
 }

@@ -120,3 +120,33 @@ func TestBackoffCappedByRemainingLifetime(t *testing.T) {
 		t.Errorf("delay %s exceeds a quarter of the remaining 40s", d)
 	}
 }
+
+// FuzzRenewalTime: for any issue time, lifetime, renewBefore and random draw, the renewal time
+// is a whole second, not before the issue time's second, and not after expiry.
+func FuzzRenewalTime(f *testing.F) {
+	f.Add(int64(1800000000), int64(300), int64(0), 0.5)
+	f.Add(int64(1800000000), int64(12), int64(60000), 0.99)
+	f.Add(int64(0), int64(-5), int64(-1), -1.0)
+	f.Fuzz(func(t *testing.T, issuedUnix, lifetimeSec, renewBeforeMs int64, rnd float64) {
+		if lifetimeSec > 1<<32 || lifetimeSec < -(1<<32) || issuedUnix > 1<<40 || issuedUnix < 0 || renewBeforeMs > 1<<40 || renewBeforeMs < -(1<<40) {
+			return
+		}
+		issued := time.Unix(issuedUnix, 0)
+		exp := issued.Add(time.Duration(lifetimeSec) * time.Second)
+		var rb *time.Duration
+		if renewBeforeMs != 0 {
+			d := time.Duration(renewBeforeMs) * time.Millisecond
+			rb = &d
+		}
+		s := RenewalTime(issued, exp, rb, rnd)
+		if s.RenewAt.Nanosecond() != 0 {
+			t.Fatalf("not truncated: %s", s.RenewAt)
+		}
+		if s.RenewAt.Before(issued.Truncate(time.Second)) {
+			t.Fatalf("renewal %s before issue %s", s.RenewAt, issued)
+		}
+		if lifetimeSec > 0 && s.RenewAt.After(exp) {
+			t.Fatalf("renewal %s after expiry %s", s.RenewAt, exp)
+		}
+	})
+}
