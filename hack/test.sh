@@ -23,6 +23,14 @@ export MLFLOW_VENV
 MLFLOW_VENV="$(hack/mlflow-venv.sh path)"
 # --- end of issue 6 block ----------------------------------------------------------------------
 
+# --- issue 5: packaging tools for test/packaging (block owned by the packaging work) ------------
+# bin/tools/{kustomize,helm,promql-check,argocd-lua}, built from Go modules pinned under
+# hack/tools/ (kustomize v5.8.2, helm v3.22.0, Prometheus' PromQL parser v0.316.0, gopher-lua
+# v1.1.2). Cached by per-tool stamps: instant when nothing changed. test/packaging fails without them.
+echo "==> packaging tools (kustomize, helm, promql-check, argocd-lua)"
+hack/packaging-tools.sh | tail -n 5
+# --- end of issue 5 block ----------------------------------------------------------------------
+
 echo "==> go vet"
 go vet ./...
 
