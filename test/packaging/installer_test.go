@@ -84,4 +84,3 @@ func kustomizeDefault(t testing.TB) []byte {
 	t.Helper()
 	return run(t, nil, tool(t, "kustomize"), "build", "config/default")
 }
-
