@@ -32,8 +32,9 @@ func TestBrokenKeycloak(t *testing.T) {
 		{ExpiresMissing, "InvalidTokenResponse"},
 		{ExpiresZero, "InvalidTokenResponse"},
 		{ExpiresNeg, "InvalidTokenResponse"},
+		{ExpiresYears, "InvalidTokenResponse"},
 		{ExpiresHuge, "InvalidTokenResponse"},
-		{NotJWT, ""},
+		{NotJWT, ""}, // reported: the operator accepts opaque access tokens
 	}
 	storms := pick(1, 3)
 	ns := newNamespace(t, "broken")

@@ -181,10 +181,20 @@ func readiness(items []authv1alpha1.MLflowAccessToken) (int, string) {
 // how long that took.
 func waitAllReady(t *testing.T, namespaces []string, want int, timeout time.Duration) time.Duration {
 	t.Helper()
+	return waitAllReadyFixing(t, namespaces, want, timeout, nil)
+}
+
+// waitAllReadyFixing is waitAllReady with fix called on every poll (e.g. to re-bootstrap a
+// refresh chain the way a person would).
+func waitAllReadyFixing(t *testing.T, namespaces []string, want int, timeout time.Duration, fix func([]authv1alpha1.MLflowAccessToken)) time.Duration {
+	t.Helper()
 	start := time.Now()
 	var desc string
 	for {
 		items := listTokens(t, namespaces)
+		if fix != nil {
+			fix(items)
+		}
 		n, d := readiness(items)
 		if n == want && len(items) == want {
 			return time.Since(start)

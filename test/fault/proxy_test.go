@@ -33,7 +33,8 @@ const (
 	ExpiresMissing Fault = "expires-missing" // the real answer without expires_in
 	ExpiresZero    Fault = "expires-0"
 	ExpiresNeg     Fault = "expires-neg5"
-	ExpiresHuge    Fault = "expires-huge"
+	ExpiresYears   Fault = "expires-10y"  // ten years: above the operator's one-year cap
+	ExpiresHuge    Fault = "expires-2^40" // overflows time.Duration when multiplied by a second
 )
 
 // Proxy is a fault-injecting reverse proxy in front of the real Keycloak. It counts requests
@@ -299,7 +300,7 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 		}
 	}
 	f := p.currentFault()
-	if resp.StatusCode != http.StatusOK || (f != ExpiresMissing && f != ExpiresZero && f != ExpiresNeg && f != ExpiresHuge) {
+	if resp.StatusCode != http.StatusOK || (f != ExpiresMissing && f != ExpiresZero && f != ExpiresNeg && f != ExpiresHuge && f != ExpiresYears) {
 		return nil
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
@@ -318,6 +319,8 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 		m["expires_in"] = 0
 	case ExpiresNeg:
 		m["expires_in"] = -5
+	case ExpiresYears:
+		m["expires_in"] = 10 * 365 * 24 * 3600
 	case ExpiresHuge:
 		m["expires_in"] = int64(1) << 40
 	}
