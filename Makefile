@@ -122,3 +122,12 @@ fuzz: ## Run each fuzz test for FUZZTIME (default 30s); seeds are in the tests, 
 	go test ./internal/keycloak -run XXX -fuzz FuzzTokenResponse -fuzztime $(or $(FUZZTIME),30s)
 	go test ./internal/renewal -run XXX -fuzz FuzzRenewalTime -fuzztime $(or $(FUZZTIME),30s)
 	go test ./internal/tokensecret -run XXX -fuzz FuzzRead -fuzztime $(or $(FUZZTIME),30s)
+
+##@ Fault tests (issue 4)
+
+.PHONY: test-faults-long
+test-faults-long: ## Long fault runs (150-resource outage of 60 s, 100 resources x 20 SIGKILLs, 3 failovers, ...): see docs/reliability.md.
+	hack/build-envtest.sh | tail -n 1
+	hack/keycloak.sh install | tail -n 1
+	KUBEBUILDER_ASSETS="$(LOCALBIN)/k8s" KEYCLOAK_HOME="$$(hack/keycloak.sh home)" FAULT_LONG=1 \
+		go test -count=1 -v -timeout 60m ./test/fault/ $(ARGS)

@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-const acquiredLease = "successfully acquired lease"
+const acquiredLease = "acquired lease"
 
 // Two operator processes with leader election; the leader is SIGKILLed while it redeems a
 // refresh token. The other takes over, rotations resume, and no refresh token is redeemed twice.
@@ -85,7 +85,7 @@ func waitLeader(t *testing.T, candidates []*Operator, timeout time.Duration) *Op
 	deadline := time.Now().Add(timeout)
 	for {
 		for _, o := range candidates {
-			if strings.Contains(o.Logs(), acquiredLease) {
+			if strings.Contains(strings.ToLower(o.Logs()), acquiredLease) {
 				return o
 			}
 		}
