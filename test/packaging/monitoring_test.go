@@ -296,3 +296,146 @@ func TestGrafanaDashboard(t *testing.T) {
 		}
 	}
 }
+
+// alertExprs returns the alert expressions of config/prometheus/rules.yaml by alert name.
+func alertExprs(t *testing.T) map[string]string {
+	t.Helper()
+	var rf ruleFile
+	if err := yaml.Unmarshal(mustRead(t, "config/prometheus/rules.yaml"), &rf); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, g := range rf.Spec.Groups {
+		for _, r := range g.Rules {
+			out[r.Alert] = r.Expr
+		}
+	}
+	return out
+}
+
+type evalSeries struct {
+	Labels  map[string]string `json:"labels"`
+	Samples [][2]float64      `json:"samples"`
+}
+
+// TestPrometheusAlertsFire evaluates each alert's expression with Prometheus' engine over half an
+// hour of scrapes (every 30 s) of a fleet of tokens in different situations, and checks that it
+// selects exactly the tokens it is meant for: a routine, healthy token fires nothing.
+func TestPrometheusAlertsFire(t *testing.T) {
+	const now = 1_800_000_000.0
+	var series []evalSeries
+	// gauge adds a constant gauge; counter one that grows by perMinute.
+	add := func(value func(ts float64) float64, labels ...string) {
+		m := map[string]string{"__name__": labels[0]}
+		for i := 1; i+1 < len(labels); i += 2 {
+			m[labels[i]] = labels[i+1]
+		}
+		s := evalSeries{Labels: m}
+		for ts := now - 1800; ts <= now; ts += 30 {
+			s.Samples = append(s.Samples, [2]float64{ts, value(ts)})
+		}
+		series = append(series, s)
+	}
+	constant := func(v float64) func(float64) float64 { return func(float64) float64 { return v } }
+	perMinute := func(rate float64) func(float64) float64 {
+		return func(ts float64) float64 { return (ts - (now - 1800)) / 60 * rate }
+	}
+	// Per-token gauges, as internal/metrics publishes them.
+	token := func(name string, expiresIn, renewalIn, ready, failed float64) {
+		add(constant(now+expiresIn), metrics.NameExpiry, "namespace", "team-a", "name", name)
+		add(constant(now+renewalIn), metrics.NameRenewal, "namespace", "team-a", "name", name)
+		add(constant(ready), metrics.NameReady, "namespace", "team-a", "name", name)
+		add(constant(failed), metrics.NameFailedAttempts, "namespace", "team-a", "name", name)
+	}
+	token("healthy", 200, 100, 1, 0)              // renews in 100 s, nothing wrong
+	token("failing-near-expiry", 90, 10, 1, 2)    // two failures, token gone in 90 s
+	token("failing-far", 250, 20, 1, 3)           // three failures, still plenty of time
+	token("expired", -60, 20, 0, 5)               // no valid token any more
+	token("stuck", 100, -600, 1, 0)               // renewal was due 10 minutes ago
+	token("new", 300, 200, 1, 0)                  // just issued
+	token("failed-once-recovering", 150, 4, 1, 1) // one blip, retry in 4 s
+
+	// Keycloak calls: the token endpoint fails a third of the time (unreachable), plus
+	// configuration errors that must not count as Keycloak's fault; revocation is fine.
+	add(perMinute(10), metrics.NameKeycloakRequests, "grant", "client_credentials", "endpoint", "token", "outcome", "success")
+	add(perMinute(5), metrics.NameKeycloakRequests, "grant", "client_credentials", "endpoint", "token", "outcome", "KeycloakUnreachable")
+	add(perMinute(50), metrics.NameKeycloakRequests, "grant", "client_credentials", "endpoint", "revoke", "outcome", "success")
+	add(perMinute(20), metrics.NameKeycloakRequests, "grant", "client_credentials", "endpoint", "revoke", "outcome", "InvalidClientCredentials")
+	// Latency: token calls take 5-10 s, revocations under 100 ms.
+	for _, le := range []string{"0.1", "1", "5", "10", "15", "+Inf"} {
+		tokenCount, revokeCount := 0.0, 55.0
+		if le == "10" || le == "15" || le == "+Inf" {
+			tokenCount = 15
+		}
+		add(perMinute(tokenCount), metrics.NameKeycloakDuration+"_bucket", "grant", "client_credentials", "endpoint", "token", "le", le)
+		add(perMinute(revokeCount), metrics.NameKeycloakDuration+"_bucket", "grant", "client_credentials", "endpoint", "revoke", "le", le)
+	}
+	// Revocations: one abandoned and a few failed attempts in the last 15 minutes, many revoked.
+	add(func(ts float64) float64 {
+		if ts >= now-300 {
+			return 1
+		}
+		return 0
+	}, metrics.NameRevocations, "outcome", "abandoned")
+	add(func(ts float64) float64 {
+		if ts >= now-600 {
+			return 3
+		}
+		return 0
+	}, metrics.NameRevocations, "outcome", "failed")
+	add(perMinute(2), metrics.NameRevocations, "outcome", "revoked")
+
+	exprs := alertExprs(t)
+	cases := []struct {
+		alert, label string
+		want         []string
+	}{
+		{"MLflowTokenExpiringWhileRenewalFails", "name", []string{"failing-near-expiry"}},
+		{"MLflowTokenNotReady", "name", []string{"expired"}},
+		{"MLflowTokenRenewalFailing", "name", []string{"expired", "failing-far"}},
+		{"MLflowTokenRenewalOverdue", "name", []string{"stuck"}},
+		{"MLflowTokenRevocationAbandoned", "outcome", []string{"abandoned"}},
+		{"MLflowTokenRevocationFailing", "outcome", []string{"failed"}},
+		{"MLflowTokenKeycloakErrors", "endpoint", []string{"token"}},
+		{"MLflowTokenKeycloakSlow", "endpoint", []string{"token"}},
+	}
+	type query struct {
+		Expr string  `json:"expr"`
+		Time float64 `json:"time"`
+	}
+	var queries []query
+	for _, c := range cases {
+		e, ok := exprs[c.alert]
+		if !ok {
+			t.Fatalf("alert %s is not in config/prometheus/rules.yaml", c.alert)
+		}
+		queries = append(queries, query{e, now})
+	}
+	if len(cases) != len(exprs) {
+		t.Errorf("%d alerts in rules.yaml, %d covered here: add a case for each new alert", len(exprs), len(cases))
+	}
+	in, _ := json.Marshal(map[string]any{"series": series, "queries": queries})
+	var out []struct {
+		Result []struct {
+			Labels map[string]string `json:"labels"`
+		} `json:"result"`
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(run(t, in, tool(t, "promql-check"), "eval"), &out); err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range cases {
+		if out[i].Error != "" {
+			t.Errorf("%s: evaluation failed: %s", c.alert, out[i].Error)
+			continue
+		}
+		var got []string
+		for _, r := range out[i].Result {
+			got = append(got, r.Labels[c.label])
+		}
+		sort.Strings(got)
+		if strings.Join(got, ",") != strings.Join(c.want, ",") {
+			t.Errorf("%s fires for %s=%v, want %v", c.alert, c.label, got, c.want)
+		}
+	}
+}
