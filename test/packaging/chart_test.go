@@ -223,3 +223,42 @@ metrics: {enabled: false}
 	}
 	applyDryRun(t, objs)
 }
+
+// TestChartServiceMonitor: with metrics.serviceMonitor.enabled the chart adds a ServiceMonitor
+// that selects the metrics Service, scrapes its named port, and honours the per-token
+// `namespace` label. (Not applied to the API server: its CRD belongs to the Prometheus Operator.)
+func TestChartServiceMonitor(t *testing.T) {
+	objs := helmTemplate(t, "mlflow-token-operator", "monitoring", `
+metrics: {serviceMonitor: {enabled: true, interval: 15s, labels: {release: kube-prometheus-stack}}}
+`)
+	sm := only(t, objs, "ServiceMonitor")
+	svc := convert[corev1.Service](t, only(t, objs, "Service"))
+	sel, _, _ := unstructured.NestedStringMap(sm.Object, "spec", "selector", "matchLabels")
+	for k, v := range sel {
+		if svc.Labels[k] != v {
+			t.Errorf("the ServiceMonitor selects %s=%s, which the metrics Service does not carry", k, v)
+		}
+	}
+	eps, _, _ := unstructured.NestedSlice(sm.Object, "spec", "endpoints")
+	if len(eps) != 1 {
+		t.Fatalf("want one endpoint, got %d", len(eps))
+	}
+	ep := eps[0].(map[string]any)
+	if ep["port"] != svc.Spec.Ports[0].Name || ep["honorLabels"] != true || ep["interval"] != "15s" {
+		t.Errorf("endpoint %v: want port %s, honorLabels true, interval 15s", ep, svc.Spec.Ports[0].Name)
+	}
+	if sm.GetLabels()["release"] != "kube-prometheus-stack" {
+		t.Error("serviceMonitor.labels are not applied")
+	}
+	var rest []*unstructured.Unstructured
+	for _, o := range objs {
+		if o.GetKind() != "ServiceMonitor" {
+			rest = append(rest, o)
+		}
+	}
+	applyDryRun(t, rest)
+
+	if n := len(find(helmTemplate(t, "x", "monitoring", `metrics: {enabled: false, serviceMonitor: {enabled: true}}`), "ServiceMonitor")); n != 0 {
+		t.Error("a ServiceMonitor is rendered although metrics are disabled")
+	}
+}
