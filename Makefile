@@ -77,7 +77,7 @@ DIST ?= dist
 CHART ?= charts/mlflow-token-operator
 
 .PHONY: build-installer
-build-installer: kustomize ## Render $(DIST)/install.yaml (CRD, RBAC, Deployment, metrics Service) for image $(IMG).
+build-installer: kustomize ## Render dist/install.yaml (CRD, RBAC, Deployment, metrics Service) for image IMG (DIST= to change the folder).
 	@mkdir -p $(DIST) $(LOCALBIN)/installer
 	@img='$(IMG)'; case "$${img##*/}" in *:*) name="$${img%:*}"; tag="$${img##*:}";; *) name="$$img"; tag=latest;; esac; \
 		printf 'resources:\n- ../../config/default\nimages:\n- name: mlflow-token-operator\n  newName: %s\n  newTag: %s\n' \
