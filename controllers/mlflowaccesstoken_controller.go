@@ -67,10 +67,11 @@ type MLflowAccessTokenReconciler struct {
 	RefreshChainWarning time.Duration
 }
 
-// +kubebuilder:rbac:groups=auth.mlflow-token-operator.io,resources=mlflowaccesstokens,verbs=get;list;watch;update;patch
-// +kubebuilder:rbac:groups=auth.mlflow-token-operator.io,resources=mlflowaccesstokens/status,verbs=get;update;patch
+// RBAC, least privilege; docs/security.md says why each rule exists.
+// +kubebuilder:rbac:groups=auth.mlflow-token-operator.io,resources=mlflowaccesstokens,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=auth.mlflow-token-operator.io,resources=mlflowaccesstokens/status,verbs=patch
 // +kubebuilder:rbac:groups=auth.mlflow-token-operator.io,resources=mlflowaccesstokens/finalizers,verbs=update
-// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch;create;update;delete
 // +kubebuilder:rbac:groups="",resources=configmaps,verbs=get
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 

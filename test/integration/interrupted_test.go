@@ -60,32 +60,32 @@ func TestInterruptedRedemption(t *testing.T) {
 	}
 
 	// 1. The interrupted redemption never reached Keycloak: the chain goes on, same session.
-	boot := passwordGrant(t, strictRealm, clientID, clientSecret, "olivia", "olivia-password", false)
+	boot := passwordGrant(t, strictRealm, clientID, clientSecret, "ivan", "ivan-password", false)
 	seenTokens.add(boot.RefreshToken)
-	createBootstrapSecret(t, ns, "olivia-boot", boot.RefreshToken)
+	createBootstrapSecret(t, ns, "ivan-boot", boot.RefreshToken)
 	create(t, strictToken(ns, "notreached", authv1alpha1.GrantSpec{Type: authv1alpha1.GrantRefreshToken,
-		RefreshTokenSecretRef: &authv1alpha1.RefreshTokenRef{Name: "olivia-boot"}}))
+		RefreshTokenSecretRef: &authv1alpha1.RefreshTokenRef{Name: "ivan-boot"}}))
 	obj := waitReady(t, ns, "notreached", 30*time.Second)
 	simulateCrashMidRedemption(t, obj, false)
 	eventually(t, waitForRotation, "a rotation after the interrupted redemption", func() (bool, string) {
 		o := get(t, ns, "notreached")
 		return o.Status.Rotations > obj.Status.Rotations && condStatus(o, authv1alpha1.ConditionReady) == metav1.ConditionTrue, "waiting"
 	})
-	if o := get(t, ns, "notreached"); o.Status.SessionID != obj.Status.SessionID || !contains(userSession("olivia"), obj.Status.SessionID) {
+	if o := get(t, ns, "notreached"); o.Status.SessionID != obj.Status.SessionID || !contains(userSession("ivan"), obj.Status.SessionID) {
 		t.Errorf("the chain did not survive: session %s → %s", obj.Status.SessionID, o.Status.SessionID)
 	}
 
 	// 2. Keycloak had rotated the token: the operator must not redeem it again. The session,
 	// kept alive by the test's own redemption, proves it: a second redemption would end it.
-	boot2 := passwordGrant(t, strictRealm, clientID, clientSecret, "rita", "rita-password", false)
+	boot2 := passwordGrant(t, strictRealm, clientID, clientSecret, "irene", "irene-password", false)
 	seenTokens.add(boot2.RefreshToken)
-	createBootstrapSecret(t, ns, "rita-boot", boot2.RefreshToken)
+	createBootstrapSecret(t, ns, "irene-boot", boot2.RefreshToken)
 	create(t, strictToken(ns, "reached", authv1alpha1.GrantSpec{Type: authv1alpha1.GrantRefreshToken,
-		RefreshTokenSecretRef: &authv1alpha1.RefreshTokenRef{Name: "rita-boot"}}))
+		RefreshTokenSecretRef: &authv1alpha1.RefreshTokenRef{Name: "irene-boot"}}))
 	obj2 := waitReady(t, ns, "reached", 30*time.Second)
 	simulateCrashMidRedemption(t, obj2, true)
 	o2 := waitReason(t, ns, "reached", authv1alpha1.ConditionRenewalFailing, metav1.ConditionTrue, authv1alpha1.ReasonRefreshTokenInvalid, waitForRotation)
-	if !contains(userSession("rita"), obj2.Status.SessionID) {
+	if !contains(userSession("irene"), obj2.Status.SessionID) {
 		t.Error("the session ended: the operator redeemed a refresh token Keycloak had already rotated")
 	}
 	if secretToken(getSecret(t, ns, "reached")) == "" {

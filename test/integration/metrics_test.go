@@ -94,10 +94,11 @@ func TestMetricsMatchStatus(t *testing.T) {
 	}
 
 	deleteAndWait(t, obj, 30*time.Second)
-	fams = scrape(t)
-	if _, ok := sample(fams, metrics.NameExpiry, id); ok {
-		t.Error("expiry series of a deleted resource is still exported")
-	}
+	eventually(t, 5*time.Second, "the deleted resource's series to go", func() (bool, string) {
+		fams = scrape(t)
+		_, ok := sample(fams, metrics.NameExpiry, id)
+		return !ok, "expiry series of a deleted resource is still exported"
+	})
 	if v, ok := sample(fams, metrics.NameRevocations, map[string]string{"outcome": "revoked"}); !ok || v < 1 {
 		t.Errorf("revocation counter = %v, %v", v, ok)
 	}

@@ -156,7 +156,15 @@ func run(m *testing.M) int {
 		return 1
 	}
 
-	if stopOperator, err = startOperator(ctx, cfg); err != nil {
+	// The operator runs as a user holding exactly the generated role (config/rbac/role.yaml):
+	// every test then also proves the role is enough.
+	opCfg, err := operatorConfig(ctx, env, cfg)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: setting up the operator's RBAC: %v\n", err)
+		return 1
+	}
+	restCfg = opCfg
+	if stopOperator, err = startOperator(ctx, restCfg); err != nil {
 		fmt.Fprintf(os.Stderr, "FAIL: starting the operator: %v\n", err)
 		return 1
 	}
