@@ -29,6 +29,10 @@ func main() {
 	flag.BoolVar(&o.VerifySessionRevocation, "verify-session-revocation", false, "At every deletion, check with Keycloak's admin API that the session ended, and delete it if not (the client's service account needs realm-management view-users and manage-users).")
 	flag.DurationVar(&o.OfflineIdleTimeout, "offline-idle-timeout", o.OfflineIdleTimeout, "The realms' offline session idle timeout: the end of an offline refresh chain when Keycloak reports none.")
 	flag.DurationVar(&o.RefreshChainWarning, "refresh-chain-warning", o.RefreshChainWarning, "RefreshChainExpiring turns True this long before a RefreshToken grant's chain ends.")
+	flag.Float64Var(&o.KeycloakLimits.QPS, "keycloak-qps", o.KeycloakLimits.QPS, "Most requests per second to all Keycloaks together (0: unlimited).")
+	flag.IntVar(&o.KeycloakLimits.Burst, "keycloak-burst", o.KeycloakLimits.Burst, "Burst above --keycloak-qps.")
+	flag.Float64Var(&o.KeycloakLimits.PerHostQPS, "keycloak-qps-per-host", o.KeycloakLimits.PerHostQPS, "Most requests per second to one Keycloak (base URL) (0: unlimited).")
+	flag.IntVar(&o.KeycloakLimits.PerHostBurst, "keycloak-burst-per-host", o.KeycloakLimits.PerHostBurst, "Burst above --keycloak-qps-per-host.")
 	var namespaces string
 	flag.StringVar(&namespaces, "namespaces", "", "Comma-separated namespaces to watch (default: all). The operator then needs permissions only in these namespaces.")
 	zopts := zap.Options{}

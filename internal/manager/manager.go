@@ -52,6 +52,8 @@ type Options struct {
 	// Namespaces restricts the operator to these namespaces (empty: all). Then it needs
 	// permissions only there (Roles instead of a ClusterRole).
 	Namespaces []string
+	// KeycloakLimits bound the request rate to Keycloak.
+	KeycloakLimits keycloak.Limits
 	// Keycloak replaces the gocloak-backed client (tests wrap it to count calls).
 	Keycloak keycloak.Client
 	// SkipNameValidation allows several managers in one process (tests that restart the operator).
@@ -69,6 +71,7 @@ func Defaults() Options {
 		KeycloakTimeout:     controllers.DefaultKeycloakTimeout,
 		RevocationTimeout:   controllers.DefaultRevocationTimeout,
 		Backoff:             renewal.DefaultBackoff,
+		KeycloakLimits:      keycloak.Limits{QPS: 100, Burst: 100, PerHostQPS: 50, PerHostBurst: 50},
 		OfflineIdleTimeout:  controllers.DefaultOfflineIdleTimeout,
 		RefreshChainWarning: controllers.DefaultRefreshChainWarning,
 	}
@@ -104,7 +107,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	if kc == nil {
 		kc = keycloak.NewGoCloak(keycloak.Options{Timeout: o.KeycloakTimeout})
 	}
-	kc = metrics.Instrument(kc)
+	kc = keycloak.RateLimited(metrics.Instrument(kc), o.KeycloakLimits)
 	r := &controllers.MLflowAccessTokenReconciler{
 		Client:            mgr.GetClient(),
 		APIReader:         mgr.GetAPIReader(),
