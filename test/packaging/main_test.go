@@ -26,8 +26,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 )
 
 // repoRoot is the repository's top directory.
@@ -98,6 +100,8 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// The operator runs in-process in TestArgoCDHealthOfLiveOperator; its logs are not under test here.
+	ctrl.SetLogger(zap.New(zap.WriteTo(io.Discard)))
 	code := m.Run()
 	if env != nil {
 		_ = env.Stop()
