@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -306,19 +307,10 @@ func chainMarker(c *tokensecret.Chain) string {
 // scopes are the scopes requested for the grant; Password with offline adds offline_access.
 func (r *MLflowAccessTokenReconciler) scopes(obj *authv1alpha1.MLflowAccessToken) []string {
 	s := append([]string(nil), obj.Spec.Grant.Scopes...)
-	if obj.Spec.Grant.Type == authv1alpha1.GrantPassword && obj.Spec.Grant.Offline && !contains(s, "offline_access") {
+	if obj.Spec.Grant.Type == authv1alpha1.GrantPassword && obj.Spec.Grant.Offline && !slices.Contains(s, "offline_access") {
 		s = append(s, "offline_access")
 	}
 	return s
-}
-
-func contains(list []string, v string) bool {
-	for _, x := range list {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // markChain records the session and the refresh chain's end in status, and for the

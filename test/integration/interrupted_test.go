@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"slices"
 	"testing"
 	"time"
 
@@ -71,7 +72,7 @@ func TestInterruptedRedemption(t *testing.T) {
 		o := get(t, ns, "notreached")
 		return o.Status.Rotations > obj.Status.Rotations && condStatus(o, authv1alpha1.ConditionReady) == metav1.ConditionTrue, "waiting"
 	})
-	if o := get(t, ns, "notreached"); o.Status.SessionID != obj.Status.SessionID || !contains(userSession("ivan"), obj.Status.SessionID) {
+	if o := get(t, ns, "notreached"); o.Status.SessionID != obj.Status.SessionID || !slices.Contains(userSession("ivan"), obj.Status.SessionID) {
 		t.Errorf("the chain did not survive: session %s → %s", obj.Status.SessionID, o.Status.SessionID)
 	}
 
@@ -85,7 +86,7 @@ func TestInterruptedRedemption(t *testing.T) {
 	obj2 := waitReady(t, ns, "reached", 30*time.Second)
 	simulateCrashMidRedemption(t, obj2, true)
 	o2 := waitReason(t, ns, "reached", authv1alpha1.ConditionRenewalFailing, metav1.ConditionTrue, authv1alpha1.ReasonRefreshTokenInvalid, waitForRotation)
-	if !contains(userSession("irene"), obj2.Status.SessionID) {
+	if !slices.Contains(userSession("irene"), obj2.Status.SessionID) {
 		t.Error("the session ended: the operator redeemed a refresh token Keycloak had already rotated")
 	}
 	if secretToken(getSecret(t, ns, "reached")) == "" {

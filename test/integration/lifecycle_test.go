@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -64,7 +65,7 @@ func TestClientCredentialsLifecycle(t *testing.T) {
 		obj.Status.Token.AuthorizedParty != clientID || obj.Status.Token.ID != claims["jti"] {
 		t.Errorf("status.token = %+v", obj.Status.Token)
 	}
-	if !contains(obj.Status.Token.Audience, "mlflow") {
+	if !slices.Contains(obj.Status.Token.Audience, "mlflow") {
 		t.Errorf("status.token.audience = %v, want it to contain mlflow (audience mapper)", obj.Status.Token.Audience)
 	}
 	checkRenewalWindow(t, obj)
@@ -192,13 +193,4 @@ func keys[V any](m map[string]V) []string {
 		ks = append(ks, k)
 	}
 	return ks
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -107,7 +108,7 @@ func TestPasswordGrantOfflineSession(t *testing.T) {
 		t.Errorf("status.token = %+v", obj.Status.Token)
 	}
 	offlinePath := strictRealm + "/users/" + userID(t, strictRealm, "olivia") + "/offline-sessions/" + clientUUID(t, strictRealm, clientID)
-	if ids := sessionIDs(t, offlinePath); !contains(ids, obj.Status.SessionID) {
+	if ids := sessionIDs(t, offlinePath); !slices.Contains(ids, obj.Status.SessionID) {
 		t.Fatalf("offline session %s not listed by the admin API: %v", obj.Status.SessionID, ids)
 	}
 	assertNoRefreshTokenInConsumerSecret(t, obj)
@@ -148,7 +149,7 @@ func TestPasswordGrantOnlineSession(t *testing.T) {
 		t.Fatalf("status: %+v", obj.Status)
 	}
 	sessionsPath := strictRealm + "/users/" + userID(t, strictRealm, "paul") + "/sessions"
-	if ids := sessionIDs(t, sessionsPath); !contains(ids, obj.Status.SessionID) {
+	if ids := sessionIDs(t, sessionsPath); !slices.Contains(ids, obj.Status.SessionID) {
 		t.Fatalf("session %s not among the user's sessions: %v", obj.Status.SessionID, ids)
 	}
 	assertNoRefreshTokenInConsumerSecret(t, obj)
