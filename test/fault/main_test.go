@@ -73,7 +73,14 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		return 1
 	}
-	defer os.RemoveAll(workDir)
+	code := 1
+	defer func() {
+		if code == 0 {
+			os.RemoveAll(workDir)
+		} else {
+			fmt.Fprintf(os.Stderr, "Operator and Keycloak logs kept in %s\n", workDir)
+		}
+	}()
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -152,7 +159,7 @@ func run(m *testing.M) int {
 	defer proxy.Close()
 	fmt.Fprintf(os.Stderr, "Fault proxy at %s (long run: %v); setup took %s\n", proxy.URL(), long, time.Since(start).Round(time.Millisecond))
 
-	code := m.Run()
+	code = m.Run()
 	stopAllOperators()
 	return code
 }

@@ -32,9 +32,9 @@ func TestAPIServerRestart(t *testing.T) {
 	apiServer := env.ControlPlane.GetAPIServer()
 	stopped := time.Now()
 	// SIGTERM our own kube-apiserver child (found by its certificate directory), SIGKILL if it
-	// takes longer than 30 s (envtest's Stop gives up after 20 s while watches drain), then
+	// takes longer than 5 s (it does: envtest's own Stop gives up after 20 s while watches drain), then
 	// let envtest clean up its state so that Start works.
-	how := stopProcessByArg(t, "kube-apiserver", env.ControlPlane.GetAPIServer().CertDir, 30*time.Second)
+	how := stopProcessByArg(t, "kube-apiserver", env.ControlPlane.GetAPIServer().CertDir, 5*time.Second)
 	if err := apiServer.Stop(); err != nil {
 		t.Logf("envtest's Stop after the process exited: %v", err)
 	}
