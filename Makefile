@@ -14,8 +14,9 @@ all: build
 ##@ Development
 
 .PHONY: manifests
-manifests: controller-gen ## Generate the CRD and RBAC manifests.
+manifests: controller-gen ## Generate the CRD and RBAC manifests (and copy them into the Helm chart).
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./..." output:crd:artifacts:config=config/crd/bases
+	$(MAKE) -s helm-sync
 
 .PHONY: generate
 generate: controller-gen ## Generate DeepCopy methods.
@@ -31,7 +32,7 @@ vet: ## Run go vet.
 
 .PHONY: verify-generated
 verify-generated: manifests generate ## Fail when generated files are stale.
-	@git diff --exit-code -- config api || { echo "Generated files are stale: run 'make manifests generate' and commit."; exit 1; }
+	@git diff --exit-code -- config api charts || { echo "Generated files are stale: run 'make manifests generate' and commit."; exit 1; }
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt would change:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 
 .PHONY: envtest
