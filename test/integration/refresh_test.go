@@ -114,10 +114,15 @@ func TestPasswordGrantOfflineSession(t *testing.T) {
 	assertNoRefreshTokenInConsumerSecret(t, obj)
 
 	// Two rotations through the offline token: same session, no new login.
+	refreshBefore, loginBefore, rotBefore := kcCalls.count(strictRealm, "refresh"), kcCalls.count(strictRealm, "password"), obj.Status.Rotations
 	eventually(t, 2*waitForRotation, "two rotations", func() (bool, string) {
 		o := get(t, ns, "offline")
 		return o.Status.Rotations >= 3, "rotations " + itoa(o.Status.Rotations)
 	})
+	if o := get(t, ns, "offline"); o.Status.Rotations > rotBefore {
+		t.Logf("Password grant: %.2f refresh and %.2f password calls per rotation", float64(kcCalls.count(strictRealm, "refresh")-refreshBefore)/float64(o.Status.Rotations-rotBefore),
+			float64(kcCalls.count(strictRealm, "password")-loginBefore)/float64(o.Status.Rotations-rotBefore))
+	}
 	if o := get(t, ns, "offline"); o.Status.SessionID != obj.Status.SessionID {
 		t.Errorf("session changed across rotations: %s → %s (a re-login instead of a refresh)", obj.Status.SessionID, o.Status.SessionID)
 	}
