@@ -1,0 +1,354 @@
+// Command bench measures the operator against the physical limits of this machine: the real
+// kube-apiserver (envtest) and a real Keycloak, the operator binary as a separate process. It
+// prints a table and writes docs/benchmarks.md and PNG plots (issue 7).
+//
+//	make bench         # the full run (≈30 min)
+//	make bench-smoke   # small and quick; writes into bin/bench-smoke/
+//
+// Needs KUBEBUILDER_ASSETS (bin/k8s) and KEYCLOAK_HOME (bin/keycloak-26.7.3).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+)
+
+type Config struct {
+	Root          string
+	Out           string
+	PNGDir        string
+	Sizes         []int
+	SteadyN       int
+	Steady        time.Duration
+	RestartWindow time.Duration
+	Unrelated     int
+	Flags         OperatorFlags
+	RawWarm       time.Duration
+	RawDur        time.Duration
+	Sweep         []int
+	DefaultsRun   bool
+	DefaultsN     int
+	Notes         string
+	Smoke         bool
+}
+
+func main() {
+	var c Config
+	var sizes, sweep string
+	smoke := flag.Bool("smoke", false, "small and quick: N=50, 60 s steady state, 1,000 unrelated Secrets; writes into bin/bench-smoke/ unless -out is given")
+	flag.StringVar(&c.Root, "root", ".", "repository root")
+	flag.StringVar(&c.Out, "out", "", "Markdown report (default docs/benchmarks.md; smoke: bin/bench-smoke/benchmarks.md)")
+	flag.StringVar(&sizes, "sizes", "100,1000,5000", "burst sizes N of the scaling curve (five-minute tokens)")
+	flag.IntVar(&c.SteadyN, "steady-n", 1000, "resources in the steady state (30 s tokens)")
+	flag.DurationVar(&c.Steady, "steady", 10*time.Minute, "length of the steady state")
+	flag.DurationVar(&c.RestartWindow, "restart-window", time.Minute, "how long after a restart Keycloak requests are counted")
+	flag.IntVar(&c.Unrelated, "unrelated", 10000, "unrelated 4 KiB Secrets added for the memory step")
+	flag.IntVar(&c.Flags.Concurrency, "concurrency", 4, "operator --concurrency, also the raw load generators' concurrency")
+	flag.Float64Var(&c.Flags.KubeQPS, "kube-api-qps", 500, "operator --kube-api-qps in the raised-limit runs")
+	flag.IntVar(&c.Flags.KubeBurst, "kube-api-burst", 1000, "operator --kube-api-burst in the raised-limit runs")
+	flag.Float64Var(&c.Flags.KeycloakQPS, "keycloak-qps", 0, "operator --keycloak-qps in the raised-limit runs (0: unlimited)")
+	flag.IntVar(&c.Flags.KeycloakBurst, "keycloak-burst", 100, "operator --keycloak-burst in the raised-limit runs")
+	flag.Float64Var(&c.Flags.KeycloakPerHostQPS, "keycloak-qps-per-host", 0, "operator --keycloak-qps-per-host in the raised-limit runs (0: unlimited)")
+	flag.IntVar(&c.Flags.KeycloakPerHostBurst, "keycloak-burst-per-host", 50, "operator --keycloak-burst-per-host in the raised-limit runs")
+	flag.DurationVar(&c.RawWarm, "raw-warm", 20*time.Second, "warm-up of each raw load generator (Keycloak's JIT)")
+	flag.DurationVar(&c.RawDur, "raw-duration", 20*time.Second, "measured time of each raw load generator")
+	flag.StringVar(&sweep, "raw-sweep", "1,16", "further concurrencies of the raw Keycloak load generator (shows where Keycloak saturates)")
+	flag.BoolVar(&c.DefaultsRun, "defaults-run", true, "also run a burst with the operator's default flags")
+	flag.IntVar(&c.DefaultsN, "defaults-n", 1000, "N of the default-flags burst")
+	flag.StringVar(&c.Notes, "notes", "", "text added to the report (e.g. what was scaled down)")
+	flag.Parse()
+	c.Smoke = *smoke
+	set := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if c.Smoke {
+		def := func(name string, apply func()) {
+			if !set[name] {
+				apply()
+			}
+		}
+		def("sizes", func() { sizes = "50" })
+		def("steady-n", func() { c.SteadyN = 50 })
+		def("steady", func() { c.Steady = time.Minute })
+		def("restart-window", func() { c.RestartWindow = 30 * time.Second })
+		def("unrelated", func() { c.Unrelated = 1000 })
+		def("raw-warm", func() { c.RawWarm = 5 * time.Second })
+		def("raw-duration", func() { c.RawDur = 5 * time.Second })
+		def("raw-sweep", func() { sweep = "" })
+		def("defaults-n", func() { c.DefaultsN = 50 })
+		def("out", func() { c.Out = filepath.Join(c.Root, "bin", "bench-smoke", "benchmarks.md") })
+	}
+	if c.Out == "" {
+		c.Out = filepath.Join(c.Root, "docs", "benchmarks.md")
+	}
+	c.PNGDir = filepath.Join(filepath.Dir(c.Out), "benchmarks")
+	var err error
+	if c.Sizes, err = ints(sizes); err != nil {
+		fail(err)
+	}
+	if c.Sweep, err = ints(sweep); err != nil {
+		fail(err)
+	}
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" || os.Getenv("KEYCLOAK_HOME") == "" {
+		fail(fmt.Errorf("set KUBEBUILDER_ASSETS (bin/k8s) and KEYCLOAK_HOME (bin/keycloak-26.7.3); `make bench` does"))
+	}
+	if err := os.MkdirAll(c.PNGDir, 0o755); err != nil {
+		fail(err)
+	}
+	// The harness's informers use controller-runtime; keep its log quiet but visible on errors.
+	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.ErrorLevel)))
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	rep, err := run(ctx, c)
+	if rep != nil {
+		if werr := rep.write(c); werr != nil {
+			fmt.Fprintln(os.Stderr, "writing the report:", werr)
+		}
+	}
+	if err != nil {
+		fail(err)
+	}
+}
+
+func ints(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q: %w", f, err)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "bench:", err)
+	os.Exit(1)
+}
+
+// Report is everything measured in one run.
+type Report struct {
+	Start, End  time.Time
+	Cores       int
+	MemTotal    string
+	CPUModel    string
+	RawKC       []RawResult // [0] at the operator's concurrency
+	RawAPI      []RawResult // operator's QPS, client-go default-ish 50/100, unthrottled
+	Scaling     []*BurstResult
+	SteadyBurst *BurstResult
+	Steady      *SteadyResult
+	Restart     *RestartResult
+	Defaults    *BurstResult
+	Errors      []string
+}
+
+func run(ctx context.Context, c Config) (*Report, error) {
+	rep := &Report{Start: time.Now(), Cores: runtime.NumCPU(), MemTotal: memTotal(), CPUModel: cpuModel()}
+	defer func() { rep.End = time.Now() }()
+	logf("starting Keycloak, the API server and building the operator")
+	e, err := startEnv(ctx, c.Root)
+	if e != nil {
+		defer e.Close()
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	// 1. The limit.
+	tokenURL := e.TokenURL()
+	probe := func(r *RawResult) Probe {
+		return func() func(*RawResult) {
+			c0, m0 := e.cpuSnapshot(nil), readMachine()
+			return func(r *RawResult) {
+				r.Cores, r.Machine = e.cpuSnapshot(nil).CoresSince(c0), readMachine().coresSince(m0)
+			}
+		}
+	}
+	for i, conc := range append([]int{c.Flags.Concurrency}, c.Sweep...) {
+		warm, dur := c.RawWarm, c.RawDur
+		if i > 0 {
+			warm, dur = c.RawWarm/4, c.RawDur/2
+		}
+		logf("raw Keycloak client-credentials issuance, concurrency %d", conc)
+		r, err := rawKeycloak(ctx, tokenURL, clientLong, clientLongSecret, conc, warm, dur, probe(nil))
+		if err != nil {
+			return rep, fmt.Errorf("raw Keycloak: %w", err)
+		}
+		logf("  %.1f tokens/s, p50 %s, p99 %s; CPU: %s", r.Rate, r.P50, r.P99, r.Cores)
+		rep.RawKC = append(rep.RawKC, r)
+	}
+	if err := e.namespace(ctx, "raw"); err != nil {
+		return rep, err
+	}
+	for _, q := range []struct {
+		qps   float32
+		burst int
+	}{{float32(c.Flags.KubeQPS), c.Flags.KubeBurst}, {50, 100}, {0, 0}} {
+		logf("raw Secret updates, concurrency %d, client QPS %v/%d", c.Flags.Concurrency, q.qps, q.burst)
+		r, err := rawSecretUpdates(ctx, e.Cfg, "raw", c.Flags.Concurrency, q.qps, q.burst, c.RawWarm/4, c.RawDur/2, probe(nil))
+		if err != nil {
+			return rep, fmt.Errorf("raw Secret updates: %w", err)
+		}
+		logf("  %.1f updates/s, p50 %s, p99 %s; CPU: %s", r.Rate, r.P50, r.P99, r.Cores)
+		rep.RawAPI = append(rep.RawAPI, r)
+	}
+	if len(c.Sweep) > 0 || true {
+		// The unthrottled API limit at a higher concurrency too.
+		r, err := rawSecretUpdates(ctx, e.Cfg, "raw", 16, 0, 0, c.RawWarm/4, c.RawDur/2, probe(nil))
+		if err == nil {
+			logf("raw Secret updates, concurrency 16, unthrottled: %.1f updates/s; CPU: %s", r.Rate, r.Cores)
+			rep.RawAPI = append(rep.RawAPI, r)
+		}
+	}
+
+	// 2, 5, 6, 7: bursts at each N with five-minute tokens, spread, memory.
+	for _, n := range c.Sizes {
+		ns := fmt.Sprintf("scale-%d", n)
+		logf("burst N=%d (five-minute tokens), operator %s", n, c.Flags)
+		b, err := e.burstPhase(ctx, ns, n, 5*time.Minute, c.Flags, fmt.Sprintf("burst N=%d", n), func(op *Operator, b *BurstResult) error {
+			return e.memory(ctx, op, ns, b, c.Unrelated)
+		})
+		if b != nil {
+			rep.Scaling = append(rep.Scaling, b)
+		}
+		if err != nil {
+			rep.Errors = append(rep.Errors, err.Error())
+			logf("  ERROR: %v", err)
+			if ctx.Err() != nil {
+				return rep, err
+			}
+		}
+	}
+
+	// 3, 4: steady state with 30 s tokens, then a restart.
+	if c.Steady > 0 {
+		ns := "steady"
+		logf("steady state: burst N=%d (30 s tokens), then %s", c.SteadyN, c.Steady)
+		_, err := e.burstPhase(ctx, ns, c.SteadyN, 30*time.Second, c.Flags, "steady-state burst", func(op *Operator, b *BurstResult) error {
+			rep.SteadyBurst = b
+			w, err := e.watch(ctx, ns)
+			if err != nil {
+				return err
+			}
+			defer w.Stop()
+			// The burst's tokens rotate for the first time after ~20 s: start counting once the
+			// fleet is in its rhythm.
+			time.Sleep(5 * time.Second)
+			c0, m0 := e.cpuSnapshot(op), readMachine()
+			s, err := e.steady(ctx, op, w, ns, c.SteadyN, c.Steady)
+			if err != nil {
+				return err
+			}
+			s.Cores, s.Machine = e.cpuSnapshot(op).CoresSince(c0), readMachine().coresSince(m0)
+			rep.Steady = s
+			logf("  %d rotations, %.0f reconciles, %.0f Keycloak requests, %.0f writes (PUT %.0f, PATCH %.0f, POST %.0f; %.0f answered 409), %.0f GETs, %d expired, %.2f CPU s; CPU: %s",
+				s.Rotations, s.Delta.Reconciles, s.Delta.KC, s.Delta.Writes, s.Delta.Puts, s.Delta.Patches, s.Delta.Posts, s.Delta.Conflicts, s.Delta.Gets, s.Expired, s.Delta.CPU, s.Cores)
+			logf("restart with %d valid tokens", c.SteadyN)
+			rr, err := e.restart(ctx, op, w, ns, c.SteadyN, c.Flags, c.RestartWindow)
+			if rr != nil && rr.NewOp != nil {
+				defer rr.NewOp.Stop()
+			}
+			if err != nil {
+				return err
+			}
+			rep.Restart = rr
+			logf("  %.0f Keycloak requests in %s; %d renewals due (%d already due at start); premature %d",
+				rr.Requests, rr.Window, rr.Due, rr.DueAtStart, rr.Premature)
+			return nil
+		})
+		if err != nil {
+			rep.Errors = append(rep.Errors, err.Error())
+			logf("  ERROR: %v", err)
+			if ctx.Err() != nil {
+				return rep, err
+			}
+		}
+	}
+
+	if c.DefaultsRun {
+		logf("burst N=%d with the operator's default flags", c.DefaultsN)
+		b, err := e.burstPhase(ctx, "defaults", c.DefaultsN, 5*time.Minute, OperatorFlags{Defaults: true}, "default flags", nil)
+		if b != nil {
+			rep.Defaults = b
+		}
+		if err != nil {
+			rep.Errors = append(rep.Errors, err.Error())
+			logf("  ERROR: %v", err)
+		}
+	}
+	return rep, nil
+}
+
+// burstPhase: namespace, operator, watcher, burst, then `then` with the operator still running.
+func (e *Env) burstPhase(ctx context.Context, ns string, n int, lifespan time.Duration, f OperatorFlags, label string, then func(*Operator, *BurstResult) error) (*BurstResult, error) {
+	if err := e.namespace(ctx, ns); err != nil {
+		return nil, err
+	}
+	op, err := e.startOperator(ctx, ns, ns, f)
+	if err != nil {
+		return nil, err
+	}
+	defer op.Stop()
+	w, err := e.watch(ctx, ns)
+	if err != nil {
+		return nil, err
+	}
+	c0, m0 := e.cpuSnapshot(op), readMachine()
+	timeout := 2*time.Minute + time.Duration(n)*100*time.Millisecond
+	b, err := e.burst(ctx, op, w, ns, n, lifespan, timeout)
+	w.Stop()
+	if b != nil {
+		b.Label, b.Flags = label, f
+		b.Cores, b.Machine = e.cpuSnapshot(op).CoresSince(c0), readMachine().coresSince(m0)
+		logf("  all %d Ready after %s (%.1f/s; 10–90%%: %.1f/s), p50 %s, p99 %s; Keycloak requests %.0f, writes %.0f; max %d renewals in one second; CPU: %s",
+			b.Ready, b.AllReady.Round(time.Millisecond), b.Rate, b.Rate1090, b.P50.Round(time.Millisecond), b.P99.Round(time.Millisecond),
+			b.Delta.KC, b.Delta.Writes, b.MaxPerSec, b.Cores)
+	}
+	if err != nil {
+		return b, err
+	}
+	if then != nil {
+		return b, then(op, b)
+	}
+	return b, nil
+}
+
+func memTotal() string {
+	b, _ := os.ReadFile("/proc/meminfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "MemTotal:") {
+			f := strings.Fields(l)
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return fmt.Sprintf("%.0f GiB", kb/(1<<20))
+		}
+	}
+	return "?"
+}
+
+func cpuModel() string {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "model name") {
+			if _, v, ok := strings.Cut(l, ":"); ok {
+				return strings.TrimSpace(v)
+			}
+		}
+	}
+	return "?"
+}
