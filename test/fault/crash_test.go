@@ -101,6 +101,9 @@ func TestOperatorCrash(t *testing.T) {
 	c := proxy.Counts()
 	blanked, deleted, tokens, notDue, _ := w.Snapshot()
 	tokens -= tokensBefore
+	w.mu.Lock()
+	regressions := w.Regressions
+	w.mu.Unlock()
 	alive, broken, why := chainsAlive(t, namespaces)
 	lostEvents, _ := lostChainEvents(t, namespaces)
 
@@ -109,10 +112,10 @@ func TestOperatorCrash(t *testing.T) {
 	issued := c.GrantsOK["client_credentials"] + c.GrantsOK["refresh_token"] + c.GrantsOK["password"]
 	t.Logf("FIGURE crash: resources=%d kills=%d duration=%s ready_after_restart_median=%s max=%s all=%v "+
 		"chains_alive=%d chains_broken=%d lost_in_crash_window=%d double_redemptions=%d refresh_tokens_posted_twice=%d refresh_invalid_grant=%d "+
-		"tokens_issued_by_keycloak=%d tokens_published=%d issued_not_published=%d published_before_due=%d secrets_blanked=%d secrets_deleted=%d introspections=%d",
+		"tokens_issued_by_keycloak=%d tokens_published=%d issued_not_published=%d published_before_due=%d secret_went_back_to_older_token=%d secrets_blanked=%d secrets_deleted=%d introspections=%d",
 		nRes, kills, fmtDur(elapsed), fmtDur(sorted[len(sorted)/2]), fmtDur(sorted[len(sorted)-1]), roundAll(readyTimes),
 		alive, broken, lost.count(), c.DoubleRedemptions, c.RefreshTokensPostedTwice, c.RefreshInvalidGrant,
-		issued, tokens, issued-tokens, notDue, blanked, deleted, countSuffix(c.Paths, "/token/introspect"))
+		issued, tokens, issued-tokens, notDue, regressions, blanked, deleted, countSuffix(c.Paths, "/token/introspect"))
 	t.Logf("chains lost in the crash window (re-bootstrapped by the test, as a person would): %v; the operator's Warning events saying so: %d", lost.which, lostEvents)
 	if broken != 0 {
 		t.Errorf("%d refresh chains broken at the end: %v", broken, why)
@@ -124,6 +127,9 @@ func TestOperatorCrash(t *testing.T) {
 	}
 	if blanked != 0 || deleted != 0 {
 		t.Errorf("%d Secrets blanked, %d deleted", blanked, deleted)
+	}
+	if regressions != 0 {
+		t.Errorf("%d Secrets went back to an older token", regressions)
 	}
 	if notDue != 0 {
 		w.mu.Lock()

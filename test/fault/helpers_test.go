@@ -230,6 +230,9 @@ type secretWatch struct {
 	Polls     int
 	Tokens    int // distinct tokens seen
 	NotDue    int // tokens issued before the previous one's renew-at (1 s slack)
+	// Regressions: a Secret went back to a token it had held before (a lost update).
+	Regressions int
+	hashes      map[string]bool // key + "/" + token hash
 	NotDueLog []string
 }
 
@@ -317,6 +320,14 @@ func (w *secretWatch) observe(key string, s *corev1.Secret) {
 	if had && h == prev.hash {
 		return
 	}
+	if w.hashes == nil {
+		w.hashes = map[string]bool{}
+	}
+	if w.hashes[key+"/"+h] {
+		w.Regressions++
+		w.NotDueLog = append(w.NotDueLog, key+" went back to an earlier token")
+	}
+	w.hashes[key+"/"+h] = true
 	w.Tokens++
 	issued, _ := time.Parse(time.RFC3339, s.Annotations[tokensecret.AnnotationIssuedAt])
 	renew, _ := time.Parse(time.RFC3339, s.Annotations[tokensecret.AnnotationRenewAt])

@@ -34,7 +34,7 @@ const (
 	ExpiresZero    Fault = "expires-0"
 	ExpiresNeg     Fault = "expires-neg5"
 	ExpiresYears   Fault = "expires-10y"  // ten years: above the operator's one-year cap
-	ExpiresHuge    Fault = "expires-2^40" // overflows time.Duration when multiplied by a second
+	ExpiresHuge    Fault = "expires-2pow40" // overflows time.Duration when multiplied by a second
 )
 
 // Proxy is a fault-injecting reverse proxy in front of the real Keycloak. It counts requests
