@@ -223,17 +223,17 @@ type secretWatch struct {
 	stop       chan struct{}
 	done       chan struct{}
 
-	mu        sync.Mutex
-	last      map[string]secretSeen // namespace/name → last seen
-	Blanked   int
-	Deleted   int
-	Polls     int
-	Tokens    int // distinct tokens seen
-	NotDue    int // tokens issued before the previous one's renew-at (1 s slack)
+	mu      sync.Mutex
+	last    map[string]secretSeen // namespace/name → last seen
+	Blanked int
+	Deleted int
+	Polls   int
+	Tokens  int // distinct tokens seen
+	NotDue  int // tokens issued before the previous one's renew-at (1 s slack)
 	// Regressions: a Secret went back to a token it had held before (a lost update).
 	Regressions int
 	hashes      map[string]bool // key + "/" + token hash
-	NotDueLog []string
+	NotDueLog   []string
 }
 
 type secretSeen struct {

@@ -33,7 +33,7 @@ const (
 	ExpiresMissing Fault = "expires-missing" // the real answer without expires_in
 	ExpiresZero    Fault = "expires-0"
 	ExpiresNeg     Fault = "expires-neg5"
-	ExpiresYears   Fault = "expires-10y"  // ten years: above the operator's one-year cap
+	ExpiresYears   Fault = "expires-10y"    // ten years: above the operator's one-year cap
 	ExpiresHuge    Fault = "expires-2pow40" // overflows time.Duration when multiplied by a second
 )
 
