@@ -132,3 +132,19 @@ test-faults-long: ## Long fault runs (150-resource outage of 60 s, 100 resources
 	hack/keycloak.sh install | tail -n 1
 	KUBEBUILDER_ASSETS="$(LOCALBIN)/k8s" KEYCLOAK_HOME="$$(hack/keycloak.sh home)" FAULT_LONG=1 \
 		go test -count=1 -v -timeout 60m ./test/fault/ $(ARGS)
+
+##@ Benchmarks (issue 7)
+
+.PHONY: bench
+bench: ## Full benchmark against the real API server and Keycloak (~30 min): rewrites docs/benchmarks.md and docs/benchmarks/*.png (BENCH_ARGS= for knobs).
+	hack/build-envtest.sh | tail -n 1
+	hack/keycloak.sh install | tail -n 1
+	cd test/bench && go build -o $(LOCALBIN)/bench .
+	KUBEBUILDER_ASSETS="$(LOCALBIN)/k8s" KEYCLOAK_HOME="$$(hack/keycloak.sh home)" $(LOCALBIN)/bench -root . $(BENCH_ARGS)
+
+.PHONY: bench-smoke
+bench-smoke: ## Quick benchmark (N=50, one-minute steady state, ~5 min): writes bin/bench-smoke/.
+	hack/build-envtest.sh | tail -n 1
+	hack/keycloak.sh install | tail -n 1
+	cd test/bench && go build -o $(LOCALBIN)/bench .
+	KUBEBUILDER_ASSETS="$(LOCALBIN)/k8s" KEYCLOAK_HOME="$$(hack/keycloak.sh home)" $(LOCALBIN)/bench -root . -smoke $(BENCH_ARGS)
