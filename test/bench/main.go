@@ -27,22 +27,24 @@ import (
 )
 
 type Config struct {
-	Root          string
-	Out           string
-	PNGDir        string
-	Sizes         []int
-	SteadyN       int
-	Steady        time.Duration
-	RestartWindow time.Duration
-	Unrelated     int
-	Flags         OperatorFlags
-	RawWarm       time.Duration
-	RawDur        time.Duration
-	Sweep         []int
-	DefaultsRun   bool
-	DefaultsN     int
-	Notes         string
-	Smoke         bool
+	Root               string
+	Out                string
+	PNGDir             string
+	Sizes              []int
+	SteadyN            int
+	Steady             time.Duration
+	RestartWindow      time.Duration
+	Unrelated          int
+	Flags              OperatorFlags
+	RawWarm            time.Duration
+	RawDur             time.Duration
+	Sweep              []int
+	DefaultsRun        bool
+	DefaultsN          int
+	CompareConcurrency int
+	Deadline           time.Time
+	Notes              string
+	Smoke              bool
 }
 
 func main() {
@@ -56,21 +58,35 @@ func main() {
 	flag.DurationVar(&c.Steady, "steady", 10*time.Minute, "length of the steady state")
 	flag.DurationVar(&c.RestartWindow, "restart-window", time.Minute, "how long after a restart Keycloak requests are counted")
 	flag.IntVar(&c.Unrelated, "unrelated", 10000, "unrelated 4 KiB Secrets added for the memory step")
-	flag.IntVar(&c.Flags.Concurrency, "concurrency", 4, "operator --concurrency, also the raw load generators' concurrency")
+	flag.IntVar(&c.Flags.Concurrency, "concurrency", 16, "operator --concurrency in the raised-limit runs, also the raw load generators' concurrency")
 	flag.Float64Var(&c.Flags.KubeQPS, "kube-api-qps", 500, "operator --kube-api-qps in the raised-limit runs")
 	flag.IntVar(&c.Flags.KubeBurst, "kube-api-burst", 1000, "operator --kube-api-burst in the raised-limit runs")
 	flag.Float64Var(&c.Flags.KeycloakQPS, "keycloak-qps", 0, "operator --keycloak-qps in the raised-limit runs (0: unlimited)")
 	flag.IntVar(&c.Flags.KeycloakBurst, "keycloak-burst", 100, "operator --keycloak-burst in the raised-limit runs")
 	flag.Float64Var(&c.Flags.KeycloakPerHostQPS, "keycloak-qps-per-host", 0, "operator --keycloak-qps-per-host in the raised-limit runs (0: unlimited)")
 	flag.IntVar(&c.Flags.KeycloakPerHostBurst, "keycloak-burst-per-host", 50, "operator --keycloak-burst-per-host in the raised-limit runs")
-	flag.DurationVar(&c.RawWarm, "raw-warm", 20*time.Second, "warm-up of each raw load generator (Keycloak's JIT)")
+	flag.DurationVar(&c.RawWarm, "raw-warm", 30*time.Second, "warm-up of each raw load generator (Keycloak's JIT)")
 	flag.DurationVar(&c.RawDur, "raw-duration", 20*time.Second, "measured time of each raw load generator")
-	flag.StringVar(&sweep, "raw-sweep", "1,16", "further concurrencies of the raw Keycloak load generator (shows where Keycloak saturates)")
+	flag.StringVar(&sweep, "raw-sweep", "4,8", "further concurrencies of the raw Keycloak load generator (shows where Keycloak saturates)")
 	flag.BoolVar(&c.DefaultsRun, "defaults-run", true, "also run a burst with the operator's default flags")
 	flag.IntVar(&c.DefaultsN, "defaults-n", 1000, "N of the default-flags burst")
+	flag.IntVar(&c.CompareConcurrency, "compare-concurrency", 4, "also a raised-limit burst of defaults-n at this --concurrency (0: skip)")
+	flag.BoolVar(&keepWork, "keep", false, "keep the work directory (operator and Keycloak logs)")
 	flag.StringVar(&c.Notes, "notes", "", "text added to the report (e.g. what was scaled down)")
+	deadline := flag.String("deadline", "", "UTC HH:MM after which no further phase starts (skipped phases are listed in the report)")
 	flag.Parse()
 	c.Smoke = *smoke
+	if *deadline != "" {
+		t, err := time.Parse("15:04", *deadline)
+		if err != nil {
+			fail(fmt.Errorf("-deadline: %w", err))
+		}
+		now := time.Now().UTC()
+		c.Deadline = time.Date(now.Year(), now.Month(), now.Day(), t.Hour(), t.Minute(), 0, 0, time.UTC)
+		if c.Deadline.Before(now.Add(-12 * time.Hour)) {
+			c.Deadline = c.Deadline.Add(24 * time.Hour)
+		}
+	}
 	set := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if c.Smoke {
@@ -155,7 +171,9 @@ type Report struct {
 	Steady      *SteadyResult
 	Restart     *RestartResult
 	Defaults    *BurstResult
+	Compare     *BurstResult
 	Errors      []string
+	Skipped     []string
 }
 
 func run(ctx context.Context, c Config) (*Report, error) {
@@ -208,7 +226,7 @@ func run(ctx context.Context, c Config) (*Report, error) {
 		logf("  %.1f updates/s, p50 %s, p99 %s; CPU: %s", r.Rate, r.P50, r.P99, r.Cores)
 		rep.RawAPI = append(rep.RawAPI, r)
 	}
-	if len(c.Sweep) > 0 || true {
+	if c.Flags.Concurrency != 16 {
 		// The unthrottled API limit at a higher concurrency too.
 		r, err := rawSecretUpdates(ctx, e.Cfg, "raw", 16, 0, 0, c.RawWarm/4, c.RawDur/2, probe(nil))
 		if err == nil {
@@ -217,79 +235,109 @@ func run(ctx context.Context, c Config) (*Report, error) {
 		}
 	}
 
-	// 2, 5, 6, 7: bursts at each N with five-minute tokens, spread, memory.
+	// Phases in order of priority: the scaling sizes up to the steady state's N, the steady
+	// state, larger sizes, then the comparison runs. A phase that would start after -deadline is
+	// skipped and listed in the report.
+	type phase struct {
+		name string
+		run  func() error
+	}
+	var phases []phase
+	scale := func(n int) phase {
+		return phase{fmt.Sprintf("burst and memory at N=%d", n), func() error {
+			ns := fmt.Sprintf("scale-%d", n)
+			logf("burst N=%d (five-minute tokens), operator %s", n, c.Flags)
+			b, err := e.burstPhase(ctx, ns, n, 5*time.Minute, c.Flags, fmt.Sprintf("burst N=%d", n), func(op *Operator, b *BurstResult) error {
+				return e.memory(ctx, op, ns, b, c.Unrelated)
+			})
+			if b != nil {
+				rep.Scaling = append(rep.Scaling, b)
+			}
+			return err
+		}}
+	}
 	for _, n := range c.Sizes {
-		ns := fmt.Sprintf("scale-%d", n)
-		logf("burst N=%d (five-minute tokens), operator %s", n, c.Flags)
-		b, err := e.burstPhase(ctx, ns, n, 5*time.Minute, c.Flags, fmt.Sprintf("burst N=%d", n), func(op *Operator, b *BurstResult) error {
-			return e.memory(ctx, op, ns, b, c.Unrelated)
-		})
-		if b != nil {
-			rep.Scaling = append(rep.Scaling, b)
-		}
-		if err != nil {
-			rep.Errors = append(rep.Errors, err.Error())
-			logf("  ERROR: %v", err)
-			if ctx.Err() != nil {
-				return rep, err
-			}
+		if n <= c.SteadyN {
+			phases = append(phases, scale(n))
 		}
 	}
-
-	// 3, 4: steady state with 30 s tokens, then a restart.
 	if c.Steady > 0 {
-		ns := "steady"
-		logf("steady state: burst N=%d (30 s tokens), then %s", c.SteadyN, c.Steady)
-		_, err := e.burstPhase(ctx, ns, c.SteadyN, 30*time.Second, c.Flags, "steady-state burst", func(op *Operator, b *BurstResult) error {
-			rep.SteadyBurst = b
-			w, err := e.watch(ctx, ns)
-			if err != nil {
-				return err
-			}
-			defer w.Stop()
-			// The burst's tokens rotate for the first time after ~20 s: start counting once the
-			// fleet is in its rhythm.
-			time.Sleep(5 * time.Second)
-			c0, m0 := e.cpuSnapshot(op), readMachine()
-			s, err := e.steady(ctx, op, w, ns, c.SteadyN, c.Steady)
-			if err != nil {
-				return err
-			}
-			s.Cores, s.Machine = e.cpuSnapshot(op).CoresSince(c0), readMachine().coresSince(m0)
-			rep.Steady = s
-			logf("  %d rotations, %.0f reconciles, %.0f Keycloak requests, %.0f writes (PUT %.0f, PATCH %.0f, POST %.0f; %.0f answered 409), %.0f GETs, %d expired, %.2f CPU s; CPU: %s",
-				s.Rotations, s.Delta.Reconciles, s.Delta.KC, s.Delta.Writes, s.Delta.Puts, s.Delta.Patches, s.Delta.Posts, s.Delta.Conflicts, s.Delta.Gets, s.Expired, s.Delta.CPU, s.Cores)
-			logf("restart with %d valid tokens", c.SteadyN)
-			rr, err := e.restart(ctx, op, w, ns, c.SteadyN, c.Flags, c.RestartWindow)
-			if rr != nil && rr.NewOp != nil {
-				defer rr.NewOp.Stop()
-			}
-			if err != nil {
-				return err
-			}
-			rep.Restart = rr
-			logf("  %.0f Keycloak requests in %s; %d renewals due (%d already due at start); premature %d",
-				rr.Requests, rr.Window, rr.Due, rr.DueAtStart, rr.Premature)
-			return nil
-		})
-		if err != nil {
-			rep.Errors = append(rep.Errors, err.Error())
+		phases = append(phases, phase{fmt.Sprintf("steady state and restart at N=%d", c.SteadyN), func() error {
+			ns := "steady"
+			logf("steady state: burst N=%d (30 s tokens), then %s", c.SteadyN, c.Steady)
+			_, err := e.burstPhase(ctx, ns, c.SteadyN, 30*time.Second, c.Flags, "steady-state burst", func(op *Operator, b *BurstResult) error {
+				rep.SteadyBurst = b
+				w, err := e.watch(ctx, ns)
+				if err != nil {
+					return err
+				}
+				defer w.Stop()
+				// The burst's tokens rotate for the first time after ~20 s; counting starts at
+				// once, both counters see the same rotations.
+				time.Sleep(5 * time.Second)
+				c0, m0, a0 := e.cpuSnapshot(op), readMachine(), e.apiSnapshot(ctx)
+				s, err := e.steady(ctx, op, w, ns, c.SteadyN, c.Steady)
+				if err != nil {
+					return err
+				}
+				s.Cores, s.Machine = e.cpuSnapshot(op).CoresSince(c0), readMachine().coresSince(m0)
+				s.API = e.apiSnapshot(ctx).Since(a0)
+				rep.Steady = s
+				logf("  operator: %s; machine busy %.2f cores", s.Delta.Latencies(), s.Machine)
+				logf("  API server: %s", s.API)
+				logf("  %d rotations, %.0f reconciles, %.0f Keycloak requests, %.0f writes (PUT %.0f, PATCH %.0f, POST %.0f; %.0f answered 409), %.0f GETs, %d expired, %.2f CPU s; CPU: %s",
+					s.Rotations, s.Delta.Reconciles, s.Delta.KC, s.Delta.Writes, s.Delta.Puts, s.Delta.Patches, s.Delta.Posts, s.Delta.Conflicts, s.Delta.Gets, s.Expired, s.Delta.CPU, s.Cores)
+				logf("restart with %d valid tokens", c.SteadyN)
+				rr, err := e.restart(ctx, op, w, ns, c.SteadyN, c.Flags, c.RestartWindow)
+				if rr != nil && rr.NewOp != nil {
+					defer rr.NewOp.Stop()
+				}
+				if err != nil {
+					return err
+				}
+				rep.Restart = rr
+				logf("  %.0f Keycloak requests in %s; %d renewals due (%d already due at start); premature %d",
+					rr.Requests, rr.Window, rr.Due, rr.DueAtStart, rr.Premature)
+				return nil
+			})
+			return err
+		}})
+	}
+	for _, n := range c.Sizes {
+		if n > c.SteadyN {
+			phases = append(phases, scale(n))
+		}
+	}
+	if c.CompareConcurrency > 0 && c.CompareConcurrency != c.Flags.Concurrency {
+		phases = append(phases, phase{fmt.Sprintf("raised-limit burst at --concurrency=%d", c.CompareConcurrency), func() error {
+			f := c.Flags
+			f.Concurrency = c.CompareConcurrency
+			logf("burst N=%d with raised limits at --concurrency=%d", c.DefaultsN, f.Concurrency)
+			b, err := e.burstPhase(ctx, fmt.Sprintf("concurrency-%d", f.Concurrency), c.DefaultsN, 5*time.Minute, f, fmt.Sprintf("raised limits, concurrency %d", f.Concurrency), nil)
+			rep.Compare = b
+			return err
+		}})
+	}
+	if c.DefaultsRun {
+		phases = append(phases, phase{"default-flag burst", func() error {
+			logf("burst N=%d with the operator's default flags", c.DefaultsN)
+			b, err := e.burstPhase(ctx, "defaults", c.DefaultsN, 5*time.Minute, OperatorFlags{Defaults: true}, "default flags", nil)
+			rep.Defaults = b
+			return err
+		}})
+	}
+	for _, p := range phases {
+		if !c.Deadline.IsZero() && time.Now().After(c.Deadline) {
+			logf("SKIPPED (past the deadline %s): %s", c.Deadline.UTC().Format("15:04"), p.name)
+			rep.Skipped = append(rep.Skipped, p.name)
+			continue
+		}
+		if err := p.run(); err != nil {
+			rep.Errors = append(rep.Errors, p.name+": "+err.Error())
 			logf("  ERROR: %v", err)
 			if ctx.Err() != nil {
 				return rep, err
 			}
-		}
-	}
-
-	if c.DefaultsRun {
-		logf("burst N=%d with the operator's default flags", c.DefaultsN)
-		b, err := e.burstPhase(ctx, "defaults", c.DefaultsN, 5*time.Minute, OperatorFlags{Defaults: true}, "default flags", nil)
-		if b != nil {
-			rep.Defaults = b
-		}
-		if err != nil {
-			rep.Errors = append(rep.Errors, err.Error())
-			logf("  ERROR: %v", err)
 		}
 	}
 	return rep, nil
@@ -309,16 +357,19 @@ func (e *Env) burstPhase(ctx context.Context, ns string, n int, lifespan time.Du
 	if err != nil {
 		return nil, err
 	}
-	c0, m0 := e.cpuSnapshot(op), readMachine()
+	c0, m0, a0 := e.cpuSnapshot(op), readMachine(), e.apiSnapshot(ctx)
 	timeout := 2*time.Minute + time.Duration(n)*100*time.Millisecond
 	b, err := e.burst(ctx, op, w, ns, n, lifespan, timeout)
 	w.Stop()
 	if b != nil {
 		b.Label, b.Flags = label, f
 		b.Cores, b.Machine = e.cpuSnapshot(op).CoresSince(c0), readMachine().coresSince(m0)
+		b.API = e.apiSnapshot(ctx).Since(a0)
 		logf("  all %d Ready after %s (%.1f/s; 10–90%%: %.1f/s), p50 %s, p99 %s; Keycloak requests %.0f, writes %.0f; max %d renewals in one second; CPU: %s",
 			b.Ready, b.AllReady.Round(time.Millisecond), b.Rate, b.Rate1090, b.P50.Round(time.Millisecond), b.P99.Round(time.Millisecond),
 			b.Delta.KC, b.Delta.Writes, b.MaxPerSec, b.Cores)
+		logf("  operator: %s; %.0f answers 409; machine busy %.2f cores", b.Delta.Latencies(), b.Delta.Conflicts, b.Machine)
+		logf("  API server: %s", b.API)
 	}
 	if err != nil {
 		return b, err

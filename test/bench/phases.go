@@ -39,6 +39,7 @@ type BurstResult struct {
 	UnrelCreate time.Duration
 	Cores       Cores   // CPU per component over the burst
 	Machine     float64 // whole machine's busy cores over the burst
+	API         APIDelta
 }
 
 func newToken(ns, name, kcURL string, lifespan time.Duration) *authv1alpha1.MLflowAccessToken {
@@ -249,6 +250,7 @@ type SteadyResult struct {
 	KCSeries       []float64
 	Cores          Cores
 	Machine        float64
+	API            APIDelta
 }
 
 func (e *Env) sumRotations(ctx context.Context, ns string) (int64, error) {

@@ -47,11 +47,39 @@ func (r *Report) headline() *BurstResult {
 	return best
 }
 
+// rawAt is the raw Keycloak rate at a concurrency (NaN when not measured).
+func (r *Report) rawAt(conc int) float64 {
+	for _, k := range r.RawKC {
+		if k.Concurrency == conc {
+			return k.Rate
+		}
+	}
+	return math.NaN()
+}
+
 func (r *Report) rawRate() float64 {
 	if len(r.RawKC) == 0 {
 		return math.NaN()
 	}
 	return r.RawKC[0].Rate
+}
+
+// apiRate is the raw unthrottled Secret update rate at the operator's concurrency.
+func (r *Report) apiRate() float64 {
+	for _, a := range r.RawAPI {
+		if a.QPS <= 0 && len(r.RawKC) > 0 && a.Concurrency == r.RawKC[0].Concurrency {
+			return a.Rate
+		}
+	}
+	return math.NaN()
+}
+
+// composite is the issuance rate this machine could reach if its cores did nothing but the
+// requests one issuance needs: one token from Keycloak plus the API requests the operator
+// made per token in burst b (each costed like a raw Secret update), time-sharing the CPU.
+func (r *Report) composite(b *BurstResult) float64 {
+	perToken := (b.Delta.Writes + b.Delta.Gets) / float64(b.N)
+	return 1 / (1/r.rawRate() + perToken/r.apiRate())
 }
 
 // rows is the summary table: figure, goal, measured, verdict.
@@ -77,6 +105,11 @@ func (r *Report) rows() [][4]string {
 		add(fmt.Sprintf("Burst N=%d: first create → all Ready", b.N), "", fmt.Sprintf("%s (creating took %s)", ms(b.AllReady), ms(b.Created)), "")
 		add("Operator issuance rate (N / time to all Ready)", "", fmt.Sprintf("%s tokens/s", f1(b.Rate)), "")
 		add("**Ratio to the raw Keycloak rate**", "≥ 0.8", fmt.Sprintf("**%s** (10th–90th percentile of Ready times: %s)", f2(ratio), f2(ratio1090)), mark(ratio >= 0.8))
+		comp := r.composite(b)
+		add("Composite limit: Keycloak + the operator's API requests per token sharing the cores", "",
+			fmt.Sprintf("%s tokens/s (1 token at %s/s + %.1f API requests at %s/s); operator / composite = %s",
+				f1(comp), f1(r.rawRate()), (b.Delta.Writes+b.Delta.Gets)/float64(b.N), f1(r.apiRate()), f2(b.Rate/comp)), "")
+		add("Machine CPU during the burst", "", fmt.Sprintf("%s of %d cores busy; %s", f2(b.Machine), r.Cores, b.Cores), "")
 		add("create → Ready p50 / p99", "", fmt.Sprintf("%s / %s", ms(b.P50), ms(b.P99)), "")
 		add("Keycloak requests in the burst", fmt.Sprintf("%d", b.N), fmt.Sprintf("%.0f", b.Delta.KC), mark(int(b.Delta.KC) == b.N))
 	}
@@ -109,8 +142,13 @@ func (r *Report) rows() [][4]string {
 		add(fmt.Sprintf("Operator RSS with %d resources → after %d unrelated 4 KiB Secrets", b.N, b.Unrelated), "growth < 10%",
 			fmt.Sprintf("%s → %s (%+.1f%%); Go heap in use %s → %s", mib(b.RSS), mib(b.RSSUnrel), g, mib(int64(b.HeapInUse)), mib(int64(b.HeapUnrel))), mark(g < 10))
 	}
+	if b := r.Compare; b != nil && b.Ready == b.N {
+		add(fmt.Sprintf("Burst N=%d, raised limits, --concurrency=%d: all Ready", b.N, b.Flags.Concurrency), "",
+			fmt.Sprintf("%s (%s tokens/s; ratio to raw Keycloak at concurrency %d: %s)", ms(b.AllReady), f1(b.Rate), b.Flags.Concurrency, f2(div(b.Rate, r.rawAt(b.Flags.Concurrency)))), "")
+	}
 	if b := r.Defaults; b != nil && b.Ready == b.N {
-		add(fmt.Sprintf("Burst N=%d with the default flags: all Ready", b.N), "", fmt.Sprintf("%s (%s tokens/s, ratio %s)", ms(b.AllReady), f1(b.Rate), f2(div(b.Rate, r.rawRate()))), "")
+		add(fmt.Sprintf("Burst N=%d with the default flags: all Ready", b.N), "",
+			fmt.Sprintf("%s (%s tokens/s; ratio to raw Keycloak at concurrency 4: %s)", ms(b.AllReady), f1(b.Rate), f2(div(b.Rate, r.rawAt(4)))), "")
 	}
 	return rows
 }
@@ -202,6 +240,9 @@ func (r *Report) write(c Config) error {
 	}
 	w("Raised-limit runs use `%s`; the default-flag run passes no tuning flags (%s).\n\n", c.Flags, OperatorFlags{Defaults: true})
 	w("## Summary\n\n%s\n", r.table())
+	if len(r.Skipped) > 0 {
+		w("Skipped in this run (past the time budget): %s.\n\n", strings.Join(r.Skipped, "; "))
+	}
 	if len(r.Errors) > 0 {
 		w("Errors during the run:\n\n")
 		for _, e := range r.Errors {
@@ -235,7 +276,7 @@ func (r *Report) write(c Config) error {
 		"Memory: median of three RSS reads after the burst settled, then again after %d unrelated 4 KiB Secrets (no operator label) were added to the operator's namespace.\n\n", c.Unrelated)
 	w("| run | N | create all | all Ready | tokens/s | 10–90%% /s | ratio to raw | p50 | p99 | Keycloak req. | API writes | operator CPU s | CPU cores during the burst | RSS | RSS +unrelated | heap | heap +unrelated |\n")
 	w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-	all := append(append([]*BurstResult{}, r.Scaling...), r.SteadyBurst, r.Defaults)
+	all := append(append([]*BurstResult{}, r.Scaling...), r.SteadyBurst, r.Compare, r.Defaults)
 	for _, b := range all {
 		if b == nil {
 			continue
@@ -248,9 +289,17 @@ func (r *Report) write(c Config) error {
 			rssU = fmt.Sprintf("%s (%+.1f%%)", mib(b.RSSUnrel), div(float64(b.RSSUnrel-b.RSS), float64(b.RSS))*100)
 			hU = mib(int64(b.HeapUnrel))
 		}
-		w("| %s (%s tokens) | %d | %s | %s | %s | %s | %s | %s | %s | %.0f | %.0f | %s | %s | %s | %s | %s | %s |\n",
+		w("| %s, %s tokens | %d | %s | %s | %s | %s | %s | %s | %s | %.0f | %.0f | %s | %s | %s | %s | %s | %s |\n",
 			b.Label, b.Lifespan, b.N, ms(b.Created), ms(b.AllReady), f1(b.Rate), f1(b.Rate1090), f2(div(b.Rate, r.rawRate())),
 			ms(b.P50), ms(b.P99), b.Delta.KC, b.Delta.Writes, f2(b.Delta.CPU), b.Cores, rss, rssU, h, hU)
+	}
+	w("\n")
+	w("Where a burst's time goes (operator metrics: reconciles, Keycloak latency, queue wait; the API server's own `apiserver_request_duration_seconds` per request kind, which excludes the client's waiting):\n\n")
+	for _, b := range all {
+		if b == nil {
+			continue
+		}
+		w("- %s (N=%d): %s; %.0f answers 409; machine busy %s cores. API server: %s.\n", b.Label, b.N, b.Delta.Latencies(), b.Delta.Conflicts, f2(b.Machine), b.API)
 	}
 	w("\n")
 	for _, p := range scalingPNG {
@@ -268,6 +317,7 @@ func (r *Report) write(c Config) error {
 		w("| %d | %s | %.0f | %.0f | %s | %.0f | %.0f | %.0f | %.0f | %s | %s | %.0f | %d | %s | %s | %s | %s |\n\n",
 			s.Rotations, f1(rot/s.Duration.Seconds()), s.Delta.KC, s.Delta.KCFailed, f2(div(s.Delta.KC, rot)), s.Delta.Puts, s.Delta.Posts, s.Delta.Patches, s.Delta.Conflicts,
 			f2(div(s.Delta.Writes, rot)), f2(div(s.Delta.Gets, rot)), s.Delta.Reconciles, s.Expired, f1(s.Delta.CPU), f2(div(s.Delta.CPU*1000, rot)), s.Cores, f2(s.Machine))
+		w("Operator: %s. API server: %s.\n\n", s.Delta.Latencies(), s.API)
 		if steadyPNG != "" {
 			w("![steady](%s)\n\n", steadyPNG)
 		}
