@@ -86,6 +86,7 @@ func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *
 	if err := r.Patch(ctx, obj, patch); err != nil {
 		return ctrl.Result{}, false, client.IgnoreNotFound(err)
 	}
+	r.unsaved.Delete(obj.UID)
 	return ctrl.Result{}, true, nil
 }
 
@@ -110,6 +111,10 @@ func (r *MLflowAccessTokenReconciler) revokeAll(ctx context.Context, obj *authv1
 		return &failure{Reason: authv1alpha1.ReasonRevocationFailing, Message: err.Error()}
 	}
 	chain := tokensecret.ReadChain(stateSecret)
+	if c, ok := r.unsaved.Load(obj.UID); ok {
+		pending := c.(tokensecret.Chain) // newer than the state Secret's
+		chain = &pending
+	}
 	sessionID, offline := obj.Status.SessionID, obj.Status.OfflineSession
 	if chain != nil {
 		sessionID, offline = firstNonEmpty(chain.SessionID, sessionID), chain.Offline || offline

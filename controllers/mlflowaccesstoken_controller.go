@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -65,6 +66,10 @@ type MLflowAccessTokenReconciler struct {
 	// RefreshChainWarning: RefreshChainExpiring turns True when a RefreshToken grant's chain
 	// ends within this window.
 	RefreshChainWarning time.Duration
+
+	// unsaved holds refresh chains Keycloak rotated but the API server would not store (it was
+	// down): types.UID → tokensecret.Chain. The next reconcile saves them first.
+	unsaved sync.Map
 }
 
 // RBAC, least privilege; docs/security.md says why each rule exists.

@@ -41,6 +41,17 @@ func (r *MLflowAccessTokenReconciler) obtainByRefresh(ctx context.Context, obj *
 		return nil, nil, asFailure(err)
 	}
 	chain := tokensecret.ReadChain(stateSecret)
+	if c, ok := r.unsaved.Load(obj.UID); ok {
+		// A chain Keycloak rotated while the API server was unavailable: it is newer than what
+		// the state Secret holds. Save it before anything else.
+		pending := c.(tokensecret.Chain)
+		if stateSecret, err = r.saveChain(ctx, obj, stateSecret, pending); err != nil {
+			return nil, nil, asFailure(err)
+		}
+		r.unsaved.Delete(obj.UID)
+		logger.Info("Saved the refresh chain kept in memory while the API server was unavailable")
+		chain = &pending
+	}
 
 	var bootstrap, bootstrapHash string
 	if obj.Spec.Grant.Type == authv1alpha1.GrantRefreshToken {
@@ -219,11 +230,14 @@ func (r *MLflowAccessTokenReconciler) saveChain(ctx context.Context, obj *authv1
 	return s, nil
 }
 
-// saveChainPersistently saves a freshly rotated chain, retrying briefly: until it is saved the
-// new refresh token exists only in memory.
+// saveChainPersistently saves a freshly rotated chain. Until it is saved the new refresh token
+// exists only in memory, so it retries for a while, and if the API server stays unavailable it
+// keeps the chain in memory for the next reconcile to save first (a process restart in that
+// window loses it: the redemption marker then makes the next operator check with Keycloak).
 func (r *MLflowAccessTokenReconciler) saveChainPersistently(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, s *corev1.Secret, c tokensecret.Chain) (*corev1.Secret, error) {
 	var err error
-	for attempt := range 4 {
+	delay := 250 * time.Millisecond
+	for range 8 {
 		var saved *corev1.Secret
 		if saved, err = r.saveChain(ctx, obj, s, c); err == nil {
 			return saved, nil
@@ -236,10 +250,13 @@ func (r *MLflowAccessTokenReconciler) saveChainPersistently(ctx context.Context,
 		}
 		select {
 		case <-ctx.Done():
+			r.unsaved.Store(obj.UID, c)
 			return nil, errors.Join(err, ctx.Err())
-		case <-time.After(time.Duration(attempt+1) * 250 * time.Millisecond):
+		case <-time.After(delay):
 		}
+		delay = min(2*delay, 4*time.Second)
 	}
+	r.unsaved.Store(obj.UID, c)
 	return nil, err
 }
 

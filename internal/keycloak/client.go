@@ -252,13 +252,20 @@ func tokenFrom(j *gocloak.JWT) (*Token, error) {
 	if !strings.EqualFold(j.TokenType, "bearer") && j.TokenType != "" {
 		return nil, &Error{Reason: ReasonInvalidResponse, Message: fmt.Sprintf("Keycloak returned a token of type %q, expected Bearer", truncate(j.TokenType, 32))}
 	}
-	exp := time.Duration(j.ExpiresIn) * time.Second
-	if j.ExpiresIn <= 0 || exp > maxExpiresIn {
+	// Compare in seconds before converting: a huge expires_in would overflow time.Duration.
+	maxSeconds := int64(maxExpiresIn / time.Second)
+	if j.ExpiresIn <= 0 || int64(j.ExpiresIn) > maxSeconds {
 		return nil, &Error{Reason: ReasonInvalidResponse, Message: fmt.Sprintf("Keycloak's token response has an unusable expires_in of %d seconds", j.ExpiresIn)}
 	}
-	refreshExp := time.Duration(j.RefreshExpiresIn) * time.Second
-	if refreshExp < 0 || refreshExp > maxExpiresIn {
-		refreshExp = 0
+	exp := time.Duration(j.ExpiresIn) * time.Second
+	var refreshExp time.Duration
+	if j.RefreshExpiresIn > 0 && int64(j.RefreshExpiresIn) <= maxSeconds {
+		refreshExp = time.Duration(j.RefreshExpiresIn) * time.Second
+	}
+	// mlflow-oidc-auth validates bearer tokens locally as JWTs: an opaque token would only ever
+	// get a 401 from MLflow, so it is refused here with a clear reason instead of published.
+	if _, err := ParseClaims(j.AccessToken); err != nil {
+		return nil, &Error{Reason: ReasonInvalidResponse, Message: "Keycloak's access token is not usable by MLflow: " + err.Error()}
 	}
 	return &Token{
 		AccessToken:      j.AccessToken,

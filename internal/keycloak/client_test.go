@@ -87,6 +87,8 @@ func TestClassification(t *testing.T) {
 		{"expires_in missing", jsonReply(200, `{"access_token":"a.b.c"}`), ReasonInvalidResponse, "expires_in"},
 		{"expires_in negative", jsonReply(200, `{"access_token":"a.b.c","expires_in":-5}`), ReasonInvalidResponse, "expires_in"},
 		{"expires_in huge", jsonReply(200, `{"access_token":"a.b.c","expires_in":99999999999}`), ReasonInvalidResponse, "expires_in"},
+		{"expires_in overflowing a Duration", jsonReply(200, `{"access_token":"a.b.c","expires_in":1099511627776}`), ReasonInvalidResponse, "expires_in"},
+		{"opaque access token", jsonReply(200, `{"access_token":"opaque","expires_in":60}`), ReasonInvalidResponse, "not a JWT"},
 		{"wrong token type", jsonReply(200, `{"access_token":"a.b.c","expires_in":60,"token_type":"mac"}`), ReasonInvalidResponse, "Bearer"},
 		{"10 MB body", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/json")

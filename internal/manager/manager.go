@@ -5,18 +5,21 @@ package manager
 import (
 	"time"
 
+	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/controllers"
@@ -121,7 +124,18 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		OfflineIdleTimeout:      o.OfflineIdleTimeout,
 		RefreshChainWarning:     o.RefreshChainWarning,
 	}
-	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: o.Concurrency, SkipNameValidation: &o.SkipNameValidation}); err != nil {
+	// Errors (API server down, conflicts) retry with controller-runtime's exponential backoff,
+	// but capped at the operator's own retry cap (at most 30 s) instead of the default 1000 s:
+	// after an API server outage, tokens must not expire while their resources wait in the queue.
+	errCap := min(o.Backoff.Max, 30*time.Second)
+	if errCap <= 0 {
+		errCap = 30 * time.Second
+	}
+	limiter := workqueue.NewTypedMaxOfRateLimiter(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](5*time.Millisecond, errCap),
+		&workqueue.TypedBucketRateLimiter[reconcile.Request]{Limiter: rate.NewLimiter(rate.Limit(10), 100)},
+	)
+	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: o.Concurrency, SkipNameValidation: &o.SkipNameValidation, RateLimiter: limiter}); err != nil {
 		return nil, err
 	}
 	if o.ProbeAddr != "" && o.ProbeAddr != "0" {
