@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -73,6 +74,7 @@ func main() {
 	flag.IntVar(&c.CompareConcurrency, "compare-concurrency", 4, "also a raised-limit burst of defaults-n at this --concurrency (0: skip)")
 	flag.BoolVar(&keepWork, "keep", false, "keep the work directory (operator and Keycloak logs)")
 	flag.StringVar(&c.Notes, "notes", "", "text added to the report (e.g. what was scaled down)")
+	render := flag.String("render", "", "only re-render the report (markdown and plots) from a results.json of an earlier run")
 	deadline := flag.String("deadline", "", "UTC HH:MM after which no further phase starts (skipped phases are listed in the report)")
 	flag.Parse()
 	c.Smoke = *smoke
@@ -117,6 +119,28 @@ func main() {
 	if c.Sweep, err = ints(sweep); err != nil {
 		fail(err)
 	}
+	if *render != "" {
+		raw, err := os.ReadFile(*render)
+		if err != nil {
+			fail(err)
+		}
+		var rep Report
+		if err := json.Unmarshal(raw, &rep); err != nil {
+			fail(err)
+		}
+		rc := rep.Config
+		rc.Root, rc.Out, rc.PNGDir = c.Root, c.Out, c.PNGDir
+		if c.Notes != "" {
+			rc.Notes = c.Notes
+		}
+		if err := os.MkdirAll(rc.PNGDir, 0o755); err != nil {
+			fail(err)
+		}
+		if err := rep.write(rc); err != nil {
+			fail(err)
+		}
+		return
+	}
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" || os.Getenv("KEYCLOAK_HOME") == "" {
 		fail(fmt.Errorf("set KUBEBUILDER_ASSETS (bin/k8s) and KEYCLOAK_HOME (bin/keycloak-26.7.3); `make bench` does"))
 	}
@@ -129,6 +153,14 @@ func main() {
 	defer cancel()
 	rep, err := run(ctx, c)
 	if rep != nil {
+		rep.Config = c
+		if raw, jerr := json.MarshalIndent(rep, "", "  "); jerr == nil {
+			if werr := os.WriteFile(filepath.Join(c.PNGDir, "results.json"), raw, 0o644); werr != nil {
+				logf("results.json: %v", werr)
+			}
+		} else {
+			logf("results.json: %v", jerr)
+		}
 		if werr := rep.write(c); werr != nil {
 			fmt.Fprintln(os.Stderr, "writing the report:", werr)
 		}
@@ -174,6 +206,7 @@ type Report struct {
 	Compare     *BurstResult
 	Errors      []string
 	Skipped     []string
+	Config      Config
 }
 
 func run(ctx context.Context, c Config) (*Report, error) {

@@ -329,7 +329,7 @@ type RestartResult struct {
 	DownFor       time.Duration
 	ReqPerSecond  []float64
 	DuePerSecond  []int
-	NewOp         *Operator
+	NewOp         *Operator `json:"-"`
 	StartupToSync time.Duration
 }
 
