@@ -320,7 +320,7 @@ func (r *MLflowAccessTokenReconciler) markValid(obj *authv1alpha1.MLflowAccessTo
 	s.IssuedAt = timePtr(st.IssuedAt)
 	s.ExpiresAt = timePtr(st.ExpiresAt)
 	s.RenewalTime = timePtr(st.RenewAt)
-	s.Token = tokenInfo(st.AccessToken)
+	s.Token = claimsOf(st.AccessToken)
 	if s.FailedAttempts == 0 {
 		setCondition(obj, authv1alpha1.ConditionReady, true, authv1alpha1.ReasonTokenValid,
 			fmt.Sprintf("Token in Secret %s is valid until %s; renewal at %s", s.SecretName,
@@ -391,7 +391,7 @@ func inputsHash(obj *authv1alpha1.MLflowAccessToken) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-func tokenInfo(token string) *authv1alpha1.TokenInfo {
+func claimsOf(token string) *authv1alpha1.TokenInfo {
 	c, err := keycloak.ParseClaims(token)
 	if err != nil {
 		return nil

@@ -127,7 +127,7 @@ func (r *MLflowAccessTokenReconciler) obtainByRefresh(ctx context.Context, obj *
 		reason := keycloak.ReasonOf(kerr)
 		if reason == keycloak.ReasonInvalidGrant {
 			if obj.Spec.Grant.Type == authv1alpha1.GrantPassword {
-				logger.Info("The refresh chain ended; logging in with the password again", "message", kerr.Error())
+				logger.Info("The refresh chain ended; logging in again", "message", kerr.Error())
 				return r.login(ctx, obj, creds, ep, stateSecret)
 			}
 			chain.Ended = "refresh token rejected: " + kerr.Error()
