@@ -35,6 +35,7 @@ type Config struct {
 	SteadyN            int
 	Steady             time.Duration
 	RestartWindow      time.Duration
+	Settle             time.Duration
 	Unrelated          int
 	Flags              OperatorFlags
 	RawWarm            time.Duration
@@ -57,6 +58,7 @@ func main() {
 	flag.StringVar(&sizes, "sizes", "100,1000,5000", "burst sizes N of the scaling curve (five-minute tokens)")
 	flag.IntVar(&c.SteadyN, "steady-n", 1000, "resources in the steady state (30 s tokens)")
 	flag.DurationVar(&c.Steady, "steady", 10*time.Minute, "length of the steady state")
+	flag.DurationVar(&c.Settle, "settle", time.Minute, "time between the steady-state burst and the steady state (its expiries are reported apart)")
 	flag.DurationVar(&c.RestartWindow, "restart-window", time.Minute, "how long after a restart Keycloak requests are counted")
 	flag.IntVar(&c.Unrelated, "unrelated", 10000, "unrelated 4 KiB Secrets added for the memory step")
 	flag.IntVar(&c.Flags.Concurrency, "concurrency", 16, "operator --concurrency in the raised-limit runs, also the raw load generators' concurrency")
@@ -101,6 +103,7 @@ func main() {
 		def("steady-n", func() { c.SteadyN = 50 })
 		def("steady", func() { c.Steady = time.Minute })
 		def("restart-window", func() { c.RestartWindow = 30 * time.Second })
+		def("settle", func() { c.Settle = 15 * time.Second })
 		def("unrelated", func() { c.Unrelated = 1000 })
 		def("raw-warm", func() { c.RawWarm = 5 * time.Second })
 		def("raw-duration", func() { c.RawDur = 5 * time.Second })
@@ -305,14 +308,19 @@ func run(ctx context.Context, c Config) (*Report, error) {
 					return err
 				}
 				defer w.Stop()
-				// The burst's tokens rotate for the first time after ~20 s; counting starts at
-				// once, both counters see the same rotations.
-				time.Sleep(5 * time.Second)
+				// The burst's first rotations compete with its last issuances: expiries in this
+				// transition are counted apart from the steady state's.
+				settleStart := time.Now()
+				logf("  transition: %s before the steady state is counted", c.Settle)
+				time.Sleep(c.Settle)
+				transition := w.Expired(settleStart, time.Now())
 				c0, m0, a0 := e.cpuSnapshot(op), readMachine(), e.apiSnapshot(ctx)
 				s, err := e.steady(ctx, op, w, ns, c.SteadyN, c.Steady)
 				if err != nil {
 					return err
 				}
+				s.Settle, s.TransitionExpired = c.Settle, transition
+				logf("  %d tokens expired in the transition", transition)
 				s.Cores, s.Machine = e.cpuSnapshot(op).CoresSince(c0), readMachine().coresSince(m0)
 				s.API = e.apiSnapshot(ctx).Since(a0)
 				rep.Steady = s

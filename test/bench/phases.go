@@ -251,6 +251,9 @@ type SteadyResult struct {
 	Cores          Cores
 	Machine        float64
 	API            APIDelta
+	// Expiries between the end of the burst and the start of the steady state.
+	Settle            time.Duration
+	TransitionExpired int
 }
 
 func (e *Env) sumRotations(ctx context.Context, ns string) (int64, error) {

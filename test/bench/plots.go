@@ -110,7 +110,7 @@ func plotSteady(dir string, s *SteadyResult) (string, error) {
 		rot = append(rot, plotter.XY{X: float64(i*10 + 5), Y: float64(c)})
 	}
 	for i, c := range s.KCSeries {
-		kc = append(kc, plotter.XY{X: float64(i*10 + 10), Y: c})
+		kc = append(kc, plotter.XY{X: float64(i*10 + 5), Y: c})
 	}
 	if err := plotutil.AddLines(p, "token Secrets rotated (watch)", rot, "Keycloak requests (operator metric)", kc); err != nil {
 		return "", err

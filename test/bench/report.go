@@ -122,7 +122,9 @@ func (r *Report) rows() [][4]string {
 		add("API writes per rotation (PUT+PATCH+POST)", "≤ 2", fmt.Sprintf("%s (PUT %s, POST %s, PATCH %s)", f2(wr),
 			f2(div(s.Delta.Puts, float64(s.Rotations))), f2(div(s.Delta.Posts, float64(s.Rotations))), f2(div(s.Delta.Patches, float64(s.Rotations)))), mark(wr <= 2.0))
 		add("API reads per rotation (GET)", "", f2(div(s.Delta.Gets, float64(s.Rotations))), "")
-		add("Tokens that expired before being rotated", "0", fmt.Sprintf("%d", s.Expired), mark(s.Expired == 0))
+		add("Tokens that expired before being rotated (steady state)", "0", fmt.Sprintf("%d", s.Expired), mark(s.Expired == 0))
+		add(fmt.Sprintf("… in the %s between the burst and the steady state (first renewals queued behind the burst's issuances)", s.Settle), "0",
+			fmt.Sprintf("%d", s.TransitionExpired), mark(s.TransitionExpired == 0))
 		add("Operator CPU seconds per 1,000 rotations", "", f2(div(s.Delta.CPU*1000, float64(s.Rotations))), "")
 	}
 	if rr := r.Restart; rr != nil {
@@ -307,10 +309,10 @@ func (r *Report) write(c Config) error {
 	}
 	w("## 3. Steady state (30 s tokens)\n\n")
 	if s := r.Steady; s != nil {
-		w("%d resources with 30 s tokens for %s (after their burst). Rotations: the sum of `status.rotations` deltas; "+
+		w("%d resources with 30 s tokens for %s, counted from %s after their burst (%d tokens expired in that transition). Rotations: the sum of `status.rotations` deltas; "+
 			"Keycloak requests: `%s`; API writes: `rest_client_requests_total{method=~\"PUT|PATCH|POST\"}` (the POSTs are the `Renewed` events); "+
 			"CPU: `/proc/<pid>/stat` of the operator. A watch on the token Secrets flags any token whose expiry passed before its successor was written.\n\n",
-			s.N, s.Duration.Round(time.Second), metricKCRequests)
+			s.N, s.Duration.Round(time.Second), s.Settle, s.TransitionExpired, metricKCRequests)
 		w("| rotations | rotations/s | Keycloak req. | failed req. | per rotation | PUT | POST | PATCH | (409s) | writes/rotation | GET/rotation | reconciles | expired | operator CPU s | CPU s / 1,000 rotations | CPU cores (per process) | machine busy |\n")
 		w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 		rot := float64(s.Rotations)
