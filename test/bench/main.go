@@ -349,6 +349,14 @@ func run(ctx context.Context, c Config) (*Report, error) {
 			phases = append(phases, scale(n))
 		}
 	}
+	if c.DefaultsRun {
+		phases = append(phases, phase{"default-flag burst", func() error {
+			logf("burst N=%d with the operator's default flags", c.DefaultsN)
+			b, err := e.burstPhase(ctx, "defaults", c.DefaultsN, 5*time.Minute, OperatorFlags{Defaults: true}, "default flags", nil)
+			rep.Defaults = b
+			return err
+		}})
+	}
 	if c.CompareConcurrency > 0 && c.CompareConcurrency != c.Flags.Concurrency {
 		phases = append(phases, phase{fmt.Sprintf("raised-limit burst at --concurrency=%d", c.CompareConcurrency), func() error {
 			f := c.Flags
@@ -356,14 +364,6 @@ func run(ctx context.Context, c Config) (*Report, error) {
 			logf("burst N=%d with raised limits at --concurrency=%d", c.DefaultsN, f.Concurrency)
 			b, err := e.burstPhase(ctx, fmt.Sprintf("concurrency-%d", f.Concurrency), c.DefaultsN, 5*time.Minute, f, fmt.Sprintf("raised limits, concurrency %d", f.Concurrency), nil)
 			rep.Compare = b
-			return err
-		}})
-	}
-	if c.DefaultsRun {
-		phases = append(phases, phase{"default-flag burst", func() error {
-			logf("burst N=%d with the operator's default flags", c.DefaultsN)
-			b, err := e.burstPhase(ctx, "defaults", c.DefaultsN, 5*time.Minute, OperatorFlags{Defaults: true}, "default flags", nil)
-			rep.Defaults = b
 			return err
 		}})
 	}
