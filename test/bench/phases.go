@@ -310,6 +310,9 @@ func (e *Env) steady(ctx context.Context, op *Operator, w *Watcher, ns string, n
 			continue
 		}
 		i := int(t.Sub(start) / (10 * time.Second))
+		if i >= int(r.Duration/(10*time.Second)) {
+			continue // a partial last bin
+		}
 		for len(r.RotationSeries) <= i {
 			r.RotationSeries = append(r.RotationSeries, 0)
 		}
