@@ -83,9 +83,11 @@ func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *
 
 	patch := client.MergeFrom(obj.DeepCopy())
 	controllerutil.RemoveFinalizer(obj, Finalizer)
-	if err := r.Patch(ctx, obj, patch); err != nil {
-		return ctrl.Result{}, false, client.IgnoreNotFound(err)
+	if err := r.Patch(ctx, obj, patch); err != nil && !apierrors.IsNotFound(err) {
+		return ctrl.Result{}, false, err
 	}
+	// Gone, also when NotFound: a reconcile working from a stale cache found the finalizer that
+	// an earlier one had already removed.
 	r.unsaved.Delete(obj.UID)
 	return ctrl.Result{}, true, nil
 }
