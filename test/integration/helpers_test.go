@@ -184,8 +184,17 @@ func deleteAndWait(t *testing.T, obj client.Object, timeout time.Duration) {
 // introspect asks Keycloak whether a token is active (RFC 7662), authenticating as the client.
 func introspect(t *testing.T, token string) bool {
 	t.Helper()
+	return introspectAt(t, realm, token, "")
+}
+
+// introspectAt asks the given realm, with an optional token_type_hint.
+func introspectAt(t *testing.T, realmName, token, hint string) bool {
+	t.Helper()
 	form := url.Values{"token": {token}, "client_id": {clientID}, "client_secret": {clientSecret}}
-	resp, err := http.PostForm(kcServer.URL()+"/realms/"+realm+"/protocol/openid-connect/token/introspect", form)
+	if hint != "" {
+		form.Set("token_type_hint", hint)
+	}
+	resp, err := http.PostForm(kcServer.URL()+"/realms/"+realmName+"/protocol/openid-connect/token/introspect", form)
 	if err != nil {
 		t.Fatal(err)
 	}
