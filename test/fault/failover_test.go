@@ -9,10 +9,20 @@ import (
 const acquiredLease = "acquired lease"
 
 // Two operator processes with leader election; the leader is SIGKILLed while it redeems a
-// refresh token. The other takes over, rotations resume, and no refresh token is redeemed twice.
+// refresh token, at two moments the proxy makes deterministic:
+//   - before the grant reaches Keycloak (odd rounds): the chain must survive; the new leader finds
+//     the redeeming marker, introspects, and redeems that same refresh token once;
+//   - after Keycloak answered (even rounds): under strict rotation the new refresh token existed
+//     only in the killed process, so that chain is lost; no operator can close this window. The
+//     new leader must say so (RefreshTokenInvalid, "operator stopped while Keycloak rotated")
+//     without posting the spent token again; the test bootstraps it again as a person would.
+//
+// Other refresh grants of the killed process that were in flight at the same instant can fall
+// into the second window too; they are counted the same way. Any other broken chain, any double
+// redemption and any invalid_grant answer fail the test.
 func TestLeaderFailover(t *testing.T) {
 	nRes := pick(20, 60)
-	rounds := pick(1, 3)
+	rounds := pick(2, 4)
 	namespaces := mixedFleet(t, "failover", nRes)
 	le := []string{"--leader-elect", "--leader-election-namespace=default"}
 	a := startOperator(t, "a", namespaces, le...)
@@ -22,16 +32,24 @@ func TestLeaderFailover(t *testing.T) {
 	b.waitMetrics(t, time.Minute)
 	waitAllReady(t, namespaces, nRes, 3*time.Minute)
 	proxy.ResetCounts()
+	lost := &lostChains{seen: map[string]bool{}}
 	spare := 2
 	for r := 1; r <= rounds; r++ {
-		// Kill the leader the moment it sends a refresh grant: the redeeming marker is written,
-		// the request is on the wire.
-		killed := make(chan time.Time, 1)
+		at, moment := HookThenDrop, "before the grant reached Keycloak"
+		if r%2 == 0 {
+			at, moment = HookOnAnswer, "after Keycloak rotated the refresh token"
+		}
+		lostBefore := lost.count()
+		type kill struct {
+			at     time.Time
+			rtHash string
+		}
+		killed := make(chan kill, 1)
 		l := leader
-		proxy.OnNextRefresh(func() { l.Kill(); killed <- time.Now() })
-		var killedAt time.Time
+		proxy.OnNextRefresh(at, func(rtHash string) { l.Kill(); killed <- kill{time.Now(), rtHash} })
+		var k kill
 		select {
-		case killedAt = <-killed:
+		case k = <-killed:
 		case <-time.After(2 * time.Minute):
 			t.Fatal("no refresh grant within 2 minutes")
 		}
@@ -43,21 +61,38 @@ func TestLeaderFailover(t *testing.T) {
 			}
 		}
 		leader = waitLeader(t, others, 2*time.Minute)
-		takeover := time.Since(killedAt)
+		takeover := time.Since(k.at)
 		// Rotations resume: Keycloak issues a token again (only the new leader runs).
 		var resumed time.Duration
 		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 			g := proxy.Counts().GrantsOK
 			if g["client_credentials"]+g["refresh_token"] > grantsAtKill["client_credentials"]+grantsAtKill["refresh_token"] {
-				resumed = time.Since(killedAt)
+				resumed = time.Since(k.at)
 				break
 			}
 		}
-		healed := waitAllReady(t, namespaces, nRes, 2*time.Minute)
-		t.Logf("FIGURE failover round %d: killed %s; takeover (new leader's log says %q) after %s; first token issued after %s; all Ready %s later",
-			r, l.Name, acquiredLease, fmtDur(takeover), fmtDur(resumed), fmtDur(healed))
+		healed := waitAllReadyFixing(t, namespaces, nRes, 2*time.Minute, lost.rebootstrap(t))
+		t.Logf("FIGURE failover round %d: killed %s %s; takeover (new leader's log says %q) after %s; first token issued after %s; all Ready %s later; chains lost in the crash window this round: %d",
+			r, l.Name, moment, acquiredLease, fmtDur(takeover), fmtDur(resumed), fmtDur(healed), lost.count()-lostBefore)
 		if resumed == 0 {
 			t.Errorf("no rotation within a minute of the takeover")
+		}
+		switch at {
+		case HookThenDrop:
+			// The interrupted refresh token is still good: the new leader redeems it, once.
+			until(t, time.Minute, "the new leader redeems the refresh token the killed leader never sent", func() bool {
+				return proxy.RefreshOK(k.rtHash) > 0
+			})
+			if n := proxy.RefreshOK(k.rtHash); n != 1 {
+				t.Errorf("round %d: the interrupted refresh token was redeemed %d times, want 1", r, n)
+			}
+		case HookOnAnswer:
+			if proxy.RefreshOK(k.rtHash) != 1 {
+				t.Errorf("round %d: Keycloak answered the killed leader's refresh grant with an error; the round proves nothing", r)
+			}
+			if lost.count() == lostBefore {
+				t.Errorf("round %d: a refresh token rotated by Keycloak was never saved, yet no resource reports its chain lost", r)
+			}
 		}
 		if r < rounds {
 			// A new standby replaces the killed process.
@@ -66,11 +101,11 @@ func TestLeaderFailover(t *testing.T) {
 		}
 	}
 	time.Sleep(tokenLifespan)
-	waitAllReady(t, namespaces, nRes, 2*time.Minute)
+	waitAllReadyFixing(t, namespaces, nRes, 2*time.Minute, lost.rebootstrap(t))
 	c := proxy.Counts()
 	alive, broken, why := chainsAlive(t, namespaces)
-	t.Logf("FIGURE failover: resources=%d rounds=%d double_redemptions=%d refresh_tokens_posted_twice=%d refresh_invalid_grant=%d chains_alive=%d chains_broken=%d",
-		nRes, rounds, c.DoubleRedemptions, c.RefreshTokensPostedTwice, c.RefreshInvalidGrant, alive, broken)
+	t.Logf("FIGURE failover: resources=%d rounds=%d double_redemptions=%d refresh_tokens_posted_twice=%d refresh_invalid_grant=%d chains_alive=%d chains_broken=%d lost_in_crash_window=%d %v",
+		nRes, rounds, c.DoubleRedemptions, c.RefreshTokensPostedTwice, c.RefreshInvalidGrant, alive, broken, lost.count(), lost.which)
 	if c.DoubleRedemptions != 0 || c.RefreshInvalidGrant != 0 {
 		t.Errorf("%d double redemptions, %d invalid_grant answers", c.DoubleRedemptions, c.RefreshInvalidGrant)
 	}

@@ -57,14 +57,30 @@ type Proxy struct {
 	// redemption); rtInvalid counts invalid_grant answers to refresh grants.
 	reusedAfterOK int
 	rtInvalid     int
-	onRefresh     func() // called (once, then cleared) when a refresh grant arrives
+	onRefresh     func(rtHash string) // called (once, then cleared) for a refresh grant
+	onRefreshAt   HookPoint
 }
+
+// HookPoint says where OnNextRefresh's function runs and what happens to the request then.
+type HookPoint int
+
+const (
+	// HookThenForward: the function runs when the grant arrives; then the grant is forwarded.
+	HookThenForward HookPoint = iota
+	// HookThenDrop: the function runs when the grant arrives; the grant never reaches Keycloak
+	// (a process killed before its request left the machine).
+	HookThenDrop
+	// HookOnAnswer: the grant is forwarded; the function runs when Keycloak's answer arrives,
+	// before it is relayed (a process killed after Keycloak rotated the refresh token).
+	HookOnAnswer
+)
 
 type ctxKey struct{}
 
 type reqInfo struct {
-	grant  string
-	rtHash string
+	grant    string
+	rtHash   string
+	onAnswer func(rtHash string) // HookOnAnswer's function, for this request
 }
 
 // NewProxy listens on a free loopback port and forwards to target.
@@ -147,11 +163,20 @@ func (p *Proxy) currentFault() Fault {
 	return p.fault
 }
 
-// OnNextRefresh registers f to run when the next refresh grant arrives (before it is forwarded).
-func (p *Proxy) OnNextRefresh(f func()) {
+// OnNextRefresh registers f to run once, for the next refresh grant, at the given point. f gets
+// the SHA-256 (hex) of the refresh token in that grant.
+func (p *Proxy) OnNextRefresh(at HookPoint, f func(rtHash string)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.onRefresh = f
+	p.onRefresh, p.onRefreshAt = f, at
+}
+
+// RefreshOK is how many times Keycloak answered 200 to a refresh grant with the refresh token
+// whose SHA-256 is rtHash.
+func (p *Proxy) RefreshOK(rtHash string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.rtOK[rtHash]
 }
 
 // ResetCounts zeroes every counter.
@@ -213,7 +238,8 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		form, _ := url.ParseQuery(string(body))
 		info.grant = form.Get("grant_type")
-		var hook func()
+		var hook func(string)
+		drop := false
 		p.mu.Lock()
 		p.grants[info.grant]++
 		if info.grant == "refresh_token" {
@@ -223,11 +249,25 @@ func (p *Proxy) handle(w http.ResponseWriter, r *http.Request) {
 			if p.rtOK[info.rtHash] > 0 {
 				p.reusedAfterOK++
 			}
-			hook, p.onRefresh = p.onRefresh, nil
+			if p.onRefresh != nil {
+				switch p.onRefreshAt {
+				case HookOnAnswer:
+					info.onAnswer = p.onRefresh
+				case HookThenDrop:
+					hook, drop = p.onRefresh, true
+				default:
+					hook = p.onRefresh
+				}
+				p.onRefresh = nil
+			}
 		}
 		p.mu.Unlock()
 		if hook != nil {
-			hook()
+			hook(info.rtHash)
+		}
+		if drop {
+			resetConn(w)
+			return
 		}
 	}
 	p.mu.Lock()
@@ -281,6 +321,9 @@ func (p *Proxy) modifyResponse(resp *http.Response) error {
 	info, _ := resp.Request.Context().Value(ctxKey{}).(reqInfo)
 	if info.grant == "" {
 		return nil
+	}
+	if info.onAnswer != nil {
+		defer info.onAnswer(info.rtHash)
 	}
 	if resp.StatusCode == http.StatusOK {
 		p.mu.Lock()

@@ -125,7 +125,7 @@ func TestSecretsAndSpecChanges(t *testing.T) {
 			issuedFor[name] = getSecret(t, ns, name).Annotations[tokensecret.AnnotationIssuedFor]
 		}
 		changed := make(chan struct{})
-		proxy.OnNextRefresh(func() {
+		proxy.OnNextRefresh(HookThenForward, func(string) {
 			defer close(changed)
 			for _, name := range []string{"spec", "spec-cc"} {
 				err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
