@@ -79,6 +79,7 @@ func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *
 		if err := r.Delete(ctx, s, client.Preconditions{UID: &s.UID}); err != nil && !apierrors.IsNotFound(err) {
 			return ctrl.Result{}, false, err
 		}
+		r.written.forget(s)
 	}
 
 	patch := client.MergeFrom(obj.DeepCopy())

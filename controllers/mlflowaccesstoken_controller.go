@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -70,6 +71,8 @@ type MLflowAccessTokenReconciler struct {
 	// unsaved holds refresh chains Keycloak rotated but the API server would not store (it was
 	// down): types.UID → tokensecret.Chain. The next reconcile saves them first.
 	unsaved sync.Map
+	// written: the Secret versions this process wrote last (see ownwrites.go).
+	written ownWrites
 }
 
 // RBAC, least privilege; docs/security.md says why each rule exists.
@@ -111,8 +114,26 @@ func (r *MLflowAccessTokenReconciler) Reconcile(ctx context.Context, req ctrl.Re
 		return res, err
 	}
 	res, err = r.writeStatus(ctx, before, obj, res, err)
+	if res.Priority == nil {
+		res.Priority = queuePriority(obj, r.now())
+	}
 	metrics.Observe(obj)
 	return res, err
+}
+
+// PriorityKeepAlive is the work queue priority of a resource whose token is still valid: its
+// next reconcile (a renewal, or a retry while renewal fails) keeps a live token from expiring, so
+// it goes before first issuances, which have the default priority 0. In a burst of thousands of
+// new resources, the first renewals then do not wait behind the burst.
+const PriorityKeepAlive = 10
+
+// queuePriority is PriorityKeepAlive while obj's token is valid, 0 otherwise.
+func queuePriority(obj *authv1alpha1.MLflowAccessToken, now time.Time) *int {
+	p := 0
+	if obj.DeletionTimestamp.IsZero() && obj.Status.ExpiresAt != nil && now.Before(obj.Status.ExpiresAt.Time) {
+		p = PriorityKeepAlive
+	}
+	return &p
 }
 
 // writeStatus is the one status write of a reconcile. It is skipped when nothing changed, and
@@ -168,7 +189,7 @@ func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, opts co
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&authv1alpha1.MLflowAccessToken{}, builder.WithPredicates(specOrMetadataChanged{})).
-		Owns(&corev1.Secret{}).
+		Owns(&corev1.Secret{}, builder.WithPredicates(notOwnWrite{&r.written})).
 		WithOptions(opts).
 		Named("mlflowaccesstoken").
 		Complete(r)
@@ -185,6 +206,14 @@ func (specOrMetadataChanged) Update(e event.UpdateEvent) bool {
 	o, n := e.ObjectOld, e.ObjectNew
 	return o.GetGeneration() != n.GetGeneration() ||
 		!equality.Semantic.DeepEqual(o.GetAnnotations(), n.GetAnnotations()) ||
-		!equality.Semantic.DeepEqual(o.GetFinalizers(), n.GetFinalizers()) ||
+		(!equality.Semantic.DeepEqual(o.GetFinalizers(), n.GetFinalizers()) && !onlyAddedOurFinalizer(o, n)) ||
 		!o.GetDeletionTimestamp().Equal(n.GetDeletionTimestamp())
+}
+
+// onlyAddedOurFinalizer: the update is the operator's own finalizer patch, made by the reconcile
+// that goes on to issue the token; reconciling again for it would only race that reconcile's
+// status write. Anyone removing the finalizer, or any other change, still passes.
+func onlyAddedOurFinalizer(o, n client.Object) bool {
+	return !controllerutil.ContainsFinalizer(o, Finalizer) && controllerutil.ContainsFinalizer(n, Finalizer) &&
+		equality.Semantic.DeepEqual(append(slices.Clone(o.GetFinalizers()), Finalizer), n.GetFinalizers())
 }

@@ -59,12 +59,15 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 	}
 
 	// Before spending a token, look at the Secret as the API server has it: the cache may not
-	// yet show a token another reconcile (or the previous leader) just wrote.
-	fresh, err := r.ownedSecret(ctx, obj, name, r.APIReader)
-	if err != nil {
-		return r.fail(ctx, obj, nil, asFailure(err))
+	// yet show a token the previous leader (or an earlier process) just wrote. When the cache
+	// shows the very version this process wrote last, it is not behind: no read needed.
+	fresh := secret
+	if !r.written.isLatest(secret) {
+		if fresh, err = r.ownedSecret(ctx, obj, name, r.APIReader); err != nil {
+			return r.fail(ctx, obj, nil, asFailure(err))
+		}
 	}
-	if st, ok := tokensecret.Read(fresh); ok {
+	if st, ok := tokensecret.Read(fresh); ok && fresh != secret {
 		if d2 := renewal.Decide(decideInput(obj, now, st, ok, inputs)); !d2.Issue {
 			r.markValid(obj, st)
 			return ctrl.Result{RequeueAfter: d2.RequeueAfter}, nil
@@ -115,18 +118,44 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 	if claims != nil {
 		who = firstNonEmpty(claims.PreferredUsername, claims.Subject)
 	}
-	reason, verb := "Renewed", "Renewed"
-	if first {
-		reason, verb = "Issued", "Issued"
+	switch {
+	case d.Why == renewal.Due && !first:
+		// A routine rotation: the same event every time, so that the events library folds the
+		// repeats into one series ("x42 over 2h") instead of writing an Event per rotation. The
+		// reference carries no resourceVersion (that changes at every rotation, and the library
+		// keys series by the reference). Times are in status and the Ready condition.
+		r.Recorder.Eventf(seriesRef(obj), nil, corev1.EventTypeNormal, "Renewed", "Renew",
+			"Renewed the token for %q in Secret %s on schedule", who, name)
+	default:
+		reason, verb := "Renewed", "Renewed"
+		if first {
+			reason, verb = "Issued", "Issued"
+		}
+		if d.Why == renewal.Requested {
+			verb += " on request"
+		}
+		r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, reason, "Issue",
+			"%s token for %q in Secret %s, expires %s, next renewal %s (%s)", verb, who, name,
+			st.ExpiresAt.Format(time.RFC3339), st.RenewAt.Format(time.RFC3339), d.Why)
 	}
-	if d.Why == renewal.Requested {
-		verb += " on request"
-	}
-	r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, reason, "Issue",
-		"%s token for %q in Secret %s, expires %s, next renewal %s (%s)", verb, who, name,
-		st.ExpiresAt.Format(time.RFC3339), st.RenewAt.Format(time.RFC3339), d.Why)
 	logger.Info("Token written", "secret", name, "why", d.Why, "expiresAt", st.ExpiresAt, "renewAt", st.RenewAt, "rotations", obj.Status.Rotations)
-	return ctrl.Result{RequeueAfter: st.RenewAt.Sub(r.now())}, nil
+	// A token that is already due when written (a short one, cut off by the end of its session)
+	// still needs a next reconcile: a RequeueAfter ≤ 0 would mean none at all.
+	return ctrl.Result{RequeueAfter: max(st.RenewAt.Sub(r.now()), minRequeue)}, nil
+}
+
+// minRequeue is the shortest wait before the next renewal of a token written just now.
+const minRequeue = time.Second
+
+// seriesRef is a reference to obj without resourceVersion, for events that repeat.
+func seriesRef(obj *authv1alpha1.MLflowAccessToken) *corev1.ObjectReference {
+	return &corev1.ObjectReference{
+		APIVersion: authv1alpha1.GroupVersion.String(),
+		Kind:       "MLflowAccessToken",
+		Namespace:  obj.Namespace,
+		Name:       obj.Name,
+		UID:        obj.UID,
+	}
 }
 
 func decideInput(obj *authv1alpha1.MLflowAccessToken, now time.Time, cur tokensecret.State, have bool, inputs string) renewal.Input {
@@ -280,7 +309,12 @@ func (r *MLflowAccessTokenReconciler) writeSecret(ctx context.Context, obj *auth
 		if err := controllerutil.SetControllerReference(obj, s, r.Scheme()); err != nil {
 			return err
 		}
+		r.written.expect(s)
 		err := r.Create(ctx, s)
+		if err == nil {
+			r.written.record(s)
+			return nil
+		}
 		if apierrors.IsAlreadyExists(err) {
 			// The cache cannot see Secrets without our label: look it up directly.
 			found, gerr := r.ownedSecret(ctx, obj, name, r.APIReader)
@@ -299,7 +333,12 @@ func (r *MLflowAccessTokenReconciler) writeSecret(ctx context.Context, obj *auth
 	if !tokensecret.Apply(s, obj, st) {
 		return nil
 	}
-	return r.Update(ctx, s)
+	r.written.expect(s)
+	if err := r.Update(ctx, s); err != nil {
+		return err
+	}
+	r.written.record(s)
+	return nil
 }
 
 // deleteOwnedSecret removes a Secret this resource wrote before spec.secretName changed.
@@ -311,6 +350,7 @@ func (r *MLflowAccessTokenReconciler) deleteOwnedSecret(ctx context.Context, obj
 	if err := r.Delete(ctx, s, client.Preconditions{UID: &s.UID}); err != nil && !apierrors.IsNotFound(err) {
 		log.FromContext(ctx).Info("Could not delete the previous Secret", "secret", name, "error", err.Error())
 	}
+	r.written.forget(s)
 }
 
 // markValid records a good token in status.

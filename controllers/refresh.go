@@ -212,21 +212,25 @@ func (r *MLflowAccessTokenReconciler) saveChain(ctx context.Context, obj *authv1
 		if err := controllerutil.SetControllerReference(obj, s, r.Scheme()); err != nil {
 			return nil, err
 		}
+		r.written.expect(s)
 		if err := r.Create(ctx, s); err != nil {
 			if apierrors.IsAlreadyExists(err) {
 				return nil, &failure{Message: "the state Secret was created concurrently"}
 			}
 			return nil, err
 		}
+		r.written.record(s)
 		return s, nil
 	}
 	s = s.DeepCopy()
 	if !tokensecret.ApplyChain(s, c) {
 		return s, nil
 	}
+	r.written.expect(s)
 	if err := r.Update(ctx, s); err != nil { // Update carries resourceVersion: optimistic lock
 		return nil, err
 	}
+	r.written.record(s)
 	return s, nil
 }
 

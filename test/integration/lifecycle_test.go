@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"slices"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
@@ -105,6 +107,27 @@ func TestClientCredentialsLifecycle(t *testing.T) {
 	}
 	t.Logf("rotations seen: %d; Keycloak calls per rotation: %.2f (all resources of the realm count, so ≥ 1)", len(seen),
 		float64(kcCalls.count(realm, "client_credentials")-ccBefore)/float64(obj.Status.Rotations-rotBefore))
+
+	// Routine rotations are one Event series, not one Event (one API write) per rotation.
+	eventually(t, 30*time.Second, "the Renewed events folded into one series", func() (bool, string) {
+		var l corev1.EventList
+		if err := k8s.List(context.Background(), &l, client.InNamespace(ns)); err != nil {
+			return false, err.Error()
+		}
+		var renewed []corev1.Event
+		for _, e := range l.Items {
+			if e.Reason == "Renewed" && e.InvolvedObject.Name == "train" {
+				renewed = append(renewed, e)
+			}
+		}
+		if len(renewed) != 1 {
+			return false, fmt.Sprintf("%d Renewed Events for %d routine rotations, want 1", len(renewed), obj.Status.Rotations-1)
+		}
+		if e := renewed[0]; e.Series == nil || e.Series.Count < 2 {
+			return false, fmt.Sprintf("Renewed Event without a series of ≥ 2: series %+v, message %q", e.Series, e.Message)
+		}
+		return true, ""
+	})
 
 	// Delete: the last token is revoked (inactive at Keycloak), the Secret is gone.
 	last := secretToken(getSecret(t, ns, "train-token"))
