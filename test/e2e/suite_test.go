@@ -31,12 +31,11 @@ import (
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/manager"
-	"github.com/mlflow-token-operator/mlflow-token-operator/internal/renewal"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // Facts of the realm fixture realm-e2e.json.
@@ -95,11 +94,8 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "FAIL: "+format+"\n", a...)
 		return 1
 	}
-	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		return fail("KUBEBUILDER_ASSETS is not set: run the tests with `make test` (hack/build-envtest.sh builds etcd and kube-apiserver)")
-	}
-	if keycloak.HomeFromEnv() == "" {
-		return fail("KEYCLOAK_HOME is not set: run the tests with `make test` (hack/keycloak.sh installs Keycloak)")
+	if err := testenv.Preflight(); err != nil {
+		return fail("%v", err)
 	}
 	venv = os.Getenv(EnvVenv)
 	if venv == "" {
@@ -135,54 +131,26 @@ func run(m *testing.M) int {
 	}
 	kcURL := "http://127.0.0.1:" + strconv.Itoa(kcPort)
 
-	kcErr := make(chan error, 1)
-	go func() {
-		kctx, kcancel := context.WithTimeout(ctx, 4*time.Minute)
-		defer kcancel()
-		var err error
-		kcServer, err = keycloak.Start(kctx, keycloak.Options{
-			Home:       keycloak.HomeFromEnv(),
-			Port:       kcPort,
-			RealmFiles: []string{"realm-e2e.json"},
-		})
-		if err == nil {
-			fmt.Fprintf(os.Stderr, "Keycloak ready at %s after %s\n", kcServer.URL(), time.Since(begin).Round(time.Millisecond))
-		}
-		kcErr <- err
-	}()
-	mlErr := make(chan error, 1)
-	go func() {
-		var err error
-		mlflowSrv, err = startMLflow(ctx, kcURL)
-		if err == nil {
+	servers, err := testenv.Start(ctx, testenv.Options{
+		Keycloak: keycloak.Options{Port: kcPort, RealmFiles: []string{"realm-e2e.json"}},
+		Alongside: []func(context.Context) error{func(ctx context.Context) error {
+			var err error
+			if mlflowSrv, err = startMLflow(ctx, kcURL); err != nil {
+				return fmt.Errorf("starting MLflow: %w", err)
+			}
 			fmt.Fprintf(os.Stderr, "MLflow (%s) ready at %s after %s\n", versions, mlflowSrv.URL, time.Since(begin).Round(time.Millisecond))
-		}
-		mlErr <- err
-	}()
-
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-	}
-	cfg, envErr := env.Start()
-	if envErr == nil {
-		defer func() { _ = env.Stop() }()
-	}
-	kerr, merr := <-kcErr, <-mlErr
-	if kcServer != nil {
-		defer kcServer.Close()
-	}
+			return nil
+		}},
+	})
 	if mlflowSrv != nil {
 		defer mlflowSrv.Stop()
 	}
-	switch {
-	case envErr != nil:
-		return fail("starting the API server: %v", envErr)
-	case kerr != nil:
-		return fail("starting Keycloak: %v", kerr)
-	case merr != nil:
-		return fail("starting MLflow: %v", merr)
+	if err != nil {
+		return fail("%v", err)
 	}
+	defer servers.Stop()
+	kcServer = servers.Keycloak
+	cfg := servers.Config
 	startup = time.Since(begin)
 
 	if k8s, err = client.New(cfg, client.Options{Scheme: manager.Scheme()}); err != nil {
@@ -200,24 +168,7 @@ func run(m *testing.M) int {
 // startOperator runs the operator in-process, built by internal/manager as cmd/main.go builds
 // it, with no metrics or probe listeners and short backoffs.
 func startOperator(ctx context.Context, cfg *rest.Config) (func(), error) {
-	o := manager.Defaults()
-	o.MetricsAddr, o.ProbeAddr = "0", "0"
-	o.KeycloakTimeout = 5 * time.Second
-	o.RevocationTimeout = 20 * time.Second
-	o.Backoff = renewal.Backoff{Initial: time.Second, Max: 3 * time.Second}
-	mgr, err := manager.New(cfg, o)
-	if err != nil {
-		return nil, err
-	}
-	mctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := mgr.Start(mctx); err != nil {
-			fmt.Fprintf(os.Stderr, "manager stopped: %v\n", err)
-		}
-	}()
-	return func() { cancel(); <-done }, nil
+	return testenv.StartOperator(ctx, cfg, testenv.OperatorOptions())
 }
 
 func freePort() (int, error) {

@@ -19,6 +19,7 @@ import (
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
 )
 
 var users = []string{"olivia", "paul", "rita", "sam", "carl"}
@@ -94,19 +95,11 @@ func passwordGrant(t *testing.T, user string) string {
 // (in pass-through): Keycloak checks that a token's issuer matches the URL it is asked through.
 func introspectDirect(t *testing.T, realmName, token string) bool {
 	t.Helper()
-	form := url.Values{"token": {token}, "token_type_hint": {"refresh_token"}, "client_id": {clientID}, "client_secret": {clientSecret}}
-	resp, err := http.PostForm(proxy.URL()+"/realms/"+realmName+"/protocol/openid-connect/token/introspect", form)
+	active, err := keycloak.Introspect(proxy.URL(), realmName, clientID, clientSecret, token, "refresh_token")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	var body struct {
-		Active bool `json:"active"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		t.Fatalf("introspection answered %s: %v", resp.Status, err)
-	}
-	return body.Active
+	return active
 }
 
 // listTokens lists the resources of the given namespaces.

@@ -21,6 +21,7 @@ import (
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/manager"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // Facts of the realm fixtures test/keycloak/realm-mlflow.json and realm-strict.json.
@@ -60,12 +61,8 @@ func pick[T any](short, longV T) T {
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
-	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		fmt.Fprintln(os.Stderr, "FAIL: KUBEBUILDER_ASSETS is not set: run the tests with `make test` (hack/build-envtest.sh builds etcd and kube-apiserver)")
-		return 1
-	}
-	if keycloak.HomeFromEnv() == "" {
-		fmt.Fprintln(os.Stderr, "FAIL: KEYCLOAK_HOME is not set: run the tests with `make test` (hack/keycloak.sh installs Keycloak)")
+	if err := testenv.Preflight(); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		return 1
 	}
 	var err error
@@ -86,72 +83,36 @@ func run(m *testing.M) int {
 	defer cancel()
 
 	// Keycloak, the API server and the operator binary side by side: all take a while.
-	kcErr := make(chan error, 1)
-	go func() {
-		start := time.Now()
-		kctx, kcancel := context.WithTimeout(ctx, 4*time.Minute)
-		defer kcancel()
-		var err error
-		kcServer, err = keycloak.Start(kctx, keycloak.Options{
-			Home:       keycloak.HomeFromEnv(),
+	start := time.Now()
+	operatorBin = filepath.Join(workDir, "manager")
+	kubeconfigPath = filepath.Join(workDir, "kubeconfig")
+	servers, err := testenv.Start(ctx, testenv.Options{
+		Keycloak: keycloak.Options{
 			RealmFiles: []string{filepath.Join("..", "keycloak", "realm-mlflow.json"), filepath.Join("..", "keycloak", "realm-strict.json")},
 			LogFile:    filepath.Join(workDir, "keycloak.log"),
-		})
-		if err == nil {
-			fmt.Fprintf(os.Stderr, "Keycloak ready at %s after %s\n", kcServer.URL(), time.Since(start).Round(time.Millisecond))
-		}
-		kcErr <- err
-	}()
-	buildErr := make(chan error, 1)
-	go func() {
-		operatorBin = filepath.Join(workDir, "manager")
-		out, err := exec.Command("go", "build", "-o", operatorBin, "../../cmd").CombinedOutput()
-		if err != nil {
-			err = fmt.Errorf("go build ./cmd: %v\n%s", err, out)
-		}
-		buildErr <- err
-	}()
-
-	start := time.Now()
-	env = &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-	}
-	// A fixed certificate directory: envtest regenerates the serving CA on restart when the
-	// directory is its own, which would make the kubeconfig the operator holds useless after
-	// the API server restart test.
-	certDir := filepath.Join(workDir, "apiserver-certs")
-	if err := os.MkdirAll(certDir, 0o700); err != nil {
-		fmt.Fprintln(os.Stderr, "FAIL:", err)
-		return 1
-	}
-	env.ControlPlane.GetAPIServer().CertDir = certDir
-	cfg, err := env.Start()
+		},
+		// A fixed certificate directory: envtest regenerates the serving CA on restart when the
+		// directory is its own, which would make the kubeconfig the operator holds useless after
+		// the API server restart test.
+		APIServerCertDir: filepath.Join(workDir, "apiserver-certs"),
+		Kubeconfig:       kubeconfigPath,
+		Alongside: []func(context.Context) error{func(context.Context) error {
+			if out, err := exec.Command("go", "build", "-o", operatorBin, "../../cmd").CombinedOutput(); err != nil {
+				return fmt.Errorf("building the operator: go build ./cmd: %v\n%s", err, out)
+			}
+			return nil
+		}},
+	})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: starting the API server: %v\n", err)
-		return 1
-	}
-	defer func() { _ = env.Stop() }()
-	fmt.Fprintf(os.Stderr, "API server ready after %s\n", time.Since(start).Round(time.Millisecond))
-	restCfg = cfg
-	kubeconfigPath = filepath.Join(workDir, "kubeconfig")
-	if err := os.WriteFile(kubeconfigPath, env.KubeConfig, 0o600); err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		return 1
 	}
-	if k8s, err = client.New(cfg, client.Options{Scheme: manager.Scheme()}); err != nil {
+	defer servers.Stop()
+	env, kcServer, restCfg = servers.Env, servers.Keycloak, servers.Config
+	if k8s, err = client.New(restCfg, client.Options{Scheme: manager.Scheme()}); err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		return 1
 	}
-	if err := <-buildErr; err != nil {
-		fmt.Fprintln(os.Stderr, "FAIL: building the operator:", err)
-		return 1
-	}
-	if err := <-kcErr; err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: starting Keycloak: %v\n", err)
-		return 1
-	}
-	defer kcServer.Close()
 	if proxy, err = NewProxy(kcServer.URL()); err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL: starting the proxy:", err)
 		return 1

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +20,7 @@ import (
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
 )
 
 func createClientSecret(t *testing.T, ns, name, value string) {
@@ -190,22 +190,11 @@ func introspect(t *testing.T, token string) bool {
 // introspectAt asks the given realm, with an optional token_type_hint.
 func introspectAt(t *testing.T, realmName, token, hint string) bool {
 	t.Helper()
-	form := url.Values{"token": {token}, "client_id": {clientID}, "client_secret": {clientSecret}}
-	if hint != "" {
-		form.Set("token_type_hint", hint)
-	}
-	resp, err := http.PostForm(kcServer.URL()+"/realms/"+realmName+"/protocol/openid-connect/token/introspect", form)
+	active, err := keycloak.Introspect(kcServer.URL(), realmName, clientID, clientSecret, token, hint)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	var body struct {
-		Active bool `json:"active"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
-		t.Fatalf("introspection answered %s: %v", resp.Status, err)
-	}
-	return body.Active
+	return active
 }
 
 // jwtPayload decodes a JWT's claims without verification.

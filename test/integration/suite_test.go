@@ -21,12 +21,11 @@ import (
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/manager"
-	"github.com/mlflow-token-operator/mlflow-token-operator/internal/renewal"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // Facts of the realm fixture test/keycloak/realm-mlflow.json.
@@ -76,12 +75,8 @@ func run(m *testing.M) int {
 	// Set the logger first: controller-runtime replaces an unset logger with a silent one after
 	// 30 s, and starting Keycloak can take longer than that. All verbosities are captured.
 	ctrl.SetLogger(zap.New(zap.WriteTo(io.MultiWriter(logs, os.Stderr)), zap.UseDevMode(true), zap.Level(zapcore.Level(-10))))
-	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
-		fmt.Fprintln(os.Stderr, "FAIL: KUBEBUILDER_ASSETS is not set: run the tests with `make test` (hack/build-envtest.sh builds etcd and kube-apiserver)")
-		return 1
-	}
-	if keycloak.HomeFromEnv() == "" {
-		fmt.Fprintln(os.Stderr, "FAIL: KEYCLOAK_HOME is not set: run the tests with `make test` (hack/keycloak.sh installs Keycloak)")
+	if err := testenv.Preflight(); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		return 1
 	}
 
@@ -99,56 +94,25 @@ func run(m *testing.M) int {
 		return 1
 	}
 
-	// Start Keycloak and the API server side by side: both take a while.
-	kcErr := make(chan error, 1)
-	go func() {
-		start := time.Now()
-		kctx, kcancel := context.WithTimeout(ctx, 4*time.Minute)
-		defer kcancel()
-		var err error
-		kcServer, err = keycloak.Start(kctx, keycloak.Options{
-			Home:        keycloak.HomeFromEnv(),
+	// kubeconfigPath is for tools run as processes (the kubectl plugin).
+	kubeconfigPath = filepath.Join(os.TempDir(), fmt.Sprintf("mlflow-token-it-%d.kubeconfig", os.Getpid()))
+	defer os.Remove(kubeconfigPath)
+	servers, err := testenv.Start(ctx, testenv.Options{
+		Keycloak: keycloak.Options{
 			RealmFiles:  []string{filepath.Join("..", "keycloak", "realm-mlflow.json"), filepath.Join("..", "keycloak", "realm-strict.json")},
 			TLSCertFile: pki.CertFile,
 			TLSKeyFile:  pki.KeyFile,
-		})
-		if err == nil {
-			fmt.Fprintf(os.Stderr, "Keycloak ready at %s after %s\n", kcServer.URL(), time.Since(start).Round(time.Millisecond))
-		}
-		kcErr <- err
-	}()
-
-	start := time.Now()
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "..", "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-	}
-	cfg, err := env.Start()
+		},
+		Kubeconfig: kubeconfigPath,
+	})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: starting the API server: %v\n", err)
+		fmt.Fprintf(os.Stderr, "FAIL: %v\n", err)
 		return 1
 	}
-	defer func() { _ = env.Stop() }()
-	fmt.Fprintf(os.Stderr, "API server ready after %s\n", time.Since(start).Round(time.Millisecond))
+	defer servers.Stop()
+	env, cfg := servers.Env, servers.Config
+	kcServer = servers.Keycloak
 	restCfg = cfg
-	kubeconfigPath = filepath.Join(os.TempDir(), fmt.Sprintf("mlflow-token-it-%d.kubeconfig", os.Getpid()))
-	if err := os.WriteFile(kubeconfigPath, env.KubeConfig, 0o600); err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: %v\n", err)
-		return 1
-	}
-	defer os.Remove(kubeconfigPath)
-	kubeconfigPath = filepath.Join(os.TempDir(), fmt.Sprintf("mlflow-token-it-%d.kubeconfig", os.Getpid()))
-	if err := os.WriteFile(kubeconfigPath, env.KubeConfig, 0o600); err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: %v\n", err)
-		return 1
-	}
-	defer os.Remove(kubeconfigPath)
-
-	if err := <-kcErr; err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: starting Keycloak: %v\n", err)
-		return 1
-	}
-	defer kcServer.Close()
 
 	k8s, err = client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
@@ -177,26 +141,11 @@ func run(m *testing.M) int {
 // backoffs so that failures and recoveries happen within a test's patience. All log levels
 // are captured.
 func startOperator(ctx context.Context, cfg *rest.Config) (func(), error) {
-	o := manager.Defaults()
-	o.MetricsAddr, o.ProbeAddr = metricsAddr, "0"
-	o.KeycloakTimeout = 5 * time.Second
-	o.RevocationTimeout = 20 * time.Second
-	o.Backoff = renewal.Backoff{Initial: time.Second, Max: 3 * time.Second}
+	o := testenv.OperatorOptions()
+	o.MetricsAddr = metricsAddr
 	o.Keycloak = kcCalls
 	o.SkipNameValidation = true // restartOperator runs a second manager in this process
-	mgr, err := manager.New(cfg, o)
-	if err != nil {
-		return nil, err
-	}
-	mctx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := mgr.Start(mctx); err != nil {
-			fmt.Fprintf(os.Stderr, "manager stopped: %v\n", err)
-		}
-	}()
-	return func() { cancel(); <-done }, nil
+	return testenv.StartOperator(ctx, cfg, o)
 }
 
 func freeAddr() string {
