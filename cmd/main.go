@@ -5,6 +5,7 @@ import (
 	"flag"
 	"os"
 	"strings"
+	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -19,6 +20,9 @@ func main() {
 	flag.StringVar(&o.ProbeAddr, "health-probe-bind-address", o.ProbeAddr, "Address of the /healthz and /readyz probes.")
 	flag.BoolVar(&o.LeaderElection, "leader-elect", false, "Use leader election, so that only one replica reconciles.")
 	flag.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease (default: the pod's).")
+	flag.DurationVar(&o.LeaseDuration, "leader-elect-lease-duration", 15*time.Second, "How long a standby waits, after the leader's last renewal, before it takes the Lease: failover takes up to this plus --leader-elect-retry-period.")
+	flag.DurationVar(&o.RenewDeadline, "leader-elect-renew-deadline", 10*time.Second, "How long the leader keeps trying to renew the Lease before it gives up leading (less than --leader-elect-lease-duration).")
+	flag.DurationVar(&o.RetryPeriod, "leader-elect-retry-period", 2*time.Second, "How often leader election clients retry acquiring or renewing the Lease.")
 	flag.IntVar(&o.Concurrency, "concurrency", o.Concurrency, "How many MLflowAccessTokens are reconciled in parallel.")
 	flag.Float64Var(&qps, "kube-api-qps", float64(o.QPS), "Queries per second to the Kubernetes API server, per resource type: client-go keeps one token bucket per REST client (Secrets, MLflowAccessTokens, events, leases each have their own), so one busy type cannot starve lease renewals. client-go's default of 5 throttles fleets.")
 	flag.IntVar(&o.Burst, "kube-api-burst", o.Burst, "Burst of queries to the Kubernetes API server, per resource type (see --kube-api-qps).")

@@ -35,6 +35,9 @@ type Options struct {
 	ProbeAddr               string
 	LeaderElection          bool
 	LeaderElectionNamespace string
+	// Lease timings of the leader election (zero: controller-runtime's 15 s / 10 s / 2 s).
+	// A standby takes over at most LeaseDuration + RetryPeriod after the leader died.
+	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 	// Concurrency is how many resources are reconciled in parallel.
 	Concurrency int
 	// QPS and Burst of the Kubernetes client (client-go's defaults of 5/10 throttle fleets).
@@ -101,6 +104,9 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		LeaderElection:          o.LeaderElection,
 		LeaderElectionID:        "mlflow-token-operator.auth.mlflow-token-operator.io",
 		LeaderElectionNamespace: o.LeaderElectionNamespace,
+		LeaseDuration:           nonZero(o.LeaseDuration),
+		RenewDeadline:           nonZero(o.RenewDeadline),
+		RetryPeriod:             nonZero(o.RetryPeriod),
 		Cache:                   cacheOptions(o.Namespaces),
 	})
 	if err != nil {
@@ -147,6 +153,13 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		}
 	}
 	return mgr, nil
+}
+
+func nonZero(d time.Duration) *time.Duration {
+	if d <= 0 {
+		return nil
+	}
+	return &d
 }
 
 // cacheOptions caches only the Secrets the operator writes, not every Secret in the cluster,

@@ -24,7 +24,11 @@ func TestLeaderFailover(t *testing.T) {
 	nRes := pick(20, 60)
 	rounds := pick(2, 4)
 	namespaces := mixedFleet(t, "failover", nRes)
-	le := []string{"--leader-elect", "--leader-election-namespace=default"}
+	// Shorter lease timings than controller-runtime's 15 s / 10 s / 2 s: the takeover below
+	// must then come well before the default lease would have expired.
+	const lease, retry = 6 * time.Second, time.Second
+	le := []string{"--leader-elect", "--leader-election-namespace=default",
+		"--leader-elect-lease-duration=" + lease.String(), "--leader-elect-renew-deadline=4s", "--leader-elect-retry-period=" + retry.String()}
 	a := startOperator(t, "a", namespaces, le...)
 	leader := waitLeader(t, []*Operator{a}, time.Minute)
 	b := startOperator(t, "b", namespaces, le...)
@@ -74,6 +78,10 @@ func TestLeaderFailover(t *testing.T) {
 		healed := waitAllReadyFixing(t, namespaces, nRes, 2*time.Minute, lost.rebootstrap(t))
 		if resumed == 0 {
 			t.Errorf("no rotation within a minute of the takeover")
+		}
+		// Not a speed target: a takeover after 15 s would mean the lease flags were ignored.
+		if takeover >= 15*time.Second {
+			t.Errorf("takeover after %s with --leader-elect-lease-duration=%s: the lease flags did not take effect", fmtDur(takeover), lease)
 		}
 		switch at {
 		case HookThenDrop:
