@@ -36,7 +36,7 @@ type Options struct {
 	LeaderElection          bool
 	LeaderElectionNamespace string
 	// Lease timings of the leader election (zero: controller-runtime's 15 s / 10 s / 2 s).
-	// A standby takes over at most LeaseDuration + RetryPeriod after the leader died.
+	// A standby takes over about LeaseDuration + one or two RetryPeriods after the leader died.
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 	// Concurrency is how many resources are reconciled in parallel.
 	Concurrency int
