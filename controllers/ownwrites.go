@@ -3,7 +3,6 @@ package controllers
 import (
 	"crypto/sha256"
 	"encoding/json"
-	"reflect"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -64,7 +63,7 @@ func (w *ownWrites) isLatest(s *corev1.Secret) bool {
 // isOwn reports whether o has the content this process wrote (or is writing) last.
 func (w *ownWrites) isOwn(o client.Object) bool {
 	s, ok := o.(*corev1.Secret)
-	if !ok || s == nil || reflect.ValueOf(o).IsNil() {
+	if !ok || s == nil {
 		return false
 	}
 	v, ok := w.m.Load(keyOf(s))

@@ -1,16 +1,17 @@
 package main
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/scrape"
 )
 
 // The API server's own view: apiserver_request_duration_seconds by verb, resource and
@@ -32,27 +33,23 @@ func (e *Env) apiSnapshot(ctx context.Context) APISnap {
 	if err != nil {
 		return out
 	}
-	sc := bufio.NewScanner(strings.NewReader(string(raw)))
-	sc.Buffer(make([]byte, 1<<20), 4<<20)
-	for sc.Scan() {
-		line := sc.Text()
+	m, err := scrape.Parse(bytes.NewReader(raw))
+	if err != nil {
+		return out
+	}
+	for series, v := range m {
 		var kind string
 		switch {
-		case strings.HasPrefix(line, "apiserver_request_duration_seconds_sum{"):
+		case strings.HasPrefix(series, "apiserver_request_duration_seconds_sum{"):
 			kind = "sum"
-		case strings.HasPrefix(line, "apiserver_request_duration_seconds_count{"):
+		case strings.HasPrefix(series, "apiserver_request_duration_seconds_count{"):
 			kind = "count"
 		default:
 			continue
 		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			continue
-		}
 		l := map[string]string{}
-		for _, m := range labelRe.FindAllStringSubmatch(line[:i], -1) {
-			l[m[1]] = m[2]
+		for _, kv := range labelRe.FindAllStringSubmatch(series, -1) {
+			l[kv[1]] = kv[2]
 		}
 		if l["verb"] == "WATCH" || l["verb"] == "CONNECT" {
 			continue

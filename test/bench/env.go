@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +23,7 @@ import (
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/scrape"
 )
 
 // Facts of the realm fixture realm-bench.json.
@@ -316,55 +315,13 @@ func (o *Operator) CPU() float64 {
 	return (ut + st) / 100
 }
 
-// Metrics scrapes /metrics: series (name plus labels, as printed) to value.
+// Metrics scrapes the operator's /metrics.
 func (o *Operator) Metrics() (Metrics, error) {
-	c := http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Get("http://" + o.MetricsAddr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	out := Metrics{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 4<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		out[line[:i]] = v
-	}
-	return out, sc.Err()
+	return scrape.Get(o.MetricsAddr, 10*time.Second)
 }
 
 // Metrics maps a printed series to its value.
-type Metrics map[string]float64
-
-// Sum adds up all series of a metric whose labels contain every given fragment.
-func (m Metrics) Sum(name string, fragments ...string) float64 {
-	var s float64
-next:
-	for k, v := range m {
-		if k != name && !strings.HasPrefix(k, name+"{") {
-			continue
-		}
-		for _, f := range fragments {
-			if !strings.Contains(k, f) {
-				continue next
-			}
-		}
-		s += v
-	}
-	return s
-}
+type Metrics = scrape.Metrics
 
 // Counters the harness reads at the start and end of a phase.
 type Counters struct {

@@ -1,19 +1,18 @@
 package fault
 
 import (
-	"bufio"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/scrape"
 )
 
 // Operator is the operator binary running as a child process.
@@ -112,50 +111,8 @@ func stopAllOperators() {
 }
 
 // Metrics scrapes /metrics: series (name plus labels, as printed) to value.
-func (o *Operator) Metrics() (map[string]float64, error) {
-	c := http.Client{Timeout: 5 * time.Second}
-	resp, err := c.Get("http://" + o.MetricsAddr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		out[line[:i]] = v
-	}
-	return out, sc.Err()
-}
-
-// sumMetric adds up all series of a metric whose labels contain every given fragment.
-func sumMetric(m map[string]float64, name string, fragments ...string) float64 {
-	var s float64
-next:
-	for k, v := range m {
-		if k != name && !strings.HasPrefix(k, name+"{") {
-			continue
-		}
-		for _, f := range fragments {
-			if !strings.Contains(k, f) {
-				continue next
-			}
-		}
-		s += v
-	}
-	return s
+func (o *Operator) Metrics() (scrape.Metrics, error) {
+	return scrape.Get(o.MetricsAddr, 5*time.Second)
 }
 
 // waitMetrics waits until /metrics answers (the process is up).

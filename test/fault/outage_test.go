@@ -86,7 +86,7 @@ func TestKeycloakOutage(t *testing.T) {
 	t.Logf("FIGURE outage: resources=%d keycloak_down=%s requests_during_outage=%d (token endpoint %d) bound=%d (%d per resource) "+
 		"time_to_all_ready=%s secrets_blanked=%d secrets_deleted=%d secret_polls=%d tokens_seen=%d not_due=%d unreachable_metric=%v",
 		nRes, fmtDur(outage), during.Total, during.Grants["client_credentials"], bound, perResource, fmtDur(healed),
-		blanked, deleted, polls, tokens, notDue, sumMetric(metrics, "mlflow_token_keycloak_requests_total", `outcome="KeycloakUnreachable"`))
+		blanked, deleted, polls, tokens, notDue, metrics.Sum("mlflow_token_keycloak_requests_total", `outcome="KeycloakUnreachable"`))
 	if blanked != 0 || deleted != 0 {
 		t.Errorf("%d Secrets blanked and %d deleted during the outage", blanked, deleted)
 	}
