@@ -119,7 +119,7 @@ help: ## Show this help.
 
 .PHONY: fuzz
 fuzz: ## Run each fuzz test for FUZZTIME (default 30s); seeds are in the tests, and run by `make test` too.
-	go test ./internal/keycloak -run XXX -fuzz FuzzParseClaims -fuzztime $(or $(FUZZTIME),30s)
+	go test ./internal/jwtclaims -run XXX -fuzz FuzzParse -fuzztime $(or $(FUZZTIME),30s)
 	go test ./internal/keycloak -run XXX -fuzz FuzzTokenResponse -fuzztime $(or $(FUZZTIME),30s)
 	go test ./internal/renewal -run XXX -fuzz FuzzRenewalTime -fuzztime $(or $(FUZZTIME),30s)
 	go test ./internal/tokensecret -run XXX -fuzz FuzzRead -fuzztime $(or $(FUZZTIME),30s)

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/jwtclaims"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/renewal"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
@@ -259,7 +260,7 @@ func (r *MLflowAccessTokenReconciler) schedule(obj *authv1alpha1.MLflowAccessTok
 	expiresAt := issuedAt.Add(tok.ExpiresIn)
 	// Keycloak's own exp claim is usually the same second; when it is earlier (clock skew),
 	// trust the earlier one.
-	if c, err := keycloak.ParseClaims(tok.AccessToken); err == nil && !c.ExpiresAt.IsZero() && c.ExpiresAt.Before(expiresAt) && c.ExpiresAt.After(issuedAt) {
+	if c, err := jwtclaims.Parse(tok.AccessToken); err == nil && !c.ExpiresAt.IsZero() && c.ExpiresAt.Before(expiresAt) && c.ExpiresAt.After(issuedAt) {
 		expiresAt = c.ExpiresAt
 	}
 	expiresAt = expiresAt.Truncate(time.Second)
@@ -432,7 +433,7 @@ func inputsHash(obj *authv1alpha1.MLflowAccessToken) string {
 }
 
 func claimsOf(token string) *authv1alpha1.TokenInfo {
-	c, err := keycloak.ParseClaims(token)
+	c, err := jwtclaims.Parse(token)
 	if err != nil {
 		return nil
 	}

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/jwtclaims"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 )
@@ -182,7 +183,7 @@ func (r *MLflowAccessTokenReconciler) chainFrom(tok *keycloak.Token, prev *token
 		// Realms that do not rotate refresh tokens may omit it: keep the one we redeemed.
 		next.RefreshToken = prev.RefreshToken
 	}
-	if c, err := keycloak.ParseClaims(next.RefreshToken); err == nil {
+	if c, err := jwtclaims.Parse(next.RefreshToken); err == nil {
 		next.Offline = c.Type == "Offline"
 		next.SessionID = firstNonEmpty(next.SessionID, c.SessionID)
 	}
@@ -339,7 +340,7 @@ func (r *MLflowAccessTokenReconciler) scopes(obj *authv1alpha1.MLflowAccessToken
 func (r *MLflowAccessTokenReconciler) markChain(obj *authv1alpha1.MLflowAccessToken, chain *tokensecret.Chain, tok *keycloak.Token) {
 	s := &obj.Status
 	s.SessionID, s.OfflineSession, s.RefreshChainExpiresAt = tok.SessionState, false, nil
-	if c, err := keycloak.ParseClaims(tok.AccessToken); err == nil && s.SessionID == "" {
+	if c, err := jwtclaims.Parse(tok.AccessToken); err == nil && s.SessionID == "" {
 		s.SessionID = c.SessionID
 	}
 	if chain != nil {

@@ -26,9 +26,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
-	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
-	"github.com/mlflow-token-operator/mlflow-token-operator/internal/manager"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/jwtclaims"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 )
 
@@ -79,7 +79,7 @@ func run(args []string, out io.Writer, now func() time.Time) error {
 			return err
 		}
 	}
-	c, err := client.New(cfg, client.Options{Scheme: manager.Scheme()})
+	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
 	if err != nil {
 		return err
 	}
@@ -213,7 +213,7 @@ func inspect(ctx context.Context, c client.Client, key types.NamespacedName, out
 		fmt.Fprintf(out, "Token claims:          (cannot read the Secret: %v)\n", err)
 		return nil
 	}
-	claims, err := keycloak.ParseClaims(string(sec.Data[tokensecret.KeyToken]))
+	claims, err := jwtclaims.Parse(string(sec.Data[tokensecret.KeyToken]))
 	if err != nil {
 		fmt.Fprintf(out, "Token claims:          (%v)\n", err)
 		return nil

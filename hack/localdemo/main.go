@@ -31,8 +31,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/yaml"
 
+	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
-	"github.com/mlflow-token-operator/mlflow-token-operator/internal/manager"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
 )
@@ -103,7 +103,7 @@ func run(duration time.Duration, managerBin string) error {
 	go prefix("operator | ", out)
 	defer func() { _ = op.Process.Signal(syscall.SIGTERM); _ = op.Wait(); say("Operator stopped") }()
 
-	c, err := client.New(cfg, client.Options{Scheme: manager.Scheme()})
+	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,8 @@ import (
 
 	"github.com/Nerzal/gocloak/v13"
 	"github.com/go-resty/resty/v2"
+
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/jwtclaims"
 )
 
 // Endpoint names a realm of a Keycloak server.
@@ -264,7 +266,7 @@ func tokenFrom(j *gocloak.JWT) (*Token, error) {
 	}
 	// mlflow-oidc-auth validates bearer tokens locally as JWTs: an opaque token would only ever
 	// get a 401 from MLflow, so it is refused here with a clear reason instead of published.
-	if _, err := ParseClaims(j.AccessToken); err != nil {
+	if _, err := jwtclaims.Parse(j.AccessToken); err != nil {
 		return nil, &Error{Reason: ReasonInvalidResponse, Message: "Keycloak's access token is not usable by MLflow: " + err.Error()}
 	}
 	return &Token{

@@ -33,7 +33,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
-	"github.com/mlflow-token-operator/mlflow-token-operator/internal/manager"
+	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
@@ -153,7 +153,7 @@ func run(m *testing.M) int {
 	cfg := servers.Config
 	startup = time.Since(begin)
 
-	if k8s, err = client.New(cfg, client.Options{Scheme: manager.Scheme()}); err != nil {
+	if k8s, err = client.New(cfg, client.Options{Scheme: scheme.New()}); err != nil {
 		return fail("%v", err)
 	}
 	stop, err := startOperator(ctx, cfg)

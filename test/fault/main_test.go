@@ -19,7 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/mlflow-token-operator/mlflow-token-operator/internal/manager"
+	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
@@ -109,7 +109,7 @@ func run(m *testing.M) int {
 	}
 	defer servers.Stop()
 	env, kcServer, restCfg = servers.Env, servers.Keycloak, servers.Config
-	if k8s, err = client.New(restCfg, client.Options{Scheme: manager.Scheme()}); err != nil {
+	if k8s, err = client.New(restCfg, client.Options{Scheme: scheme.New()}); err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		return 1
 	}

@@ -50,7 +50,7 @@ func operatorConfig(ctx context.Context, env *envtest.Environment, admin *rest.C
 
 // The operator's identity really is restricted: envtest enforces RBAC.
 func TestOperatorIdentityIsRestricted(t *testing.T) {
-	c, err := client.New(restCfg, client.Options{Scheme: scheme})
+	c, err := client.New(restCfg, client.Options{Scheme: testScheme})
 	if err != nil {
 		t.Fatal(err)
 	}

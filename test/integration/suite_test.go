@@ -23,7 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
-	"github.com/mlflow-token-operator/mlflow-token-operator/internal/manager"
+	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
@@ -46,7 +46,7 @@ var (
 	logs           = &syncBuffer{}
 	// metricsAddr is where the in-process operator serves /metrics.
 	metricsAddr = freeAddr()
-	scheme      = manager.Scheme()
+	testScheme  = scheme.New()
 )
 
 // syncBuffer collects the operator's log output for the leak test.
@@ -114,7 +114,7 @@ func run(m *testing.M) int {
 	kcServer = servers.Keycloak
 	restCfg = cfg
 
-	k8s, err = client.New(cfg, client.Options{Scheme: scheme})
+	k8s, err = client.New(cfg, client.Options{Scheme: testScheme})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "FAIL: %v\n", err)
 		return 1

@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/manager"
@@ -94,7 +95,7 @@ func TestArgoCDHealthOfLiveOperator(t *testing.T) {
 	go func() { done <- mgr.Start(ctx) }()
 	defer func() { cancel(); <-done }()
 
-	c, err := client.New(cfg, client.Options{Scheme: manager.Scheme()})
+	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
 	if err != nil {
 		t.Fatal(err)
 	}

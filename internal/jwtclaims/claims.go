@@ -1,4 +1,8 @@
-package keycloak
+// Package jwtclaims reads the non-secret claims of a JWT (access, refresh or offline token)
+// without verifying it: for display and bookkeeping, never for an authorization decision. It has
+// no dependencies beyond the standard library, so clients such as the kubectl plugin can use it
+// without linking the Keycloak client.
+package jwtclaims
 
 import (
 	"encoding/base64"
@@ -30,8 +34,8 @@ type Claims struct {
 // maxTokenBytes bounds the size of a token we are willing to decode.
 const maxTokenBytes = 64 << 10
 
-// ParseClaims decodes the payload of a JWT. A token that is not a JWT gives an error.
-func ParseClaims(token string) (*Claims, error) {
+// Parse decodes the payload of a JWT. A token that is not a JWT gives an error.
+func Parse(token string) (*Claims, error) {
 	if len(token) > maxTokenBytes {
 		return nil, errors.New("token is larger than 64 KiB")
 	}
