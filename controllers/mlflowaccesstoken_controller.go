@@ -1,10 +1,22 @@
 // Package controllers holds the MLflowAccessToken reconciler.
+//
+// Where to look:
+//   - mlflowaccesstoken_controller.go: Reconcile (get → finalizer → delete or normal → one status
+//     write), wiring and watches;
+//   - normal.go: the normal path (decide, check, obtain, write, report); obtain.go: asking
+//     Keycloak for a token; chain.go: the refresh chain of the RefreshToken and Password grants;
+//   - delete.go: revocation on deletion;
+//   - secrets.go: the one writer of the operator's Secrets; inputs.go: reading what the user
+//     gives (endpoint, credentials, CA);
+//   - status.go: conditions, events and their wording; errors.go: classifying failures.
+//
+// Every timing rule (when to renew, when to retry, what to do with a chain, when to give up
+// revoking) is a pure function in internal/policy; this package gathers the facts and acts.
 package controllers
 
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -26,33 +38,14 @@ import (
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
-	"github.com/mlflow-token-operator/mlflow-token-operator/internal/renewal"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/policy"
 )
 
-// Finalizer makes deletion wait until the token is revoked and the Secret deleted.
-const Finalizer = "auth.mlflow-token-operator.io/revoke"
-
-// Defaults of the Reconciler's tunables.
-const (
-	DefaultKeycloakTimeout     = 15 * time.Second
-	DefaultRevocationTimeout   = 5 * time.Minute
-	DefaultOfflineIdleTimeout  = 30 * 24 * time.Hour
-	DefaultRefreshChainWarning = 72 * time.Hour
-)
-
-// MLflowAccessTokenReconciler keeps each MLflowAccessToken's Secret filled with a valid token.
-type MLflowAccessTokenReconciler struct {
-	// Client reads from the cache (which holds only Secrets labelled as ours) and writes.
-	client.Client
-	// APIReader reads uncached: the user's client secret, and Secrets the cache cannot see.
-	APIReader client.Reader
-	Recorder  events.EventRecorder
-	Keycloak  keycloak.Client
-	Clock     clock.PassiveClock
-	// Rand returns a number in [0,1) for jitter; nil means math/rand.
-	Rand func() float64
-
-	Backoff renewal.Backoff
+// Config are the reconciler's tunables. DefaultConfig is the one place their defaults live;
+// cmd/main.go's flags start from it.
+type Config struct {
+	// Backoff after failed attempts.
+	Backoff policy.Backoff
 	// KeycloakTimeout bounds one exchange with Keycloak (all its requests).
 	KeycloakTimeout time.Duration
 	// RevocationTimeout is how long after deletion was requested revocation is retried before
@@ -67,6 +60,30 @@ type MLflowAccessTokenReconciler struct {
 	// RefreshChainWarning: RefreshChainExpiring turns True when a RefreshToken grant's chain
 	// ends within this window.
 	RefreshChainWarning time.Duration
+}
+
+// DefaultConfig returns the defaults of the reconciler's tunables.
+func DefaultConfig() Config {
+	return Config{
+		Backoff:             policy.Backoff{Initial: 2 * time.Second, Max: 5 * time.Minute},
+		KeycloakTimeout:     15 * time.Second,
+		RevocationTimeout:   5 * time.Minute,
+		OfflineIdleTimeout:  30 * 24 * time.Hour,
+		RefreshChainWarning: 72 * time.Hour,
+	}
+}
+
+// MLflowAccessTokenReconciler keeps each MLflowAccessToken's Secret filled with a valid token.
+type MLflowAccessTokenReconciler struct {
+	// Client reads from the cache (which holds only Secrets labelled as ours) and writes.
+	client.Client
+	// APIReader reads uncached: the user's client secret, and Secrets the cache cannot see.
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	Keycloak  keycloak.Client
+	// Clock is the only source of time of the reconciler (nil: the real clock).
+	Clock clock.PassiveClock
+	Config
 
 	// unsaved holds refresh chains Keycloak rotated but the API server would not store (it was
 	// down): types.UID → tokensecret.Chain. The next reconcile saves them first.
@@ -74,6 +91,9 @@ type MLflowAccessTokenReconciler struct {
 	// written: the Secret versions this process wrote last (see ownwrites.go).
 	written ownWrites
 }
+
+// clientCredentials is the grant of ClientCredentials resources (and of the admin API token).
+var clientCredentials = keycloak.Grant{Type: keycloak.GrantClientCredentials}
 
 // RBAC, least privilege; docs/security.md says why each rule exists.
 // +kubebuilder:rbac:groups=auth.mlflow-token-operator.io,resources=mlflowaccesstokens,verbs=get;list;watch;patch
@@ -89,10 +109,9 @@ func (r *MLflowAccessTokenReconciler) Reconcile(ctx context.Context, req ctrl.Re
 	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-
-	if obj.DeletionTimestamp.IsZero() && !controllerutil.ContainsFinalizer(obj, Finalizer) {
+	if obj.DeletionTimestamp.IsZero() && !controllerutil.ContainsFinalizer(obj, authv1alpha1.Finalizer) {
 		patch := client.MergeFrom(obj.DeepCopy())
-		controllerutil.AddFinalizer(obj, Finalizer)
+		controllerutil.AddFinalizer(obj, authv1alpha1.Finalizer)
 		if err := r.Patch(ctx, obj, patch); err != nil {
 			return ctrl.Result{}, client.IgnoreNotFound(err)
 		}
@@ -158,34 +177,12 @@ func (r *MLflowAccessTokenReconciler) writeStatus(ctx context.Context, before, o
 
 func (r *MLflowAccessTokenReconciler) now() time.Time { return r.Clock.Now() }
 
-func (r *MLflowAccessTokenReconciler) rand() float64 {
-	if r.Rand != nil {
-		return r.Rand()
-	}
-	return rand.Float64()
-}
-
 // SetupWithManager registers the controller. Our own status writes do not trigger a reconcile
 // (only spec, annotation, finalizer and deletion changes do); changes to the Secrets we own do,
 // so a Secret deleted or edited by hand is restored.
 func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
-	}
-	if r.Backoff == (renewal.Backoff{}) {
-		r.Backoff = renewal.DefaultBackoff
-	}
-	if r.KeycloakTimeout <= 0 {
-		r.KeycloakTimeout = DefaultKeycloakTimeout
-	}
-	if r.RevocationTimeout <= 0 {
-		r.RevocationTimeout = DefaultRevocationTimeout
-	}
-	if r.OfflineIdleTimeout <= 0 {
-		r.OfflineIdleTimeout = DefaultOfflineIdleTimeout
-	}
-	if r.RefreshChainWarning <= 0 {
-		r.RefreshChainWarning = DefaultRefreshChainWarning
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&authv1alpha1.MLflowAccessToken{}, builder.WithPredicates(specOrMetadataChanged{})).
@@ -214,6 +211,6 @@ func (specOrMetadataChanged) Update(e event.UpdateEvent) bool {
 // that goes on to issue the token; reconciling again for it would only race that reconcile's
 // status write. Anyone removing the finalizer, or any other change, still passes.
 func onlyAddedOurFinalizer(o, n client.Object) bool {
-	return !controllerutil.ContainsFinalizer(o, Finalizer) && controllerutil.ContainsFinalizer(n, Finalizer) &&
-		equality.Semantic.DeepEqual(append(slices.Clone(o.GetFinalizers()), Finalizer), n.GetFinalizers())
+	return !controllerutil.ContainsFinalizer(o, authv1alpha1.Finalizer) && controllerutil.ContainsFinalizer(n, authv1alpha1.Finalizer) &&
+		equality.Semantic.DeepEqual(append(slices.Clone(o.GetFinalizers()), authv1alpha1.Finalizer), n.GetFinalizers())
 }

@@ -21,8 +21,10 @@ const (
 )
 
 // MLflowAccessTokenSpec says where to get a token and where to put it.
-// +kubebuilder:validation:XValidation:rule="!has(self.renewBefore) || duration(self.renewBefore) > duration('0s')",message="renewBefore must be a positive duration such as 90s or 2m"
-// +kubebuilder:validation:XValidation:rule="!has(self.renewBefore) || duration(self.renewBefore) <= duration('8760h')",message="renewBefore must not exceed 8760h (one year)"
+// The duration rules apply only to values that are durations at all: for anything else the
+// pattern's message is the one a person needs (CEL's own would be a type conversion error).
+// +kubebuilder:validation:XValidation:rule="!has(self.renewBefore) || !self.renewBefore.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$') || duration(self.renewBefore) > duration('0s')",message="renewBefore must be a positive duration such as 90s or 2m"
+// +kubebuilder:validation:XValidation:rule="!has(self.renewBefore) || !self.renewBefore.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$') || duration(self.renewBefore) <= duration('8760h')",message="renewBefore must not exceed 8760h (one year)"
 // +kubebuilder:validation:XValidation:rule="!has(self.secretName) || !self.secretName.endsWith('-refresh-state')",message="secretName must not end with -refresh-state: that name is reserved for the operator's state Secret"
 type MLflowAccessTokenSpec struct {
 	// Keycloak says which Keycloak, realm and client issue the token.
@@ -230,18 +232,33 @@ type GrantSpec struct {
 	Scopes []string `json:"scopes,omitempty"`
 }
 
-// SecretTemplate holds metadata for the generated Secret.
+// SecretTemplate holds metadata for the generated Secret. Admission checks keys and values the
+// way the API server will check them on the Secret, so that a template that could never be
+// written is refused here rather than at every renewal.
 type SecretTemplate struct {
-	// Labels to put on the Secret. The operator's own managed-by label always wins.
+	// Labels to put on the Secret. The operator's own managed-by label always wins. Keys are
+	// [prefix/]name (a DNS subdomain prefix, a name of at most 63 characters: alphanumerics, '-',
+	// '_', '.'); values at most 63 such characters, beginning and ending alphanumeric.
 	// +optional
 	// +kubebuilder:validation:MaxProperties=64
-	Labels map[string]string `json:"labels,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))",message="label keys must be [prefix/]name: an optional DNS subdomain prefix and a name of at most 63 alphanumerics, '-', '_' or '.', beginning and ending alphanumeric (for example team or example.com/team)"
+	// +kubebuilder:validation:XValidation:rule="!self.exists(k, k.startsWith('auth.mlflow-token-operator.io/'))",message="keys under auth.mlflow-token-operator.io/ are reserved for the operator"
+	Labels map[string]LabelValue `json:"labels,omitempty"`
 
-	// Annotations to put on the Secret.
+	// Annotations to put on the Secret. Keys are [prefix/]name as for labels; values are free.
 	// +optional
 	// +kubebuilder:validation:MaxProperties=64
+	// +kubebuilder:validation:XValidation:rule="self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))",message="annotation keys must be [prefix/]name: an optional DNS subdomain prefix and a name of at most 63 alphanumerics, '-', '_' or '.', beginning and ending alphanumeric"
+	// +kubebuilder:validation:XValidation:rule="!self.exists(k, k.startsWith('auth.mlflow-token-operator.io/'))",message="keys under auth.mlflow-token-operator.io/ are reserved for the operator"
 	Annotations map[string]string `json:"annotations,omitempty"`
 }
+
+// LabelValue is the value of a label: at most 63 alphanumerics, '-', '_' or '.', beginning and
+// ending alphanumeric (or empty). A type of its own so that the schema can bound it without a CEL
+// rule over every value of the map (whose estimated cost the API server refuses).
+// +kubebuilder:validation:MaxLength=63
+// +kubebuilder:validation:Pattern=`^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$`
+type LabelValue string
 
 // MLflowSpec holds MLflow settings for the consumer.
 type MLflowSpec struct {
@@ -375,7 +392,12 @@ type MLflowAccessToken struct {
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
 	// +required
-	Spec   MLflowAccessTokenSpec   `json:"spec"`
+	Spec MLflowAccessTokenSpec `json:"spec"`
+	// Status is written by the operator. Until it first does, the API server shows
+	// observedGeneration -1, so that kstatus-based tools (Flux, kstatus waits) read a resource the
+	// operator has not reconciled yet (operator down, or not watching the namespace) as in
+	// progress rather than as current.
+	// +kubebuilder:default={"observedGeneration":-1}
 	Status MLflowAccessTokenStatus `json:"status,omitempty"`
 }
 
@@ -390,6 +412,18 @@ type MLflowAccessTokenList struct {
 
 func init() {
 	SchemeBuilder.Register(&MLflowAccessToken{}, &MLflowAccessTokenList{})
+}
+
+// LabelMap returns the template's labels as plain strings (nil when t is nil).
+func (t *SecretTemplate) LabelMap() map[string]string {
+	if t == nil || t.Labels == nil {
+		return nil
+	}
+	m := make(map[string]string, len(t.Labels))
+	for k, v := range t.Labels {
+		m[k] = string(v)
+	}
+	return m
 }
 
 // SecretNameOrDefault is the name of the Secret the token goes to.

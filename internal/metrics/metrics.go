@@ -3,7 +3,6 @@
 package metrics
 
 import (
-	"context"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +22,7 @@ const (
 	NameKeycloakRequests = "mlflow_token_keycloak_requests_total"
 	NameKeycloakDuration = "mlflow_token_keycloak_request_duration_seconds"
 	NameRevocations      = "mlflow_token_revocations_total"
+	NameChainExpiry      = "mlflow_token_refresh_chain_expiry_timestamp_seconds"
 )
 
 var (
@@ -38,12 +38,14 @@ var (
 		Help: "Calls to Keycloak by grant, endpoint and outcome (success or the failure reason)."}, []string{"grant", "endpoint", "outcome"})
 	duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: NameKeycloakDuration,
 		Help: "Latency of calls to Keycloak.", Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 15}}, []string{"grant", "endpoint"})
+	chainExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: NameChainExpiry,
+		Help: "Unix time at which the resource's refresh chain ends unless renewed (RefreshToken and Password grants): a RefreshToken grant then needs a new bootstrap token."}, []string{"namespace", "name"})
 	revocations = prometheus.NewCounterVec(prometheus.CounterOpts{Name: NameRevocations,
 		Help: "Revocations on deletion by outcome: revoked, skipped, failed (will retry), abandoned (gave up)."}, []string{"outcome"})
 )
 
 func init() {
-	ctrlmetrics.Registry.MustRegister(expiry, renewal, ready, failed, requests, duration, revocations)
+	ctrlmetrics.Registry.MustRegister(expiry, renewal, ready, failed, chainExpiry, requests, duration, revocations)
 }
 
 // Observe publishes a resource's status.
@@ -56,6 +58,11 @@ func Observe(obj *authv1alpha1.MLflowAccessToken) {
 	if s.RenewalTime != nil {
 		renewal.WithLabelValues(ns, name).Set(float64(s.RenewalTime.Unix()))
 	}
+	if s.RefreshChainExpiresAt != nil {
+		chainExpiry.WithLabelValues(ns, name).Set(float64(s.RefreshChainExpiresAt.Unix()))
+	} else {
+		chainExpiry.DeleteLabelValues(ns, name)
+	}
 	r := 0.0
 	if meta.IsStatusConditionTrue(s.Conditions, authv1alpha1.ConditionReady) {
 		r = 1
@@ -66,7 +73,7 @@ func Observe(obj *authv1alpha1.MLflowAccessToken) {
 
 // Forget removes a deleted resource's series.
 func Forget(namespace, name string) {
-	for _, g := range []*prometheus.GaugeVec{expiry, renewal, ready, failed} {
+	for _, g := range []*prometheus.GaugeVec{expiry, renewal, ready, failed, chainExpiry} {
 		g.DeleteLabelValues(namespace, name)
 	}
 }
@@ -74,58 +81,12 @@ func Forget(namespace, name string) {
 // Revocation counts a revocation outcome.
 func Revocation(outcome string) { revocations.WithLabelValues(outcome).Inc() }
 
-// Instrument wraps a Keycloak client so that every call is counted and timed.
-func Instrument(c keycloak.Client) keycloak.Client { return instrumented{c} }
-
-type instrumented struct{ keycloak.Client }
-
-func observe(grant, endpoint string, start time.Time, err error) {
+// ObserveKeycloak counts and times one call to Keycloak; it is keycloak.Options.Observe.
+func ObserveKeycloak(op keycloak.Op, took time.Duration, err error) {
 	outcome := "success"
 	if err != nil {
 		outcome = string(keycloak.ReasonOf(err))
 	}
-	requests.WithLabelValues(grant, endpoint, outcome).Inc()
-	duration.WithLabelValues(grant, endpoint).Observe(time.Since(start).Seconds())
-}
-
-func (i instrumented) ClientCredentials(ctx context.Context, ep keycloak.Endpoint, c keycloak.Credentials, s []string) (*keycloak.Token, error) {
-	start := time.Now()
-	t, err := i.Client.ClientCredentials(ctx, ep, c, s)
-	observe("client_credentials", "token", start, err)
-	return t, err
-}
-
-func (i instrumented) Refresh(ctx context.Context, ep keycloak.Endpoint, c keycloak.Credentials, rt string, s []string) (*keycloak.Token, error) {
-	start := time.Now()
-	t, err := i.Client.Refresh(ctx, ep, c, rt, s)
-	observe("refresh_token", "token", start, err)
-	return t, err
-}
-
-func (i instrumented) Password(ctx context.Context, ep keycloak.Endpoint, c keycloak.Credentials, u keycloak.UserCredentials, s []string) (*keycloak.Token, error) {
-	start := time.Now()
-	t, err := i.Client.Password(ctx, ep, c, u, s)
-	observe("password", "token", start, err)
-	return t, err
-}
-
-func (i instrumented) Revoke(ctx context.Context, ep keycloak.Endpoint, c keycloak.Credentials, tok, hint string) error {
-	start := time.Now()
-	err := i.Client.Revoke(ctx, ep, c, tok, hint)
-	observe(hint, "revoke", start, err)
-	return err
-}
-
-func (i instrumented) Introspect(ctx context.Context, ep keycloak.Endpoint, c keycloak.Credentials, tok, hint string) (bool, error) {
-	start := time.Now()
-	ok, err := i.Client.Introspect(ctx, ep, c, tok, hint)
-	observe(hint, "introspect", start, err)
-	return ok, err
-}
-
-func (i instrumented) DeleteSession(ctx context.Context, ep keycloak.Endpoint, admin, sid string, offline bool) (bool, error) {
-	start := time.Now()
-	ok, err := i.Client.DeleteSession(ctx, ep, admin, sid, offline)
-	observe("admin", "session", start, err)
-	return ok, err
+	requests.WithLabelValues(op.Grant, op.Endpoint, outcome).Inc()
+	duration.WithLabelValues(op.Grant, op.Endpoint).Observe(took.Seconds())
 }
