@@ -13,8 +13,6 @@ type Backoff struct {
 	Max time.Duration
 }
 
-// DefaultBackoff starts at 2s and doubles up to 5 minutes.
-var DefaultBackoff = Backoff{Initial: 2 * time.Second, Max: 5 * time.Minute}
 
 // MinRetry is the shortest delay between two attempts for one resource.
 const MinRetry = time.Second

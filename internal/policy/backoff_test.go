@@ -34,7 +34,7 @@ func TestBackoffDelay(t *testing.T) {
 
 // The cap keeps several retries inside the remaining life of a still-valid token.
 func TestBackoffCappedByRemainingLifetime(t *testing.T) {
-	b := DefaultBackoff
+	b := Backoff{Initial: 2 * time.Second, Max: 5 * time.Minute}
 	clk := clocktesting.NewFakeClock(t0)
 	exp := t0.Add(40 * time.Second)
 	attempts := 0

@@ -120,6 +120,17 @@ func cond(obj *authv1alpha1.MLflowAccessToken, typ string) *metav1.Condition {
 	return meta.FindStatusCondition(obj.Status.Conditions, typ)
 }
 
+// condMessage is the message of a condition the test expects to be there; a missing one fails
+// the test with what the status holds instead.
+func condMessage(t *testing.T, obj *authv1alpha1.MLflowAccessToken, typ string) string {
+	t.Helper()
+	c := cond(obj, typ)
+	if c == nil {
+		t.Fatalf("%s/%s has no %s condition; conditions: %+v", obj.Namespace, obj.Name, typ, obj.Status.Conditions)
+	}
+	return c.Message
+}
+
 // eventually polls f until it reports true, failing the test with f's last description.
 func eventually(t *testing.T, timeout time.Duration, what string, f func() (bool, string)) {
 	t.Helper()

@@ -232,7 +232,7 @@ func TestInvalidBootstrapToken(t *testing.T) {
 		Type: authv1alpha1.GrantRefreshToken, RefreshTokenSecretRef: &authv1alpha1.RefreshTokenRef{Name: "junk-bootstrap"},
 	}))
 	obj := waitReason(t, ns, "junk", authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonRefreshTokenInvalid, 30*time.Second)
-	if msg := cond(obj, authv1alpha1.ConditionReady).Message; !strings.Contains(msg, `Secret "junk-bootstrap"`) {
+	if msg := condMessage(t, obj, authv1alpha1.ConditionReady); !strings.Contains(msg, `Secret "junk-bootstrap"`) {
 		t.Errorf("message does not say where to put a new token: %q", msg)
 	}
 	if getSecret(t, ns, obj.SecretNameOrDefault()) != nil {
@@ -328,7 +328,7 @@ func TestChangedPassword(t *testing.T) {
 	if s := getSecret(t, ns, "carl"); s == nil || (secretToken(s) != before && time.Now().Before(obj.Status.ExpiresAt.Time)) {
 		t.Error("the Secret's valid token was lost when re-login failed")
 	}
-	if msg := cond(obj, authv1alpha1.ConditionRenewalFailing).Message; !strings.Contains(msg, `Secret "carl-login"`) {
+	if msg := condMessage(t, obj, authv1alpha1.ConditionRenewalFailing); !strings.Contains(msg, `Secret "carl-login"`) {
 		t.Errorf("message does not name the credentials Secret: %q", msg)
 	}
 
