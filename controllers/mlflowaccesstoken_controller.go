@@ -127,6 +127,7 @@ func (r *MLflowAccessTokenReconciler) Reconcile(ctx context.Context, req ctrl.Re
 		res, gone, err = r.reconcileDelete(ctx, obj)
 	} else {
 		res, err = r.reconcileNormal(ctx, obj)
+		r.reportMLflow(obj)
 	}
 	if gone {
 		metrics.Forget(obj.Namespace, obj.Name)
