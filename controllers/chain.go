@@ -32,18 +32,19 @@ import (
 //  3. The new refresh token is persisted before the access token is published.
 
 // obtainByRefresh obtains a token for the RefreshToken and Password grants.
-func (r *MLflowAccessTokenReconciler) obtainByRefresh(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, a access) (*keycloak.Token, *tokensecret.Chain, *failure) {
+// It returns the state Secret as written last, with the new chain in it.
+func (r *MLflowAccessTokenReconciler) obtainByRefresh(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, a access) (*keycloak.Token, *tokensecret.Chain, *corev1.Secret, *failure) {
 	logger := log.FromContext(ctx)
 	password := obj.Spec.Grant.Type == authv1alpha1.GrantPassword
 	stateSecret, chain, f := r.loadChain(ctx, obj)
 	if f != nil {
-		return nil, nil, f
+		return nil, nil, nil, f
 	}
 	for {
 		step := policy.NextChainStep(chainInput(r.now(), password, chain, r.KeycloakTimeout))
 		switch step {
 		case policy.StepWait:
-			return nil, nil, &failure{Message: "another redemption of this refresh chain is in flight"}
+			return nil, nil, nil, &failure{Message: "another redemption of this refresh chain is in flight"}
 		case policy.StepCheckInterrupted:
 			// The operator stopped mid-redemption. Ask Keycloak, without using the token,
 			// whether that redemption reached it.
@@ -51,7 +52,7 @@ func (r *MLflowAccessTokenReconciler) obtainByRefresh(ctx context.Context, obj *
 			active, err := r.Keycloak.Introspect(kctx, a.Endpoint, a.Auth, chain.RefreshToken, "refresh_token")
 			cancel()
 			if err != nil {
-				return nil, nil, keycloakFailure(err, "checking an interrupted refresh")
+				return nil, nil, nil, keycloakFailure(err, "checking an interrupted refresh")
 			}
 			chain.Redeeming = ""
 			if !active {
@@ -68,9 +69,9 @@ func (r *MLflowAccessTokenReconciler) obtainByRefresh(ctx context.Context, obj *
 		case policy.StepNeedBootstrap:
 			chain.Redeeming = ""
 			if _, err := r.saveChain(ctx, obj, stateSecret, *chain); err != nil {
-				return nil, nil, asFailure(err)
+				return nil, nil, nil, asFailure(err)
 			}
-			return nil, nil, &failure{Reason: authv1alpha1.ReasonRefreshTokenInvalid, Message: msgNeedBootstrap(obj, cmp.Or(chain.Ended, "no refresh token"))}
+			return nil, nil, nil, &failure{Reason: authv1alpha1.ReasonRefreshTokenInvalid, Message: msgNeedBootstrap(obj, cmp.Or(chain.Ended, "no refresh token"))}
 		}
 		break // policy.StepRedeem
 	}
@@ -80,7 +81,7 @@ func (r *MLflowAccessTokenReconciler) obtainByRefresh(ctx context.Context, obj *
 	chain.Redeeming = tokensecret.RedeemingMarker(toRedeem, r.now())
 	stateSecret, err := r.saveChain(ctx, obj, stateSecret, *chain)
 	if err != nil {
-		return nil, nil, asFailure(err)
+		return nil, nil, nil, asFailure(err)
 	}
 	tok, kerr := r.token(ctx, a, keycloak.Grant{Type: keycloak.GrantRefreshToken, RefreshToken: toRedeem, Scopes: scopes(obj)})
 	if kerr != nil {
@@ -94,18 +95,19 @@ func (r *MLflowAccessTokenReconciler) obtainByRefresh(ctx context.Context, obj *
 			chain.Ended, chain.RefreshToken = "refresh token rejected: "+kerr.Error(), ""
 		}
 		if _, err := r.saveChain(ctx, obj, stateSecret, *chain); err != nil {
-			return nil, nil, asFailure(err)
+			return nil, nil, nil, asFailure(err)
 		}
 		if rejected {
-			return nil, nil, &failure{Reason: authv1alpha1.ReasonRefreshTokenInvalid, Message: msgNeedBootstrap(obj, kerr.Error()), Err: kerr}
+			return nil, nil, nil, &failure{Reason: authv1alpha1.ReasonRefreshTokenInvalid, Message: msgNeedBootstrap(obj, kerr.Error()), Err: kerr}
 		}
-		return nil, nil, keycloakFailure(kerr, "")
+		return nil, nil, nil, keycloakFailure(kerr, "")
 	}
 	next := r.chainFrom(tok, chain)
-	if _, err := r.saveChainPersistently(ctx, obj, stateSecret, next); err != nil {
-		return nil, nil, asFailure(err)
+	saved, err := r.saveChainPersistently(ctx, obj, stateSecret, next)
+	if err != nil {
+		return nil, nil, nil, asFailure(err)
 	}
-	return tok, &next, nil
+	return tok, &next, saved, nil
 }
 
 // loadChain reads the chain: a chain Keycloak rotated while the API server was unavailable
@@ -156,25 +158,26 @@ func chainInput(now time.Time, password bool, c *tokensecret.Chain, timeout time
 }
 
 // login performs the password grant and starts a new chain.
-func (r *MLflowAccessTokenReconciler) login(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, a access, stateSecret *corev1.Secret) (*keycloak.Token, *tokensecret.Chain, *failure) {
+func (r *MLflowAccessTokenReconciler) login(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, a access, stateSecret *corev1.Secret) (*keycloak.Token, *tokensecret.Chain, *corev1.Secret, *failure) {
 	user, pass, f := r.userCredentials(ctx, obj)
 	if f != nil {
-		return nil, nil, f
+		return nil, nil, nil, f
 	}
 	tok, err := r.token(ctx, a, keycloak.Grant{Type: keycloak.GrantPassword, Username: user, Password: pass, Scopes: scopes(obj)})
 	if err != nil {
 		if keycloak.ReasonOf(err) == keycloak.ReasonInvalidGrant {
-			return nil, nil, &failure{Reason: authv1alpha1.ReasonInvalidUserCredentials, Err: err, Message: fmt.Sprintf(
+			return nil, nil, nil, &failure{Reason: authv1alpha1.ReasonInvalidUserCredentials, Err: err, Message: fmt.Sprintf(
 				"%s; check the user name and password in Secret %q, and that the account is enabled and fully set up",
 				err.Error(), obj.Spec.Grant.PasswordSecretRef.Name)}
 		}
-		return nil, nil, keycloakFailure(err, "")
+		return nil, nil, nil, keycloakFailure(err, "")
 	}
 	next := r.chainFrom(tok, &tokensecret.Chain{})
-	if _, err := r.saveChainPersistently(ctx, obj, stateSecret, next); err != nil {
-		return nil, nil, asFailure(err)
+	saved, err := r.saveChainPersistently(ctx, obj, stateSecret, next)
+	if err != nil {
+		return nil, nil, nil, asFailure(err)
 	}
-	return tok, &next, nil
+	return tok, &next, saved, nil
 }
 
 // chainFrom records a token response as the chain's new state.

@@ -48,9 +48,9 @@ func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *
 		}
 		d := policy.Revocation(policy.RevocationInput{Now: now, Requested: obj.DeletionTimestamp.Time, Timeout: r.RevocationTimeout,
 			Failure: &policy.Failure{At: now, Count: count}, Seed: string(obj.UID), Backoff: r.Backoff})
-		// Without the client's credentials there is nothing to retry with: most often the whole
-		// namespace is being deleted and its Secrets went first.
-		if !d.GiveUp && f.Reason != authv1alpha1.ReasonClientSecretNotFound {
+		// Without the client's credentials (neither the live ones nor the kit in the state Secret)
+		// there is nothing to retry with.
+		if !d.GiveUp && !credentialsGone[f.Reason] {
 			obj.Status.FailedAttempts, obj.Status.LastFailureTime = count, timePtr(now.Truncate(time.Second))
 			setCondition(obj, authv1alpha1.ConditionReady, false, authv1alpha1.ReasonRevocationFailing, fmt.Sprintf(
 				"Deletion waits for revocation: %s (attempt %d; next at %s; giving up at %s)", f.Message, count, stamp(d.RetryAt), stamp(d.Deadline)))
@@ -69,6 +69,9 @@ func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *
 	}
 
 	for _, s := range owned {
+		if err := r.releaseSecret(ctx, s); err != nil {
+			return ctrl.Result{}, false, err
+		}
 		if err := r.deleteOwned(ctx, s); err != nil {
 			return ctrl.Result{}, false, err
 		}
@@ -82,6 +85,15 @@ func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *
 	// an earlier one had already removed.
 	r.unsaved.Delete(obj.UID)
 	return ctrl.Result{}, true, nil
+}
+
+// credentialsGone are failures of revocation that waiting cannot mend: the client's credentials
+// are gone and no kit holds a copy.
+var credentialsGone = map[string]bool{
+	authv1alpha1.ReasonClientSecretNotFound:    true,
+	authv1alpha1.ReasonServiceAccountNotFound:  true,
+	authv1alpha1.ReasonIssuerNotFound:          true,
+	authv1alpha1.ReasonUserCredentialsNotFound: true,
 }
 
 // ownedSecrets returns the resource's Secrets as the API server has them: the consumer Secret
@@ -124,9 +136,10 @@ func (r *MLflowAccessTokenReconciler) revokeAll(ctx context.Context, obj *authv1
 	now := r.now()
 	var access []string
 	var chain *tokensecret.Chain
+	var state *corev1.Secret
 	for _, s := range secrets {
 		if s.Name == tokensecret.StateSecretName(obj) {
-			chain = tokensecret.ReadChain(s)
+			state, chain = s, tokensecret.ReadChain(s)
 			continue
 		}
 		if st, ok := tokensecret.Read(s); ok && now.Before(st.ExpiresAt) {
@@ -146,7 +159,7 @@ func (r *MLflowAccessTokenReconciler) revokeAll(ctx context.Context, obj *authv1
 		return nil
 	}
 
-	a, f := r.access(ctx, obj)
+	a, f := r.revocationAccess(ctx, obj, state)
 	if f != nil {
 		return f
 	}

@@ -3,15 +3,14 @@ package controllers
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
 	"crypto/x509"
-	"encoding/hex"
-	"encoding/json"
 	"slices"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
@@ -26,56 +25,112 @@ import (
 type access struct {
 	Endpoint keycloak.Endpoint
 	Auth     keycloak.ClientAuth
+	// assertionExpires is when Auth.Assertion (a service-account token) expires.
+	assertionExpires time.Time
 }
 
-// access returns the endpoint (with its CA bundle) and the client's authentication.
-func (r *MLflowAccessTokenReconciler) access(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) (access, *failure) {
-	k := obj.Spec.Keycloak
-	a := access{Endpoint: keycloak.Endpoint{URL: k.URL, Realm: k.Realm}}
-	ca, f := r.caBundle(ctx, obj)
+// access reads the credentials of a target: the CA bundle and the client's authentication.
+func (r *MLflowAccessTokenReconciler) access(ctx context.Context, t *target) (access, *failure) {
+	a := access{Endpoint: t.Endpoint, Auth: keycloak.ClientAuth{ClientID: t.ClientID}}
+	ca, f := r.caBundle(ctx, t)
 	if f != nil {
 		return a, f
 	}
 	a.Endpoint.CABundle = ca
-	secret, f := r.secretValue(ctx, obj, k.ClientSecretRef.Name, cmp.Or(k.ClientSecretRef.Key, "client-secret"),
-		authv1alpha1.ReasonClientSecretNotFound, "keycloak.clientSecretRef")
-	if f != nil {
-		return a, f
+	switch {
+	case t.secret != nil:
+		s, f := r.userObject(ctx, t.secret.NamespacedName, t.watched, authv1alpha1.ReasonClientSecretNotFound, t.secret.field)
+		if f != nil {
+			return a, f
+		}
+		v, f := secretKey(s, t.secret.Key, authv1alpha1.ReasonClientSecretNotFound, t.secret.field)
+		if f != nil {
+			return a, f
+		}
+		a.Auth.Secret = string(v)
+	case t.serviceAccount != nil:
+		tok, exp, f := r.serviceAccountToken(ctx, *t.serviceAccount, t.Endpoint.IssuerURL())
+		if f != nil {
+			return a, f
+		}
+		a.Auth.Assertion, a.assertionExpires = tok, exp
 	}
-	a.Auth = keycloak.ClientAuth{ClientID: k.ClientID, Secret: string(secret)}
 	return a, nil
 }
 
 // caBundle returns the PEM CA bundle that Keycloak's certificate must chain to (nil: the
 // system's roots).
-func (r *MLflowAccessTokenReconciler) caBundle(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) ([]byte, *failure) {
-	k := obj.Spec.Keycloak
+func (r *MLflowAccessTokenReconciler) caBundle(ctx context.Context, t *target) ([]byte, *failure) {
+	return readCABundle(ctx, r.APIReader, r.Watched, t.ca, t.watched)
+}
+
+// readCABundle reads the CA bundle c names: from its watch when it is an issuer's (watched),
+// else uncached.
+func readCABundle(ctx context.Context, apiReader client.Reader, w Watched, c caRef, watched bool) ([]byte, *failure) {
 	var pemData []byte
 	switch {
-	case k.CABundle != "":
-		pemData = []byte(k.CABundle)
-	case k.CAConfigMapRef != nil:
-		ref := k.CAConfigMapRef
-		key := cmp.Or(ref.Key, "ca.crt")
+	case c.inline != "":
+		pemData = []byte(c.inline)
+	case c.configMap != nil:
 		cm := &corev1.ConfigMap{}
-		if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: ref.Name}, cm); err != nil {
+		var err error
+		if watched {
+			cm, err = w.ConfigMap(ctx, c.configMap.NamespacedName)
+		} else {
+			err = apiReader.Get(ctx, c.configMap.NamespacedName, cm)
+		}
+		if err != nil {
 			if apierrors.IsNotFound(err) {
-				return nil, &failure{Reason: authv1alpha1.ReasonCABundleNotFound, Err: err, Message: msgConfigMapMissing(ref.Name, obj.Namespace)}
+				return nil, &failure{Reason: authv1alpha1.ReasonCABundleNotFound, Err: err, Message: msgObjectMissing("ConfigMap", c.configMap.NamespacedName, c.field)}
 			}
 			return nil, asFailure(err)
 		}
-		v, ok := cm.Data[key]
+		v, ok := cm.Data[c.configMap.Key]
 		if !ok {
-			return nil, &failure{Reason: authv1alpha1.ReasonCABundleNotFound, Message: msgConfigMapKeyMissing(ref.Name, key)}
+			return nil, &failure{Reason: authv1alpha1.ReasonCABundleNotFound, Message: msgConfigMapKeyMissing(c.configMap.Name, c.configMap.Key, c.field)}
 		}
 		pemData = []byte(v)
+	case c.secret != nil:
+		s, f := readUserSecret(ctx, apiReader, w, c.secret.NamespacedName, watched, authv1alpha1.ReasonCABundleNotFound, c.field)
+		if f != nil {
+			return nil, f
+		}
+		v, f := secretKey(s, c.secret.Key, authv1alpha1.ReasonCABundleNotFound, c.field)
+		if f != nil {
+			return nil, f
+		}
+		pemData = v
 	default:
 		return nil, nil
 	}
 	if !x509.NewCertPool().AppendCertsFromPEM(pemData) {
-		return nil, &failure{Reason: authv1alpha1.ReasonInvalidCABundle, Message: "the CA bundle holds no PEM certificate"}
+		return nil, &failure{Reason: authv1alpha1.ReasonInvalidCABundle, Message: "the CA bundle (" + c.field + ") holds no PEM certificate"}
 	}
 	return pemData, nil
+}
+
+// userObject reads a Secret the operator does not own (see readUserSecret).
+func (r *MLflowAccessTokenReconciler) userObject(ctx context.Context, key types.NamespacedName, watched bool, reason, field string) (*corev1.Secret, *failure) {
+	return readUserSecret(ctx, r.APIReader, r.Watched, key, watched, reason, field)
+}
+
+// readUserSecret reads a Secret the operator does not own: from its watch when it is an issuer's
+// (watched), else uncached.
+func readUserSecret(ctx context.Context, apiReader client.Reader, w Watched, key types.NamespacedName, watched bool, reason, field string) (*corev1.Secret, *failure) {
+	s := &corev1.Secret{}
+	var err error
+	if watched {
+		s, err = w.Secret(ctx, key)
+	} else {
+		err = apiReader.Get(ctx, key, s)
+	}
+	if err != nil {
+		if apierrors.IsNotFound(err) {
+			return nil, &failure{Reason: reason, Err: err, Message: msgObjectMissing("Secret", key, field)}
+		}
+		return nil, asFailure(err)
+	}
+	return s, nil
 }
 
 // bootstrapToken reads the refresh or offline token a person put into the bootstrap Secret.
@@ -116,14 +171,7 @@ func (r *MLflowAccessTokenReconciler) secretValue(ctx context.Context, obj *auth
 }
 
 func (r *MLflowAccessTokenReconciler) userSecret(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, name, reason, field string) (*corev1.Secret, *failure) {
-	s := &corev1.Secret{}
-	if err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: name}, s); err != nil {
-		if apierrors.IsNotFound(err) {
-			return nil, &failure{Reason: reason, Err: err, Message: msgSecretMissing(name, field, obj.Namespace)}
-		}
-		return nil, asFailure(err)
-	}
-	return s, nil
+	return r.userObject(ctx, types.NamespacedName{Namespace: obj.Namespace, Name: name}, false, reason, field)
 }
 
 func secretKey(s *corev1.Secret, key, reason, field string) ([]byte, *failure) {
@@ -151,17 +199,6 @@ func scopes(obj *authv1alpha1.MLflowAccessToken) []string {
 		s = append(s, "offline_access")
 	}
 	return s
-}
-
-// inputsHash identifies the spec fields that shape the token; a change to any of them makes
-// the operator obtain a new token even when the current one is not due.
-func inputsHash(obj *authv1alpha1.MLflowAccessToken) string {
-	k := obj.Spec.Keycloak
-	sc := slices.Clone(obj.Spec.Grant.Scopes)
-	slices.Sort(sc)
-	b, _ := json.Marshal([]any{k.URL, k.Realm, k.ClientID, k.ClientSecretRef.Name, k.ClientSecretRef.Key, obj.Spec.Grant.Type, sc})
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:8])
 }
 
 func keysOf(m map[string][]byte) []string {

@@ -15,3 +15,14 @@ func (r *MLflowAccessTokenReconciler) checkMLflow(_ context.Context, _ *authv1al
 
 // reportMLflow sets the MLflowAccepted condition from the last check of the current token.
 func (r *MLflowAccessTokenReconciler) reportMLflow(_ *authv1alpha1.MLflowAccessToken) {}
+
+// trackingURI is the MLflow tracking URI of obj's tokens: its own, else its issuer's.
+func trackingURI(obj *authv1alpha1.MLflowAccessToken, t *target) string {
+	if m := obj.Spec.MLflow; m != nil && m.TrackingURI != "" {
+		return m.TrackingURI
+	}
+	if t != nil {
+		return t.TrackingURI
+	}
+	return ""
+}

@@ -24,6 +24,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -32,8 +35,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
@@ -60,6 +66,14 @@ type Config struct {
 	// RefreshChainWarning: RefreshChainExpiring turns True when a RefreshToken grant's chain
 	// ends within this window.
 	RefreshChainWarning time.Duration
+	// Guardrails limit where the operator sends credentials (plain HTTP, allowed hosts).
+	Guardrails Guardrails
+	// ClusterResourceNamespace holds the Secrets and ConfigMaps ClusterKeycloakIssuers reference
+	// (the operator's own namespace).
+	ClusterResourceNamespace string
+	// ServiceAccountTokenLifetime is the lifetime asked for service-account tokens that
+	// authenticate clients (Kubernetes' minimum is 10 minutes, Keycloak's maximum an hour).
+	ServiceAccountTokenLifetime time.Duration
 }
 
 // DefaultConfig returns the defaults of the reconciler's tunables.
@@ -70,7 +84,16 @@ func DefaultConfig() Config {
 		RevocationTimeout:   5 * time.Minute,
 		OfflineIdleTimeout:  30 * 24 * time.Hour,
 		RefreshChainWarning: 72 * time.Hour,
+
+		ServiceAccountTokenLifetime: time.Hour,
 	}
+}
+
+// Watched reads the Secrets and ConfigMaps that issuers reference from watches of them
+// (internal/objectwatch): no API request per rotation.
+type Watched interface {
+	Secret(ctx context.Context, key types.NamespacedName) (*corev1.Secret, error)
+	ConfigMap(ctx context.Context, key types.NamespacedName) (*corev1.ConfigMap, error)
 }
 
 // MLflowAccessTokenReconciler keeps each MLflowAccessToken's Secret filled with a valid token.
@@ -83,6 +106,8 @@ type MLflowAccessTokenReconciler struct {
 	Keycloak  keycloak.Client
 	// Clock is the only source of time of the reconciler (nil: the real clock).
 	Clock clock.PassiveClock
+	// Watched reads issuers' credentials and CA bundles.
+	Watched Watched
 	Config
 
 	// unsaved holds refresh chains Keycloak rotated but the API server would not store (it was
@@ -90,6 +115,8 @@ type MLflowAccessTokenReconciler struct {
 	unsaved sync.Map
 	// written: the Secret versions this process wrote last (see ownwrites.go).
 	written ownWrites
+	// saTokens: service-account tokens that authenticate clients (see satoken.go).
+	saTokens saTokens
 }
 
 // clientCredentials is the grant of ClientCredentials resources (and of the admin API token).
@@ -107,7 +134,10 @@ var clientCredentials = keycloak.Grant{Type: keycloak.GrantClientCredentials}
 func (r *MLflowAccessTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	obj := &authv1alpha1.MLflowAccessToken{}
 	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		if apierrors.IsNotFound(err) {
+			return ctrl.Result{}, r.releaseOrphans(ctx, req.NamespacedName)
+		}
+		return ctrl.Result{}, err
 	}
 	if obj.DeletionTimestamp.IsZero() && !controllerutil.ContainsFinalizer(obj, authv1alpha1.Finalizer) {
 		patch := client.MergeFrom(obj.DeepCopy())
@@ -178,19 +208,94 @@ func (r *MLflowAccessTokenReconciler) writeStatus(ctx context.Context, before, o
 
 func (r *MLflowAccessTokenReconciler) now() time.Time { return r.Clock.Now() }
 
+// IndexIssuerRef indexes MLflowAccessTokens by the issuer they reference ("<kind>/<namespace>/<name>",
+// the namespace empty for a ClusterKeycloakIssuer).
+const IndexIssuerRef = "spec.issuerRef"
+
+func issuerIndexValue(kind, ns, name string) string { return kind + "/" + ns + "/" + name }
+
+func indexIssuerRef(o client.Object) []string {
+	t, ok := o.(*authv1alpha1.MLflowAccessToken)
+	if !ok || t.Spec.IssuerRef == nil {
+		return nil
+	}
+	if t.Spec.IssuerRef.Kind == authv1alpha1.KindClusterKeycloakIssuer {
+		return []string{issuerIndexValue(authv1alpha1.KindClusterKeycloakIssuer, "", t.Spec.IssuerRef.Name)}
+	}
+	return []string{issuerIndexValue(authv1alpha1.KindKeycloakIssuer, t.Namespace, t.Spec.IssuerRef.Name)}
+}
+
 // SetupWithManager registers the controller. Our own status writes do not trigger a reconcile
 // (only spec, annotation, finalizer and deletion changes do); changes to the Secrets we own do,
-// so a Secret deleted or edited by hand is restored.
-func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
+// so a Secret deleted or edited by hand is restored. An issuer that turns Ready (or not), or whose
+// spec changes, and a change of a credential an issuer references (credentialEvents, from the
+// Watched store), bring its tokens back at once: a token waiting for its issuer, or failing with a
+// client secret that was just rotated, recovers within seconds.
+func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options, credentialEvents <-chan event.GenericEvent) error {
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &authv1alpha1.MLflowAccessToken{}, IndexIssuerRef, indexIssuerRef); err != nil {
+		return err
+	}
+	tokensOf := func(ctx context.Context, kind string, keys ...types.NamespacedName) []reconcile.Request {
+		var reqs []reconcile.Request
+		for _, k := range keys {
+			var l authv1alpha1.MLflowAccessTokenList
+			if err := r.List(ctx, &l, client.MatchingFields{IndexIssuerRef: issuerIndexValue(kind, k.Namespace, k.Name)}); err != nil {
+				continue
+			}
+			for _, t := range l.Items {
+				reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: t.Namespace, Name: t.Name}})
+			}
+		}
+		return reqs
+	}
+	b := ctrl.NewControllerManagedBy(mgr).
 		For(&authv1alpha1.MLflowAccessToken{}, builder.WithPredicates(specOrMetadataChanged{})).
 		Owns(&corev1.Secret{}, builder.WithPredicates(notOwnWrite{&r.written})).
+		Watches(&authv1alpha1.KeycloakIssuer{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+			return tokensOf(ctx, authv1alpha1.KindKeycloakIssuer, client.ObjectKeyFromObject(o))
+		}), builder.WithPredicates(issuerReadinessChanged{})).
+		Watches(&authv1alpha1.ClusterKeycloakIssuer{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+			return tokensOf(ctx, authv1alpha1.KindClusterKeycloakIssuer, client.ObjectKeyFromObject(o))
+		}), builder.WithPredicates(issuerReadinessChanged{})).
 		WithOptions(opts).
-		Named("mlflowaccesstoken").
-		Complete(r)
+		Named("mlflowaccesstoken")
+	if credentialEvents != nil {
+		b = b.WatchesRawSource(source.Channel(credentialEvents, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+			ns, cluster := issuersUsing(ctx, r.Client, r.ClusterResourceNamespace, client.ObjectKeyFromObject(o))
+			return append(tokensOf(ctx, authv1alpha1.KindKeycloakIssuer, ns...), tokensOf(ctx, authv1alpha1.KindClusterKeycloakIssuer, cluster...)...)
+		})))
+	}
+	return b.Complete(r)
+}
+
+// issuerReadinessChanged passes issuer updates that change its spec or its Ready condition (not
+// its periodic re-checks, which only move lastCheckTime).
+type issuerReadinessChanged struct{ predicate.Funcs }
+
+func (issuerReadinessChanged) Update(e event.UpdateEvent) bool {
+	if e.ObjectOld == nil || e.ObjectNew == nil {
+		return true
+	}
+	if e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() {
+		return true
+	}
+	ready := func(o client.Object) string {
+		var conds []metav1.Condition
+		switch v := o.(type) {
+		case *authv1alpha1.KeycloakIssuer:
+			conds = v.Status.Conditions
+		case *authv1alpha1.ClusterKeycloakIssuer:
+			conds = v.Status.Conditions
+		}
+		if c := meta.FindStatusCondition(conds, authv1alpha1.ConditionReady); c != nil {
+			return string(c.Status) + "/" + c.Reason + "/" + c.Message
+		}
+		return ""
+	}
+	return ready(e.ObjectOld) != ready(e.ObjectNew)
 }
 
 // specOrMetadataChanged passes updates that change the spec (generation), annotations,

@@ -21,18 +21,26 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 	name := obj.SecretNameOrDefault()
 	secret, err := r.ownedSecret(ctx, obj, name, r.Client)
 	if err != nil {
-		return r.failed(ctx, obj, nil, asFailure(err))
+		return r.failed(ctx, obj, nil, "", asFailure(err))
+	}
+	if secret != nil && secret.DeletionTimestamp != nil {
+		return r.releaseDeleted(ctx, obj, secret)
 	}
 	cur := tokenIn(secret)
-	d := policy.Decide(r.decideInput(obj, now, cur))
+	t, f := r.resolveTarget(ctx, obj)
+	if f != nil {
+		return r.failed(ctx, obj, cur, "", f)
+	}
+	inputs := inputsHash(obj, t)
+	d := policy.Decide(r.decideInput(obj, now, cur, inputs))
 	if !d.Issue {
-		if cur != nil && cur.IssuedFor == inputsHash(obj) {
+		if cur != nil && cur.IssuedFor == inputs {
 			// Labels, annotations, the tracking URI or the reported renewal time may have changed.
-			if _, err := r.writeConsumer(ctx, obj, secret, *cur, d.RenewAt, writeOpts{adopt: true}); err != nil {
-				return r.failed(ctx, obj, cur, secretWriteFailure(err, name))
+			if _, err := r.writeConsumer(ctx, obj, t, secret, *cur, d.RenewAt, writeOpts{adopt: true}); err != nil {
+				return r.failed(ctx, obj, cur, inputs, secretWriteFailure(err, name))
 			}
 		}
-		report(obj, now, cur, d)
+		report(obj, now, cur, d, inputs)
 		return requeueAt(d.Next, now), nil
 	}
 
@@ -42,44 +50,45 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 	if !r.written.isLatest(secret) {
 		fresh, err := r.ownedSecret(ctx, obj, name, r.APIReader)
 		if err != nil {
-			return r.failed(ctx, obj, cur, asFailure(err))
+			return r.failed(ctx, obj, cur, inputs, asFailure(err))
 		}
 		if tok := tokenIn(fresh); fresh != nil && (secret == nil || fresh.ResourceVersion != secret.ResourceVersion) {
 			secret, cur = fresh, tok
-			if d = policy.Decide(r.decideInput(obj, now, cur)); !d.Issue {
-				report(obj, now, cur, d)
+			if d = policy.Decide(r.decideInput(obj, now, cur, inputs)); !d.Issue {
+				report(obj, now, cur, d, inputs)
 				return requeueAt(d.Next, now), nil
 			}
 		}
 	}
-	if f := r.checkWritable(ctx, obj, secret); f != nil {
-		return r.failed(ctx, obj, cur, f)
+	if r.namespaceTerminating(ctx, obj.Namespace) {
+		// Its deletion is under way: a new token would only have to be revoked again.
+		log.FromContext(ctx).Info("Not obtaining a token: the namespace is being deleted")
+		report(obj, now, cur, d, inputs)
+		return ctrl.Result{RequeueAfter: 30 * time.Second}, nil
+	}
+	if f := r.checkWritable(ctx, obj, t, secret); f != nil {
+		return r.failed(ctx, obj, cur, inputs, f)
 	}
 
 	log.FromContext(ctx).V(1).Info("Obtaining a token", "why", d.Why, "secret", name)
-	if pendingRequest(obj, authv1alpha1.AnnotationRevokeRequest, obj.Status.LastRevocationRequest) {
-		if f := r.revokeOnRequest(ctx, obj, cur); f != nil {
-			return r.failed(ctx, obj, cur, f)
-		}
-	}
-	got, f := r.obtain(ctx, obj)
+	got, f := r.obtain(ctx, obj, t, cur)
 	if f != nil {
-		return r.failed(ctx, obj, cur, f)
+		return r.failed(ctx, obj, cur, inputs, f)
 	}
-	st := tokensecret.State{AccessToken: got.AccessToken, IssuedAt: got.IssuedAt, ExpiresAt: got.ExpiresAt, IssuedFor: inputsHash(obj)}
+	st := tokensecret.State{AccessToken: got.AccessToken, IssuedAt: got.IssuedAt, ExpiresAt: got.ExpiresAt, IssuedFor: inputs}
 	plan := policy.Schedule(string(obj.UID), policy.Token{IssuedAt: st.IssuedAt, ExpiresAt: st.ExpiresAt}, renewBefore(obj))
-	if _, err := r.writeConsumer(ctx, obj, secret, st, plan.RenewAt, writeOpts{adopt: true}); err != nil {
-		return r.failed(ctx, obj, cur, secretWriteFailure(err, name))
+	if _, err := r.writeConsumer(ctx, obj, t, secret, st, plan.RenewAt, writeOpts{adopt: true}); err != nil {
+		return r.failed(ctx, obj, cur, inputs, secretWriteFailure(err, name))
 	}
 	if old := obj.Status.SecretName; old != "" && old != name {
 		r.deleteStale(ctx, obj, old)
 	}
-	r.afterIssue(ctx, obj, got)
+	r.afterIssue(ctx, obj, t, got)
 	r.honourRequests(obj)
 	first := obj.Status.Rotations == 0
 	obj.Status.Rotations++
 	recordSuccess(obj)
-	report(obj, now, &st, policy.Decision{RenewAt: plan.RenewAt})
+	report(obj, now, &st, policy.Decision{RenewAt: plan.RenewAt}, inputs)
 	r.announce(ctx, obj, d.Why, first, st, plan)
 	r.checkMLflow(ctx, obj, d.Why, st.AccessToken)
 	// A token that is already due when written (a short one, cut off by the end of its session)
@@ -91,7 +100,7 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 const minRequeue = time.Second
 
 // decideInput gathers the facts policy.Decide looks at.
-func (r *MLflowAccessTokenReconciler) decideInput(obj *authv1alpha1.MLflowAccessToken, now time.Time, cur *tokensecret.State) policy.Input {
+func (r *MLflowAccessTokenReconciler) decideInput(obj *authv1alpha1.MLflowAccessToken, now time.Time, cur *tokensecret.State, inputs string) policy.Input {
 	in := policy.Input{
 		Now:         now,
 		Seed:        string(obj.UID),
@@ -103,7 +112,8 @@ func (r *MLflowAccessTokenReconciler) decideInput(obj *authv1alpha1.MLflowAccess
 			pendingRequest(obj, authv1alpha1.AnnotationRevokeRequest, obj.Status.LastRevocationRequest),
 	}
 	if cur != nil {
-		in.Token = &policy.Token{IssuedAt: cur.IssuedAt, ExpiresAt: cur.ExpiresAt, InputsMatch: cur.IssuedFor == inputsHash(obj)}
+		// Unknown inputs (the target could not be resolved) do not count as a change.
+		in.Token = &policy.Token{IssuedAt: cur.IssuedAt, ExpiresAt: cur.ExpiresAt, InputsMatch: inputs == "" || cur.IssuedFor == inputs}
 	}
 	return in
 }
@@ -112,7 +122,7 @@ func (r *MLflowAccessTokenReconciler) decideInput(obj *authv1alpha1.MLflowAccess
 // is valid, and when the Secret does not exist yet or the last attempt failed to write it, a dry
 // run of the write passes (RBAC, admission, quota). A resource that cannot succeed then costs
 // Keycloak nothing.
-func (r *MLflowAccessTokenReconciler) checkWritable(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, secret *corev1.Secret) *failure {
+func (r *MLflowAccessTokenReconciler) checkWritable(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, t *target, secret *corev1.Secret) *failure {
 	if err := tokensecret.ValidateTemplate(obj.Spec.SecretTemplate); err != nil {
 		return &failure{Reason: authv1alpha1.ReasonInvalidSecretTemplate, Message: err.Error(), Err: err}
 	}
@@ -120,17 +130,17 @@ func (r *MLflowAccessTokenReconciler) checkWritable(ctx context.Context, obj *au
 	if secret != nil && !failing {
 		return nil
 	}
-	probe := tokensecret.State{AccessToken: "dry-run", IssuedAt: r.now(), ExpiresAt: r.now(), IssuedFor: inputsHash(obj)}
-	if _, err := r.writeConsumer(ctx, obj, secret, probe, r.now(), writeOpts{adopt: true, dryRun: true}); err != nil {
+	probe := tokensecret.State{AccessToken: "dry-run", IssuedAt: r.now(), ExpiresAt: r.now(), IssuedFor: "dry-run"}
+	if _, err := r.writeConsumer(ctx, obj, t, secret, probe, r.now(), writeOpts{adopt: true, dryRun: true}); err != nil {
 		return secretWriteFailure(err, obj.SecretNameOrDefault())
 	}
 	return nil
 }
 
 // writeConsumer writes the token state into the consumer Secret.
-func (r *MLflowAccessTokenReconciler) writeConsumer(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, secret *corev1.Secret, st tokensecret.State, renewAt time.Time, o writeOpts) (*corev1.Secret, error) {
+func (r *MLflowAccessTokenReconciler) writeConsumer(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, t *target, secret *corev1.Secret, st tokensecret.State, renewAt time.Time, o writeOpts) (*corev1.Secret, error) {
 	return r.writeOwned(ctx, obj, secret, obj.SecretNameOrDefault(), func(s *corev1.Secret) bool {
-		return tokensecret.Apply(s, obj, st, renewAt)
+		return tokensecret.Apply(s, obj, st, renewAt, trackingURI(obj, t))
 	}, o)
 }
 
@@ -139,15 +149,15 @@ func (r *MLflowAccessTokenReconciler) writeConsumer(ctx context.Context, obj *au
 // error and its own requeue so that failures do not flood the error log. The Secret is left as it
 // is: a valid token in it stays. An unclassified failure (the API server) is returned as an error
 // instead, for the work queue to retry, with nothing recorded.
-func (r *MLflowAccessTokenReconciler) failed(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, cur *tokensecret.State, f *failure) (ctrl.Result, error) {
+func (r *MLflowAccessTokenReconciler) failed(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, cur *tokensecret.State, inputs string, f *failure) (ctrl.Result, error) {
 	if !f.classified() {
 		return ctrl.Result{}, f
 	}
 	now := r.now()
 	recordFailure(obj, now, f)
-	d := policy.Decide(r.decideInput(obj, now, cur))
+	d := policy.Decide(r.decideInput(obj, now, cur, inputs))
 	setCondition(obj, authv1alpha1.ConditionRenewalFailing, true, f.Reason, failureMessage(f, obj.Status.FailedAttempts, d.RetryAt))
-	report(obj, now, cur, d)
+	report(obj, now, cur, d, inputs)
 	r.event(obj, corev1.EventTypeWarning, f.Reason, "Issue", "Renewal failed: %s", f.Message)
 	log.FromContext(ctx).Info("Could not obtain a token", "reason", f.Reason, "message", f.Message,
 		"failedAttempts", obj.Status.FailedAttempts, "retryAt", d.RetryAt)

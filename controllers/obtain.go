@@ -24,13 +24,21 @@ type obtained struct {
 	IssuedAt, ExpiresAt time.Time
 	Chain               *tokensecret.Chain
 	access              access
+	// state is the state Secret as this reconcile last wrote it (nil: not written).
+	state *corev1.Secret
 }
 
-// obtain asks Keycloak for a token with the resource's grant.
-func (r *MLflowAccessTokenReconciler) obtain(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) (*obtained, *failure) {
-	a, f := r.access(ctx, obj)
+// obtain asks Keycloak for a token with the resource's grant. A pending revoke request first
+// revokes the token in the Secret (cur).
+func (r *MLflowAccessTokenReconciler) obtain(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, t *target, cur *tokensecret.State) (*obtained, *failure) {
+	a, f := r.access(ctx, t)
 	if f != nil {
 		return nil, f
+	}
+	if pendingRequest(obj, authv1alpha1.AnnotationRevokeRequest, obj.Status.LastRevocationRequest) {
+		if f := r.revokeOnRequest(ctx, obj, a, cur); f != nil {
+			return nil, f
+		}
 	}
 	// The lifetime is counted from before the request: the token cannot expire later than
 	// sent-time + expires_in by our clock.
@@ -38,6 +46,7 @@ func (r *MLflowAccessTokenReconciler) obtain(ctx context.Context, obj *authv1alp
 	var (
 		tok   *keycloak.Token
 		chain *tokensecret.Chain
+		state *corev1.Secret
 	)
 	switch obj.Spec.Grant.Type {
 	case authv1alpha1.GrantClientCredentials:
@@ -46,13 +55,13 @@ func (r *MLflowAccessTokenReconciler) obtain(ctx context.Context, obj *authv1alp
 			return nil, keycloakFailure(err, "")
 		}
 	case authv1alpha1.GrantRefreshToken, authv1alpha1.GrantPassword:
-		if tok, chain, f = r.obtainByRefresh(ctx, obj, a); f != nil {
+		if tok, chain, state, f = r.obtainByRefresh(ctx, obj, a); f != nil {
 			return nil, f
 		}
 	default:
 		return nil, &failure{Reason: authv1alpha1.ReasonUnsupportedGrant, Message: fmt.Sprintf("grant type %q is not supported by this operator version", obj.Spec.Grant.Type)}
 	}
-	return &obtained{Token: tok, IssuedAt: issuedAt.Truncate(time.Second), ExpiresAt: expiryOf(tok, issuedAt), Chain: chain, access: a}, nil
+	return &obtained{Token: tok, IssuedAt: issuedAt.Truncate(time.Second), ExpiresAt: expiryOf(tok, issuedAt), Chain: chain, access: a, state: state}, nil
 }
 
 // expiryOf is when tok expires: issuedAt + expires_in, or Keycloak's own exp claim when that is
@@ -82,13 +91,9 @@ func (r *MLflowAccessTokenReconciler) revoke(ctx context.Context, a access, toke
 // revokeOnRequest revokes the token in the Secret before it is replaced (a leaked token:
 // kubectl mlflow-token revoke). The request stays pending until the replacement is written, so a
 // failure in between revokes again (harmless: Keycloak answers 200 for a revoked token).
-func (r *MLflowAccessTokenReconciler) revokeOnRequest(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, cur *tokensecret.State) *failure {
+func (r *MLflowAccessTokenReconciler) revokeOnRequest(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, a access, cur *tokensecret.State) *failure {
 	if cur == nil {
 		return nil
-	}
-	a, f := r.access(ctx, obj)
-	if f != nil {
-		return f
 	}
 	if err := r.revoke(ctx, a, cur.AccessToken, "access_token"); err != nil {
 		return keycloakFailure(err, "revoking the current token")
@@ -97,12 +102,14 @@ func (r *MLflowAccessTokenReconciler) revokeOnRequest(ctx context.Context, obj *
 	return nil
 }
 
-// afterIssue records the session and refresh chain of a new token in status and keeps the
-// client-credentials session of clients that issue refresh tokens.
-func (r *MLflowAccessTokenReconciler) afterIssue(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, got *obtained) {
+// afterIssue records the session and refresh chain of a new token in status, keeps the
+// client-credentials session of clients that issue refresh tokens, and keeps what revocation
+// needs in the state Secret.
+func (r *MLflowAccessTokenReconciler) afterIssue(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, t *target, got *obtained) {
 	if obj.Spec.Grant.Type == authv1alpha1.GrantClientCredentials {
 		r.keepClientSession(ctx, obj, got)
 	}
+	r.keepKit(ctx, obj, t, got.access, got.state)
 	s := &obj.Status
 	s.SessionID, s.OfflineSession, s.RefreshChainExpiresAt = got.SessionState, false, nil
 	if c, err := jwtclaims.Parse(got.AccessToken); err == nil && s.SessionID == "" {
@@ -143,10 +150,12 @@ func (r *MLflowAccessTokenReconciler) keepClientSession(ctx context.Context, obj
 	}
 	prev := tokensecret.ReadChain(stateSecret)
 	next := r.chainFrom(got.Token, &tokensecret.Chain{})
-	if _, err := r.saveChainPersistently(ctx, obj, stateSecret, next); err != nil {
+	saved, err := r.saveChainPersistently(ctx, obj, stateSecret, next)
+	if err != nil {
 		logger.Info("Could not record the client session's refresh token", "error", err.Error())
 		return
 	}
+	got.state = saved
 	if prev != nil && prev.RefreshToken != "" && prev.RefreshToken != next.RefreshToken {
 		if err := r.revoke(ctx, got.access, prev.RefreshToken, "refresh_token"); err != nil {
 			logger.Info("Could not end the previous client session", "error", err.Error())

@@ -75,9 +75,31 @@ var deleteScenarios = []scenario{
 			t.Fatal("not revoked once Keycloak was back")
 		}
 	}},
-	{"deletion without the client secret finishes at once and says why", func(t *testing.T) {
+	{"the client secret went first (a namespace deletion): revoked with the kit of the state Secret", func(t *testing.T) {
 		e := newEnv(t, nil)
 		e.reconcile()
+		access := e.token()
+		if err := e.c.Delete(e.ctx, userSecret(clientSecret, nil)); err != nil {
+			t.Fatal(err)
+		}
+		e.deleteNow()
+		e.reconcile()
+		if !e.gone() || !e.kc.Revoked(access) {
+			t.Fatal("not revoked with the kept credentials")
+		}
+	}},
+	{"no credentials anywhere: the deletion finishes at once and says why", func(t *testing.T) {
+		e := newEnv(t, nil)
+		e.reconcile()
+		// A resource from before the state Secret kept a kit: only the live client secret counts.
+		state := e.secret(testName + "-refresh-state")
+		state.Finalizers = nil
+		if err := e.c.Update(e.ctx, state); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.c.Delete(e.ctx, e.secret(testName+"-refresh-state")); err != nil {
+			t.Fatal(err)
+		}
 		if err := e.c.Delete(e.ctx, userSecret(clientSecret, nil)); err != nil {
 			t.Fatal(err)
 		}

@@ -64,8 +64,8 @@ func baseResource() *authv1alpha1.MLflowAccessToken {
 	return &authv1alpha1.MLflowAccessToken{
 		ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: testName, UID: "uid-train", Generation: 1},
 		Spec: authv1alpha1.MLflowAccessTokenSpec{
-			Keycloak: authv1alpha1.KeycloakSpec{URL: "https://keycloak.example.com", Realm: "mlflow", ClientID: testClient,
-				ClientSecretRef: authv1alpha1.SecretKeyRef{Name: clientSecret, Key: "client-secret"}},
+			Keycloak: &authv1alpha1.KeycloakSpec{URL: "https://keycloak.example.com", Realm: "mlflow", ClientID: testClient,
+				ClientSecretRef: &authv1alpha1.SecretKeyRef{Name: clientSecret, Key: "client-secret"}},
 			Grant: authv1alpha1.GrantSpec{Type: authv1alpha1.GrantClientCredentials},
 		},
 	}

@@ -268,7 +268,16 @@ var scenarios = []scenario{
 		if err := e.c.Delete(e.ctx, e.secret(testName)); err != nil {
 			t.Fatal(err)
 		}
+		// The operator's finalizer holds it; outside a namespace deletion it lets it go...
+		if s := e.secret(testName); s == nil || s.DeletionTimestamp == nil {
+			t.Fatal("the Secret did not wait for the operator")
+		}
 		e.reconcile()
+		if e.secret(testName) != nil {
+			t.Fatal("the deleted Secret was not let go")
+		}
+		// ...and writes a new one.
+		e.next()
 		e.wantCalls("client_credentials", 2)
 		if e.token() == "" {
 			t.Fatal("not restored")

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -21,7 +23,9 @@ import (
 
 // report writes what is known into status: the token in the Secret (nil: none), the decision
 // taken on it, and the conditions derived from those and the failure record.
-func report(obj *authv1alpha1.MLflowAccessToken, now time.Time, tok *tokensecret.State, d policy.Decision) {
+// inputs identifies what the token must have been issued for ("" when unknown: the target could
+// not be resolved).
+func report(obj *authv1alpha1.MLflowAccessToken, now time.Time, tok *tokensecret.State, d policy.Decision, inputs string) {
 	s := &obj.Status
 	s.SecretName = obj.SecretNameOrDefault()
 	s.IssuedAt, s.ExpiresAt, s.Token, s.RenewalTime = nil, nil, nil, nil
@@ -69,7 +73,7 @@ func report(obj *authv1alpha1.MLflowAccessToken, now time.Time, tok *tokensecret
 	} else {
 		meta.RemoveStatusCondition(&s.Conditions, authv1alpha1.ConditionStalled)
 	}
-	current := valid && tok.IssuedFor == inputsHash(obj)
+	current := valid && (inputs == "" || tok.IssuedFor == inputs)
 	switch {
 	case stalled || current:
 		meta.RemoveStatusCondition(&s.Conditions, authv1alpha1.ConditionReconciling)
@@ -173,8 +177,8 @@ func (r *MLflowAccessTokenReconciler) event(obj *authv1alpha1.MLflowAccessToken,
 
 // Wording of messages that several places share.
 
-func msgSecretMissing(name, field, ns string) string {
-	return fmt.Sprintf("Secret %q (%s) does not exist in namespace %s", name, field, ns)
+func msgObjectMissing(kind string, key types.NamespacedName, field string) string {
+	return fmt.Sprintf("%s %q (%s) does not exist in namespace %s", kind, key.Name, field, key.Namespace)
 }
 
 func msgSecretKeyMissing(name, key, field string, keys []string) string {
@@ -185,12 +189,8 @@ func msgSecretKeyEmpty(name, key, field string) string {
 	return fmt.Sprintf("key %q of Secret %q (%s) is empty", key, name, field)
 }
 
-func msgConfigMapMissing(name, ns string) string {
-	return fmt.Sprintf("ConfigMap %q (keycloak.caConfigMapRef) does not exist in namespace %s", name, ns)
-}
-
-func msgConfigMapKeyMissing(name, key string) string {
-	return fmt.Sprintf("ConfigMap %q has no key %q (keycloak.caConfigMapRef.key)", name, key)
+func msgConfigMapKeyMissing(name, key, field string) string {
+	return fmt.Sprintf("ConfigMap %q has no key %q (%s)", name, key, field)
 }
 
 func msgConflict(name string) string {

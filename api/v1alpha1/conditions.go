@@ -99,6 +99,33 @@ const (
 	// ReasonSecretForbidden: the operator may not write Secrets in this namespace (RBAC, or the
 	// namespace is not among those it watches).
 	ReasonSecretForbidden = "SecretForbidden"
+	// ReasonIssuerNotFound: the KeycloakIssuer or ClusterKeycloakIssuer named by spec.issuerRef
+	// does not exist.
+	ReasonIssuerNotFound = "IssuerNotFound"
+	// ReasonIssuerNotAllowed: the ClusterKeycloakIssuer does not admit the resource's namespace
+	// (its namespaceSelector), or the resource asks for a client the issuer does not give it.
+	ReasonIssuerNotAllowed = "IssuerNotAllowed"
+	// ReasonIssuerNotReady: the issuer's realm did not answer its last check, or its credentials
+	// are missing; the message quotes the issuer's own condition.
+	ReasonIssuerNotReady = "IssuerNotReady"
+	// ReasonInsecureURL: the Keycloak URL is plain http:// and the platform does not allow it
+	// (operator flag --allow-insecure-http, or allowInsecureHTTP on a ClusterKeycloakIssuer).
+	ReasonInsecureURL = "InsecureURL"
+	// ReasonHostNotAllowed: the Keycloak host is not among the operator's --allowed-keycloak-hosts.
+	ReasonHostNotAllowed = "HostNotAllowed"
+	// ReasonURLNotAllowed: the Keycloak URL carries credentials, a query or a fragment.
+	ReasonURLNotAllowed = "URLNotAllowed"
+	// ReasonServiceAccountNotFound: the ServiceAccount whose tokens authenticate the client does
+	// not exist in the resource's namespace.
+	ReasonServiceAccountNotFound = "ServiceAccountNotFound"
+	// ReasonServiceAccountTokenForbidden: the operator may not request tokens of the ServiceAccount.
+	ReasonServiceAccountTokenForbidden = "ServiceAccountTokenForbidden"
+	// ReasonIssuerReady: an issuer's Ready=True: its realm answered and its credentials are in place.
+	ReasonIssuerReady = "RealmAnswered"
+	// ReasonIssuerMismatch: the realm's discovery document states another issuer than the URL
+	// the issuer names (a proxy or Keycloak's hostname setting): tokens would carry that issuer.
+	ReasonIssuerMismatch = "IssuerMismatch"
+
 	// ReasonRenewalWindowAdjusted (Warning event): spec.renewBefore cannot be honoured for a token
 	// of this lifetime; the event says what is done instead.
 	ReasonRenewalWindowAdjusted = "RenewalWindowAdjusted"

@@ -108,6 +108,8 @@ type Client interface {
 	// DeleteSession ends a user session through the admin API, authenticated with adminToken.
 	// It reports whether the session still existed (false: it was already gone).
 	DeleteSession(ctx context.Context, ep Endpoint, adminToken, sessionID string, offline bool) (bool, error)
+	// Discover reads the realm's OIDC discovery document and returns the issuer it states.
+	Discover(ctx context.Context, ep Endpoint) (issuer string, err error)
 }
 
 // Op names a call for metrics: the grant (or token type hint) and the endpoint, and the realm.
@@ -305,6 +307,24 @@ func (g *GoCloak) DeleteSession(ctx context.Context, ep Endpoint, adminToken, se
 		return false, err
 	}
 	return true, nil
+}
+
+// Discover implements Client.
+func (g *GoCloak) Discover(ctx context.Context, ep Endpoint) (issuer string, err error) {
+	defer func(start time.Time) { g.observe(Op{Grant: "discovery", Endpoint: "discovery", Realm: ep.Realm}, start, err) }(time.Now())
+	var doc struct {
+		Issuer        string `json:"issuer"`
+		TokenEndpoint string `json:"token_endpoint"`
+	}
+	resp, herr := g.client(ep).GetRequest(ctx).SetResult(&doc).Get(ep.IssuerURL() + "/.well-known/openid-configuration")
+	if err = classify(ctx, resp, herr, "realm discovery"); err != nil {
+		return "", err
+	}
+	if doc.Issuer == "" || doc.TokenEndpoint == "" {
+		err = &Error{Reason: ReasonInvalidResponse, Message: "realm discovery: the answer is not an OpenID Connect discovery document (no issuer or token_endpoint)"}
+		return "", err
+	}
+	return doc.Issuer, nil
 }
 
 // maxExpiresIn bounds what we believe of expires_in: a token claiming to live longer than a

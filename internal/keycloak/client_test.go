@@ -171,3 +171,25 @@ func FuzzTokenResponse(f *testing.F) {
 		}
 	})
 }
+
+func TestDiscover(t *testing.T) {
+	ep := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/realms/mlflow/.well-known/openid-configuration" {
+			http.NotFound(w, r)
+			return
+		}
+		jsonReply(200, `{"issuer":"https://kc.example.com/realms/mlflow","token_endpoint":"https://kc.example.com/realms/mlflow/protocol/openid-connect/token"}`)(w, r)
+	})
+	iss, err := NewGoCloak(Options{}).Discover(context.Background(), ep)
+	if err != nil || iss != "https://kc.example.com/realms/mlflow" {
+		t.Fatalf("Discover = %q, %v", iss, err)
+	}
+	_, err = NewGoCloak(Options{}).Discover(context.Background(), Endpoint{URL: ep.URL, Realm: "nope"})
+	if ReasonOf(err) != ReasonRealmNotFound {
+		t.Errorf("unknown realm: %s (%v)", ReasonOf(err), err)
+	}
+	html := serve(t, func(w http.ResponseWriter, r *http.Request) { jsonReply(200, `{"hello":"world"}`)(w, r) })
+	if _, err := NewGoCloak(Options{}).Discover(context.Background(), html); ReasonOf(err) != ReasonInvalidResponse {
+		t.Errorf("not a discovery document: %s (%v)", ReasonOf(err), err)
+	}
+}

@@ -3,16 +3,21 @@
 package manager
 
 import (
+	"os"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -21,6 +26,7 @@ import (
 	"github.com/mlflow-token-operator/mlflow-token-operator/controllers"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/objectwatch"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 )
 
@@ -43,6 +49,8 @@ type Options struct {
 	// Namespaces restricts the operator to these namespaces (empty: all). Then it needs
 	// permissions only there (Roles instead of a ClusterRole).
 	Namespaces []string
+	// IssuerRecheckInterval is how often issuers are checked again (zero: 5 minutes).
+	IssuerRecheckInterval time.Duration
 	// KeycloakLimits bound the request rate to Keycloak.
 	KeycloakLimits keycloak.Limits
 	// Keycloak replaces the gocloak-backed client (tests script it).
@@ -99,15 +107,42 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		}
 		kc = keycloak.NewGoCloak(keycloak.Options{Timeout: o.Reconciler.KeycloakTimeout, Limits: o.KeycloakLimits, Observe: observe})
 	}
+	if o.Reconciler.ClusterResourceNamespace == "" {
+		o.Reconciler.ClusterResourceNamespace = OwnNamespace()
+	}
+	// The credentials and CA bundles issuers reference are watched one by one (no cluster-wide
+	// Secret cache); a change reaches the issuers' and the tokens' controllers as an event.
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	watched := objectwatch.New(cs)
+	if err := mgr.Add(watched); err != nil {
+		return nil, err
+	}
+	issuerEvents, clusterIssuerEvents, tokenEvents := fanOut(watched)
+	recorder := mgr.GetEventRecorder("mlflow-token-operator")
 	r := &controllers.MLflowAccessTokenReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
-		Recorder:  mgr.GetEventRecorder("mlflow-token-operator"),
+		Recorder:  recorder,
 		Keycloak:  kc,
+		Watched:   watched,
 		Config:    o.Reconciler,
 	}
-	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: o.Concurrency, SkipNameValidation: &o.SkipNameValidation, RateLimiter: ErrorRateLimiter()}); err != nil {
+	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: o.Concurrency, SkipNameValidation: &o.SkipNameValidation, RateLimiter: ErrorRateLimiter()}, tokenEvents); err != nil {
 		return nil, err
+	}
+	for _, cluster := range []bool{false, true} {
+		ir := &controllers.IssuerReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Keycloak: kc,
+			Watched: watched, Cluster: cluster, RecheckInterval: o.IssuerRecheckInterval, Config: o.Reconciler}
+		events := issuerEvents
+		if cluster {
+			events = clusterIssuerEvents
+		}
+		if err := ir.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: 2, SkipNameValidation: &o.SkipNameValidation}, events); err != nil {
+			return nil, err
+		}
 	}
 	if o.ProbeAddr != "" && o.ProbeAddr != "0" {
 		if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
@@ -118,6 +153,33 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		}
 	}
 	return mgr, nil
+}
+
+// fanOut turns the Watched store's notifications into one event stream per controller.
+func fanOut(w *objectwatch.Store) (issuers, clusterIssuers, tokens chan event.GenericEvent) {
+	issuers, clusterIssuers, tokens = make(chan event.GenericEvent, 256), make(chan event.GenericEvent, 256), make(chan event.GenericEvent, 256)
+	w.OnChange(func(k objectwatch.Key) {
+		o := &metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{Namespace: k.Namespace, Name: k.Name}}
+		// Sent from a goroutine: a notification must never block the watch that delivers it.
+		go func() {
+			for _, ch := range []chan event.GenericEvent{issuers, clusterIssuers, tokens} {
+				ch <- event.GenericEvent{Object: o}
+			}
+		}()
+	})
+	return issuers, clusterIssuers, tokens
+}
+
+// OwnNamespace is the namespace the operator runs in: $POD_NAMESPACE (the chart sets it), else the
+// namespace of its service-account token, else mlflow-token-operator-system.
+func OwnNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	if b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil && len(b) > 0 {
+		return strings.TrimSpace(string(b))
+	}
+	return "mlflow-token-operator-system"
 }
 
 // ErrorRateLimiter paces the retries of reconciles that failed with an error: the API server

@@ -23,6 +23,8 @@ const (
 	NameKeycloakDuration = "mlflow_token_keycloak_request_duration_seconds"
 	NameRevocations      = "mlflow_token_revocations_total"
 	NameChainExpiry      = "mlflow_token_refresh_chain_expiry_timestamp_seconds"
+	NameSATokenRequests  = "mlflow_token_serviceaccount_token_requests_total"
+	NameIssuerReady      = "mlflow_token_issuer_ready"
 )
 
 var (
@@ -40,12 +42,16 @@ var (
 		Help: "Latency of calls to Keycloak.", Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 15}}, []string{"grant", "endpoint"})
 	chainExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: NameChainExpiry,
 		Help: "Unix time at which the resource's refresh chain ends unless renewed (RefreshToken and Password grants): a RefreshToken grant then needs a new bootstrap token."}, []string{"namespace", "name"})
+	saTokenRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: NameSATokenRequests,
+		Help: "TokenRequests for service-account tokens that authenticate Keycloak clients (federated client authentication), by outcome."}, []string{"outcome"})
+	issuerReady = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: NameIssuerReady,
+		Help: "1 when the issuer's realm answered its last check (condition Ready=True), else 0."}, []string{"kind", "namespace", "name"})
 	revocations = prometheus.NewCounterVec(prometheus.CounterOpts{Name: NameRevocations,
 		Help: "Revocations on deletion by outcome: revoked, skipped, failed (will retry), abandoned (gave up)."}, []string{"outcome"})
 )
 
 func init() {
-	ctrlmetrics.Registry.MustRegister(expiry, renewal, ready, failed, chainExpiry, requests, duration, revocations)
+	ctrlmetrics.Registry.MustRegister(expiry, renewal, ready, failed, chainExpiry, saTokenRequests, issuerReady, requests, duration, revocations)
 }
 
 // Observe publishes a resource's status.
@@ -90,3 +96,18 @@ func ObserveKeycloak(op keycloak.Op, took time.Duration, err error) {
 	requests.WithLabelValues(op.Grant, op.Endpoint, outcome).Inc()
 	duration.WithLabelValues(op.Grant, op.Endpoint).Observe(took.Seconds())
 }
+
+// ServiceAccountTokenRequest counts a TokenRequest by outcome (success, error).
+func ServiceAccountTokenRequest(outcome string) { saTokenRequests.WithLabelValues(outcome).Inc() }
+
+// IssuerReady publishes an issuer's readiness (namespace is empty for a ClusterKeycloakIssuer).
+func IssuerReady(kind, namespace, name string, ready bool) {
+	v := 0.0
+	if ready {
+		v = 1
+	}
+	issuerReady.WithLabelValues(kind, namespace, name).Set(v)
+}
+
+// ForgetIssuer removes a deleted issuer's series.
+func ForgetIssuer(kind, namespace, name string) { issuerReady.DeleteLabelValues(kind, namespace, name) }

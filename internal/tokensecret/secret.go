@@ -60,10 +60,10 @@ type State struct {
 
 // Apply writes the desired labels, annotations, type and data onto s, keeping labels and
 // annotations that others (a GitOps tool, a person) put there. It returns whether anything
-// changed. The resource's own labels and annotations are never copied. renewAt is reported in
+// changed. trackingURI is written as MLFLOW_TRACKING_URI when set. The resource's own labels and annotations are never copied. renewAt is reported in
 // an annotation for people reading the Secret; the operator never reads it back (it computes the
 // renewal time from the facts each time).
-func Apply(s *corev1.Secret, owner *authv1alpha1.MLflowAccessToken, st State, renewAt time.Time) bool {
+func Apply(s *corev1.Secret, owner *authv1alpha1.MLflowAccessToken, st State, renewAt time.Time, trackingURI string) bool {
 	before := s.DeepCopy()
 
 	labels := map[string]string{}
@@ -89,14 +89,13 @@ func Apply(s *corev1.Secret, owner *authv1alpha1.MLflowAccessToken, st State, re
 		KeyTrackingToken: []byte(st.AccessToken),
 		KeyExpiresAt:     []byte(formatTime(st.ExpiresAt)),
 	}
-	if m := owner.Spec.MLflow; m != nil && m.TrackingURI != "" {
-		data[KeyTrackingURI] = []byte(m.TrackingURI)
+	if trackingURI != "" {
+		data[KeyTrackingURI] = []byte(trackingURI)
 	}
 	s.Data = data
 	s.StringData = nil
-
-	return !maps.Equal(before.Labels, s.Labels) || !maps.Equal(before.Annotations, s.Annotations) ||
-		before.Type != s.Type || !maps.EqualFunc(before.Data, s.Data, func(a, b []byte) bool { return string(a) == string(b) })
+	ensureFinalizer(s)
+	return changed(before, s)
 }
 
 // Read returns the token state recorded in s. ok is false when s is nil, lacks a piece, or

@@ -36,7 +36,7 @@ var st = State{
 
 func TestApplyAndRead(t *testing.T) {
 	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"kept": "yes"}}}
-	if !Apply(s, owner(), st, renewAt) {
+	if !Apply(s, owner(), st, renewAt, "https://mlflow.example.com") {
 		t.Fatal("Apply on an empty Secret reported no change")
 	}
 	if s.Type != corev1.SecretTypeOpaque {
@@ -70,14 +70,14 @@ func TestApplyAndRead(t *testing.T) {
 	if !ok || got != st {
 		t.Fatalf("Read = %+v, %v; want %+v", got, ok, st)
 	}
-	if Apply(s, owner(), st, renewAt) {
+	if Apply(s, owner(), st, renewAt, "https://mlflow.example.com") {
 		t.Error("a second Apply with the same state reported a change")
 	}
 }
 
 func TestReadRejectsIncompleteOrEditedSecrets(t *testing.T) {
 	base := &corev1.Secret{}
-	Apply(base, owner(), st, renewAt)
+	Apply(base, owner(), st, renewAt, "")
 	edits := map[string]func(s *corev1.Secret){
 		"token edited by hand":   func(s *corev1.Secret) { s.Data[KeyToken] = []byte("other"); s.Data[KeyTrackingToken] = []byte("other") },
 		"env copy differs":       func(s *corev1.Secret) { s.Data[KeyTrackingToken] = []byte("other") },
@@ -103,7 +103,7 @@ func TestApplyWithoutTrackingURI(t *testing.T) {
 	o := owner()
 	o.Spec.MLflow = nil
 	s := &corev1.Secret{Data: map[string][]byte{KeyTrackingURI: []byte("stale")}}
-	Apply(s, o, st, renewAt)
+	Apply(s, o, st, renewAt, trackingOf(o))
 	if _, ok := s.Data[KeyTrackingURI]; ok {
 		t.Error("MLFLOW_TRACKING_URI kept after spec.mlflow was removed")
 	}
@@ -133,4 +133,11 @@ func TestValidateTemplate(t *testing.T) {
 			t.Errorf("%s: message %q does not name the field", name, err)
 		}
 	}
+}
+
+func trackingOf(o *authv1alpha1.MLflowAccessToken) string {
+	if o.Spec.MLflow == nil {
+		return ""
+	}
+	return o.Spec.MLflow.TrackingURI
 }

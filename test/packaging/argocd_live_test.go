@@ -103,8 +103,8 @@ func TestArgoCDHealthOfLiveOperator(t *testing.T) {
 		must(c.Create(ctx, &authv1alpha1.MLflowAccessToken{
 			ObjectMeta: metav1.ObjectMeta{Name: id, Namespace: ns},
 			Spec: authv1alpha1.MLflowAccessTokenSpec{
-				Keycloak: authv1alpha1.KeycloakSpec{URL: "https://keycloak.example.com", Realm: realmOf(id), ClientID: id,
-					ClientSecretRef: authv1alpha1.SecretKeyRef{Name: "kc-client"}},
+				Keycloak: &authv1alpha1.KeycloakSpec{URL: "https://keycloak.example.com", Realm: realmOf(id), ClientID: id,
+					ClientSecretRef: &authv1alpha1.SecretKeyRef{Name: "kc-client"}},
 				Grant: authv1alpha1.GrantSpec{Type: authv1alpha1.GrantClientCredentials},
 			},
 		}))

@@ -288,6 +288,16 @@ func (f *Fake) DeleteSession(_ context.Context, ep keycloak.Endpoint, _, sid str
 	return alive, nil
 }
 
+// Discover implements keycloak.Client: the realm's issuer is its URL (as Keycloak's is).
+func (f *Fake) Discover(_ context.Context, ep keycloak.Endpoint) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.count(keycloak.Op{Grant: "discovery", Endpoint: "discovery", Realm: ep.Realm}); err != nil {
+		return "", err
+	}
+	return ep.IssuerURL(), nil
+}
+
 func jwt(claims map[string]any) string {
 	b, _ := json.Marshal(claims)
 	enc := base64.RawURLEncoding.EncodeToString
