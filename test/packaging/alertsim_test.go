@@ -160,8 +160,10 @@ type operator struct {
 	leader func(ts float64) bool
 }
 
-func (o operator) isAlive(ts float64) bool  { return o.alive == nil || o.alive(ts) }
-func (o operator) isLeader(ts float64) bool { return o.isAlive(ts) && (o.leader == nil || o.leader(ts)) }
+func (o operator) isAlive(ts float64) bool { return o.alive == nil || o.alive(ts) }
+func (o operator) isLeader(ts float64) bool {
+	return o.isAlive(ts) && (o.leader == nil || o.leader(ts))
+}
 
 // addOperator adds the operator's own series: up and leader_election_master_status.
 func (tl *timeline) addOperator(o operator) {
