@@ -206,17 +206,27 @@ func TestChartDefaultValues(t *testing.T) {
 		t.Errorf("one replica, but %d PodDisruptionBudget(s)", n)
 	}
 
-	// The CRD: the generated one, kept on uninstall.
-	crd := only(t, rel, "CustomResourceDefinition")
-	gen := decodeObjects(t, mustRead(t, "config/crd/bases/auth.mlflow-token-operator.io_mlflowaccesstokens.yaml"))[0]
-	if !reflect.DeepEqual(crd.Object["spec"], gen.Object["spec"]) {
-		t.Error("the chart's CRD spec differs from config/crd/bases")
+	// The CRDs: the generated ones, kept on uninstall.
+	gen := generatedCRDs(t)
+	crds := find(rel, "CustomResourceDefinition")
+	if len(crds) != len(gen) {
+		t.Errorf("the chart renders %d CRDs, config/crd/bases has %d", len(crds), len(gen))
 	}
-	if crd.GetAnnotations()["helm.sh/resource-policy"] != "keep" {
-		t.Error("the CRD should carry helm.sh/resource-policy: keep by default (crds.keep)")
-	}
-	if crd.GetAnnotations()["controller-gen.kubebuilder.io/version"] == "" || crd.GetLabels()["app.kubernetes.io/managed-by"] != "Helm" {
-		t.Errorf("the CRD should keep its own annotations and get the chart's labels: %v %v", crd.GetAnnotations(), crd.GetLabels())
+	for _, crd := range crds {
+		g, ok := gen[crd.GetName()]
+		if !ok {
+			t.Errorf("the chart renders CRD %s, which is not in config/crd/bases", crd.GetName())
+			continue
+		}
+		if !reflect.DeepEqual(crd.Object["spec"], g.Object["spec"]) {
+			t.Errorf("the chart's CRD %s differs from config/crd/bases", crd.GetName())
+		}
+		if crd.GetAnnotations()["helm.sh/resource-policy"] != "keep" {
+			t.Errorf("CRD %s should carry helm.sh/resource-policy: keep by default (crds.keep)", crd.GetName())
+		}
+		if crd.GetAnnotations()["controller-gen.kubebuilder.io/version"] == "" || crd.GetLabels()["app.kubernetes.io/managed-by"] != "Helm" {
+			t.Errorf("CRD %s should keep its own annotations and get the chart's labels: %v %v", crd.GetName(), crd.GetAnnotations(), crd.GetLabels())
+		}
 	}
 
 	applyDryRun(t, rel)
@@ -240,6 +250,26 @@ func TestChartDefaultValues(t *testing.T) {
 			t.Errorf("manager %s has no --timeout flag", a)
 		}
 	}
+}
+
+// generatedCRDs are the CRDs of config/crd/bases by name.
+func generatedCRDs(t *testing.T) map[string]*unstructured.Unstructured {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(repoRoot(t), "config", "crd", "bases", "*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no CRDs in config/crd/bases (%v)", err)
+	}
+	out := map[string]*unstructured.Unstructured{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range decodeObjects(t, b) {
+			out[o.GetName()] = o
+		}
+	}
+	return out
 }
 
 // checkUninstallJob checks the uninstall hook: its annotations, a command line the operator's
@@ -412,8 +442,8 @@ podDisruptionBudget: {minAvailable: 2}
 	if svc.Spec.Ports[0].Port != 9090 {
 		t.Errorf("metrics Service port %d, want 9090", svc.Spec.Ports[0].Port)
 	}
-	if len(find(rel, "CustomResourceDefinition")) != 1 {
-		t.Error("the CRD is missing from the rendering")
+	if len(find(rel, "CustomResourceDefinition")) != len(generatedCRDs(t)) {
+		t.Error("CRDs are missing from the rendering")
 	}
 
 	// The uninstall hook is namespace-scoped too: Roles in the watched namespaces only.
@@ -522,9 +552,10 @@ func TestChartCRDValues(t *testing.T) {
 	if n := len(find(helmTemplate(t, "x", "crds", `crds: {enabled: false}`), "CustomResourceDefinition")); n != 0 {
 		t.Errorf("crds.enabled=false still renders %d CRD(s)", n)
 	}
-	crd := only(t, helmTemplate(t, "x", "crds", `crds: {keep: false}`), "CustomResourceDefinition")
-	if _, ok := crd.GetAnnotations()["helm.sh/resource-policy"]; ok {
-		t.Error("crds.keep=false still renders the keep policy")
+	for _, crd := range find(helmTemplate(t, "x", "crds", `crds: {keep: false}`), "CustomResourceDefinition") {
+		if _, ok := crd.GetAnnotations()["helm.sh/resource-policy"]; ok {
+			t.Errorf("crds.keep=false still renders the keep policy on %s", crd.GetName())
+		}
 	}
 }
 

@@ -126,9 +126,9 @@ func TestChartInstallUpgradeUninstall(t *testing.T) {
 		}
 		return out
 	}
-	crd := func() *apiextensionsv1.CustomResourceDefinition {
+	crd := func(name string) *apiextensionsv1.CustomResourceDefinition {
 		o := &apiextensionsv1.CustomResourceDefinition{}
-		if err := c.Get(ctx, types.NamespacedName{Name: crdName}, o); err != nil {
+		if err := c.Get(ctx, types.NamespacedName{Name: name}, o); err != nil {
 			if apierrors.IsNotFound(err) {
 				return nil
 			}
@@ -136,27 +136,37 @@ func TestChartInstallUpgradeUninstall(t *testing.T) {
 		}
 		return o
 	}
-	waitCRDGone := func() {
+	allCRDs := generatedCRDs(t)
+	waitCRDsGone := func() {
 		t.Helper()
 		deadline := time.Now().Add(time.Minute)
-		for crd() != nil {
-			if time.Now().After(deadline) {
-				t.Fatal("the CRD is still there a minute after its deletion")
+		for name := range allCRDs {
+			for crd(name) != nil {
+				if time.Now().After(deadline) {
+					t.Fatalf("CRD %s is still there a minute after its deletion", name)
+				}
+				time.Sleep(200 * time.Millisecond)
 			}
-			time.Sleep(200 * time.Millisecond)
 		}
 	}
 	t.Cleanup(func() {
-		// Other tests dry-run the CRD's creation: leave none behind.
-		if o := crd(); o != nil {
-			_ = c.Delete(ctx, o)
-			waitCRDGone()
+		// Other tests dry-run the CRDs' creation: leave none behind.
+		for name := range allCRDs {
+			if o := crd(name); o != nil {
+				_ = c.Delete(ctx, o)
+			}
 		}
+		waitCRDsGone()
 	})
-	if crd() != nil {
-		t.Fatal("the CRD exists before the test")
+	for name := range allCRDs {
+		if crd(name) != nil {
+			t.Fatalf("CRD %s exists before the test", name)
+		}
 	}
 
+	if _, err := helm("install", "mto", chartDir, "--create-namespace", "--set", "replicas=two"); err == nil || !strings.Contains(err.Error(), "at '/replicas': got string, want integer") {
+		t.Errorf("helm install --set replicas=two: got %v, want the schema's refusal naming the value", err)
+	}
 	out := mustHelm("install", "mto", chartDir, "--create-namespace")
 	notes := out[strings.Index(out, "NOTES:"):]
 	for _, want := range []string{"kubectl get mlflowaccesstokens -A", "helm test mto -n helm-real"} {
@@ -169,8 +179,10 @@ func TestChartInstallUpgradeUninstall(t *testing.T) {
 			t.Errorf("NOTES mention %q: nothing outside the packaged chart, and only resource names kubectl knows:\n%s", bad, notes)
 		}
 	}
-	if o := crd(); o == nil || o.Annotations["helm.sh/resource-policy"] != "keep" {
-		t.Fatalf("after install, the CRD is %v, want it with the keep policy", o)
+	for name := range allCRDs {
+		if o := crd(name); o == nil || o.Annotations["helm.sh/resource-policy"] != "keep" {
+			t.Fatalf("after install, CRD %s is %v, want it with the keep policy", name, o)
+		}
 	}
 
 	for _, bad := range []string{"replicas=two", "logging.level=verbose"} {
@@ -185,8 +197,10 @@ func TestChartInstallUpgradeUninstall(t *testing.T) {
 	}
 
 	mustHelm("uninstall", "mto", "--no-hooks")
-	if crd() == nil {
-		t.Fatal("helm uninstall deleted the CRD despite crds.keep")
+	for name := range allCRDs {
+		if crd(name) == nil {
+			t.Fatalf("helm uninstall deleted CRD %s despite crds.keep", name)
+		}
 	}
 	if err := c.Get(ctx, types.NamespacedName{Namespace: ns, Name: "mto-mlflow-token-operator-controller-manager"}, &appsv1.Deployment{}); !apierrors.IsNotFound(err) {
 		t.Errorf("after uninstall the Deployment is still there (%v)", err)
@@ -195,7 +209,7 @@ func TestChartInstallUpgradeUninstall(t *testing.T) {
 	// The kept CRD belongs to release mto: installing mto again adopts it.
 	mustHelm("install", "mto", chartDir, "--set", "crds.keep=false")
 	mustHelm("uninstall", "mto", "--no-hooks")
-	waitCRDGone()
+	waitCRDsGone()
 
 	// A CRD applied by hand: Helm refuses to take it over, until labelled and annotated as the
 	// README says.
@@ -221,5 +235,5 @@ func TestChartInstallUpgradeUninstall(t *testing.T) {
 		t.Fatalf("installing after adopting the CRD as the README says: %v", err)
 	}
 	mustHelm("uninstall", "mto", "--no-hooks")
-	waitCRDGone()
+	waitCRDsGone()
 }
