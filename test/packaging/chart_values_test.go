@@ -237,3 +237,20 @@ func TestChartInstallUpgradeUninstall(t *testing.T) {
 	mustHelm("uninstall", "mto", "--no-hooks")
 	waitCRDsGone()
 }
+
+// TestUninstallWithoutCRD: with the CRDs gone or never installed (crds.enabled=false), the
+// uninstall hook's command finds nothing to clean up and succeeds, in both modes, rather than
+// failing the uninstall. (This API server serves no CRD; test/uninstall covers the rest.)
+func TestUninstallWithoutCRD(t *testing.T) {
+	apiServer(t)
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, env.KubeConfig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{"revoke", "orphan"} {
+		out, err := exec.Command(managerBinary(t), "uninstall", "--mode="+mode, "--timeout=20s", "--kubeconfig="+kubeconfig).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "is not served (no CRD): nothing to clean up") {
+			t.Errorf("manager uninstall --mode=%s without the CRD: %v\n%s", mode, err, out)
+		}
+	}
+}
