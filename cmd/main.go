@@ -4,7 +4,6 @@ package main
 import (
 	"flag"
 	"os"
-	"strings"
 	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -14,6 +13,15 @@ import (
 )
 
 func main() {
+	// Subcommands run by the Helm chart's hooks (cmd/subcommands.go).
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "uninstall":
+			os.Exit(runUninstall(os.Args[2:]))
+		case "probe":
+			os.Exit(runProbe(os.Args[2:]))
+		}
+	}
 	o := manager.Defaults()
 	var qps float64
 	flag.StringVar(&o.MetricsAddr, "metrics-bind-address", o.MetricsAddr, "Address of the metrics endpoint; 0 disables it.")
@@ -43,11 +51,7 @@ func main() {
 	zopts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	o.QPS = float32(qps)
-	for _, ns := range strings.Split(namespaces, ",") {
-		if ns = strings.TrimSpace(ns); ns != "" {
-			o.Namespaces = append(o.Namespaces, ns)
-		}
-	}
+	o.Namespaces = splitList(namespaces)
 
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))
 	setupLog := ctrl.Log.WithName("setup")

@@ -41,7 +41,7 @@ var (
 	duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: NameKeycloakDuration,
 		Help: "Latency of calls to Keycloak.", Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 15}}, []string{"grant", "endpoint"})
 	chainExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: NameChainExpiry,
-		Help: "Unix time at which the resource's refresh chain ends unless renewed (RefreshToken and Password grants): a RefreshToken grant then needs a new bootstrap token."}, []string{"namespace", "name"})
+		Help: "Unix time at which the resource's refresh chain ends unless renewed, by grant: a RefreshToken grant then needs a new bootstrap token from a person; a Password grant logs in again."}, []string{"namespace", "name", "grant"})
 	saTokenRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: NameSATokenRequests,
 		Help: "TokenRequests for service-account tokens that authenticate Keycloak clients (federated client authentication), by outcome."}, []string{"outcome"})
 	issuerReady = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: NameIssuerReady,
@@ -64,10 +64,9 @@ func Observe(obj *authv1alpha1.MLflowAccessToken) {
 	if s.RenewalTime != nil {
 		renewal.WithLabelValues(ns, name).Set(float64(s.RenewalTime.Unix()))
 	}
+	chainExpiry.DeletePartialMatch(prometheus.Labels{"namespace": ns, "name": name})
 	if s.RefreshChainExpiresAt != nil {
-		chainExpiry.WithLabelValues(ns, name).Set(float64(s.RefreshChainExpiresAt.Unix()))
-	} else {
-		chainExpiry.DeleteLabelValues(ns, name)
+		chainExpiry.WithLabelValues(ns, name, string(obj.Spec.Grant.Type)).Set(float64(s.RefreshChainExpiresAt.Unix()))
 	}
 	r := 0.0
 	if meta.IsStatusConditionTrue(s.Conditions, authv1alpha1.ConditionReady) {
@@ -79,9 +78,10 @@ func Observe(obj *authv1alpha1.MLflowAccessToken) {
 
 // Forget removes a deleted resource's series.
 func Forget(namespace, name string) {
-	for _, g := range []*prometheus.GaugeVec{expiry, renewal, ready, failed, chainExpiry} {
+	for _, g := range []*prometheus.GaugeVec{expiry, renewal, ready, failed} {
 		g.DeleteLabelValues(namespace, name)
 	}
+	chainExpiry.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "name": name})
 }
 
 // Revocation counts a revocation outcome.
