@@ -1,0 +1,36 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// LeftoversOf reports what of the slot named name (e.g. mtonode-1) still exists.
+func LeftoversOf(name string) error { return leftovers(layoutNamed(name)) }
+
+// WaitSlotFree waits until no process holds the slot named name (its reaper included).
+func WaitSlotFree(ctx context.Context, name string) error {
+	l := layoutNamed(name)
+	for {
+		ln, err := l.lock()
+		if err == nil {
+			ln.Close()
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("slot %s still locked: %w", name, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func layoutNamed(name string) layout {
+	var slot int
+	if _, err := fmt.Sscanf(strings.TrimPrefix(name, "mtonode-"), "%d", &slot); err != nil {
+		panic("not a slot name: " + name)
+	}
+	return newLayout(slot)
+}
