@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +19,8 @@ import (
 // TestSmoke: in a namespace enforcing the restricted Pod Security level, a pod from an imported
 // image (no registry) runs, gets its service-account token, reaches the API server through the
 // `kubernetes` Service (kube-proxy's rules, the pod network, the API server on HostIP) and is
-// authenticated as its ServiceAccount; it sees the Secret it mounts. Its log is read through
+// authenticated as its ServiceAccount; it reaches a server on the host at HostIP (as it will reach
+// Keycloak and MLflow); it sees the Secret it mounts. Its log is read through
 // pods/log, and a command runs in it through pods/exec (API server -> kubelet, with the kubelet
 // client certificate, -> containerd's streaming server). While all this runs, the host shows
 // none of it: no mounts, bridges, network namespaces or iptables rules.
@@ -34,21 +37,33 @@ func TestSmoke(t *testing.T) {
 	if _, err := c.CoreV1().Secrets(ns).Create(ctx, secretWith(ns, "greeting", "hello from a Secret"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// A server on the host, where Keycloak and MLflow will listen for pods.
+	ln, err := net.Listen("tcp", net.JoinHostPort(theNode.HostIP(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello %s", r.URL.Path)
+	}), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	hostURL := "http://" + ln.Addr().String() + "/from-a-pod"
+
 	start := time.Now()
-	if _, err := c.CoreV1().Pods(ns).Create(ctx, probePod(ns, "probe", "greeting", "-whoami", "-watch", "/etc/secret/value"), metav1.CreateOptions{}); err != nil {
+	if _, err := c.CoreV1().Pods(ns).Create(ctx, probePod(ns, "probe", "greeting", "-whoami", "-get", hostURL, "-watch", "/etc/secret/value"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := waitRunning(ctx, c, ns, "probe", 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	var log string
-	err := waitFor(time.Minute, 250*time.Millisecond, func() error {
+	err = waitFor(time.Minute, 250*time.Millisecond, func() error {
 		var err error
 		log, err = podLog(ctx, c, ns, "probe")
 		if err != nil {
 			return err
 		}
-		if strings.Contains(log, "whoami-error") {
+		if strings.Contains(log, "whoami-error") || strings.Contains(log, "get-error") {
 			return nil
 		}
 		if _, ok := seenAt(log, "hello from a Secret"); !ok {
@@ -63,7 +78,10 @@ func TestSmoke(t *testing.T) {
 	if !strings.Contains(log, want+"\n") {
 		t.Fatalf("the pod did not reach the API server as its ServiceAccount: want %q in its log:\n%s", want, log)
 	}
-	t.Logf("Pod created -> running, API server reached through the kubernetes Service, Secret read: %s", time.Since(start).Round(10*time.Millisecond))
+	if wantGet := `get 200 "hello /from-a-pod"`; !strings.Contains(log, wantGet+"\n") {
+		t.Fatalf("the pod did not reach the host server at %s: want %q in its log:\n%s", hostURL, wantGet, log)
+	}
+	t.Logf("Pod created -> running, API server reached through the kubernetes Service, host server reached, Secret read: %s", time.Since(start).Round(10*time.Millisecond))
 
 	var stdout, stderr bytes.Buffer
 	req := c.CoreV1().RESTClient().Post().Resource("pods").Namespace(ns).Name("probe").SubResource("exec").

@@ -4,6 +4,8 @@
 //	-whoami       asks the API server who the pod's service account is, through the `kubernetes`
 //	              Service (KUBERNETES_SERVICE_HOST/PORT) with the mounted token and CA, and prints
 //	              "whoami <username>" (or "whoami-error <reason>" and exits 1)
+//	-get URL      GETs URL (plain HTTP) and prints "get <status code> <body>" (or "get-error <reason>"
+//	              and exits 1): how a pod reaches a service on the host (Keycloak, MLflow)
 //	-watch FILE   prints "seen <unix nanoseconds> <content>" at start and each time FILE's content
 //	              changes (polled every -every), forever; the contents are test values, never secrets
 //	-pause        waits for SIGTERM/SIGINT and reaps children: what a pod sandbox ("pause") does
@@ -32,6 +34,7 @@ const saDir = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 func main() {
 	whoami := flag.Bool("whoami", false, "print the service account's username as the API server sees it")
+	get := flag.String("get", "", "URL to GET once; prints the status and body")
 	watch := flag.String("watch", "", "file to watch; prints each new content with a timestamp")
 	every := flag.Duration("every", 10*time.Millisecond, "poll interval of -watch")
 	pause := flag.Bool("pause", false, "wait for SIGTERM/SIGINT and reap children")
@@ -44,6 +47,14 @@ func main() {
 			os.Exit(1)
 		}
 		fmt.Printf("whoami %s\n", name)
+	}
+	if *get != "" {
+		status, body, err := httpGet(*get)
+		if err != nil {
+			fmt.Printf("get-error %v\n", err)
+			os.Exit(1)
+		}
+		fmt.Printf("get %d %s\n", status, strconv.Quote(body))
 	}
 	if *watch != "" {
 		watchFile(*watch, *every)
@@ -103,6 +114,17 @@ func whoAmI() (string, error) {
 		return "", err
 	}
 	return review.Status.UserInfo.Username, nil
+}
+
+func httpGet(url string) (int, string, error) {
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+	return resp.StatusCode, string(data), err
 }
 
 // watchFile polls rather than using inotify: the kubelet swaps a symlink (..data) in the volume's
