@@ -1,8 +1,12 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -33,4 +37,21 @@ func layoutNamed(name string) layout {
 		panic("not a slot name: " + name)
 	}
 	return newLayout(slot)
+}
+
+// ReaperOf returns the pid of the reaper of the slot named name, 0 when there is none.
+func ReaperOf(name string) int {
+	want := []byte(reaperEnv + "=" + strconv.Itoa(layoutNamed(name).slot) + "\x00")
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err == nil && bytes.Contains(append(env, 0), want) {
+			return pid
+		}
+	}
+	return 0
 }

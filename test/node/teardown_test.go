@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,10 +19,59 @@ import (
 
 // TestKilledRunIsCleanedUp starts a second node in a child process (this test binary again), with
 // a pod running, then kills that process with SIGKILL: no deferred call, no signal handler runs.
-// The node's reaper must remove everything (processes, shims and pods, the namespaces with their
-// bridge, veths and iptables rules, mounts, cgroups, the scratch directory), and release the slot.
+//   - reaper: the node's reaper must remove everything (processes, shims and pods, the namespaces
+//     with their bridge, veths and iptables rules, mounts, cgroups, the scratch directory) and
+//     release the slot;
+//   - reaper killed too: what is left must be removed by the next run's cleanup (what Start runs
+//     before it starts a node in that slot).
 func TestKilledRunIsCleanedUp(t *testing.T) {
-	before := hostState()
+	t.Run("reaper", func(t *testing.T) {
+		before := hostState()
+		name, child := startChildNode(t)
+		killed := time.Now()
+		kill(t, child)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := node.WaitSlotFree(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("The reaper removed node %s %s after the SIGKILL", name, time.Since(killed).Round(100*time.Millisecond))
+		checkGone(t, name, before)
+	})
+	t.Run("reaper killed too", func(t *testing.T) {
+		before := hostState()
+		name, child := startChildNode(t)
+		reaper := node.ReaperOf(name)
+		if reaper == 0 {
+			t.Fatalf("node %s has no reaper", name)
+		}
+		if err := syscall.Kill(reaper, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		kill(t, child)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := node.WaitSlotFree(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Second) // what survives its owner keeps running: the pods, containerd, the kubelet
+		if err := node.LeftoversOf(name); err == nil {
+			t.Fatalf("nothing of node %s survived its owner and its reaper: this test cannot tell whether a later run cleans up", name)
+		} else {
+			t.Logf("Left by the killed run: %v", err)
+		}
+		var out strings.Builder
+		if err := node.CleanLeftovers(&out); err != nil {
+			t.Fatalf("%v\n%s", err, out.String())
+		}
+		t.Logf("The next run's cleanup:\n%s", out.String())
+		checkGone(t, name, before)
+	})
+}
+
+// startChildNode starts the helper process and waits until its node runs a pod.
+func startChildNode(t *testing.T) (string, *exec.Cmd) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"=1",
 		"NODE_TEST_SANDBOX="+images.sandbox.Path+"="+images.sandbox.Ref,
@@ -34,47 +84,46 @@ func TestKilledRunIsCleanedUp(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	ready := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(out)
 		for sc.Scan() {
 			line := sc.Text()
-			t.Logf("child: %s", line)
 			if name, ok := strings.CutPrefix(line, "READY "); ok {
 				ready <- name
+			} else if !strings.HasPrefix(line, "[node ") {
+				t.Logf("child: %s", line)
 			}
 		}
 		close(ready)
 	}()
-	var name string
 	select {
-	case n, ok := <-ready:
+	case name, ok := <-ready:
 		if !ok {
 			t.Fatal("the child process ended before its node was ready")
 		}
-		name = n
+		if err := node.LeftoversOf(name); err == nil {
+			t.Fatalf("the child's node %s is running, yet nothing of it was found: the leftover check cannot see a node", name)
+		}
+		return name, cmd
 	case <-time.After(4 * time.Minute):
 		t.Fatal("the child's node did not get ready in 4 minutes")
 	}
-	if err := node.LeftoversOf(name); err == nil {
-		t.Fatalf("the child's node %s is running, yet nothing of it was found: the leftover check cannot see a node", name)
-	} else {
-		t.Logf("While the child runs: %v", err)
-	}
+	return "", nil
+}
 
-	killed := time.Now()
+func kill(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if err := node.WaitSlotFree(ctx, name); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("The reaper removed node %s %s after the SIGKILL", name, time.Since(killed).Round(100*time.Millisecond))
+}
+
+// checkGone fails when anything of the node named name is left, or the host changed.
+func checkGone(t *testing.T, name string, before map[string][]string) {
+	t.Helper()
 	if err := node.LeftoversOf(name); err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +131,7 @@ func TestKilledRunIsCleanedUp(t *testing.T) {
 	if err := compareHostState(before, after); err != nil {
 		t.Fatal(err)
 	}
-	t.Log("Host after the killed run (the leftover checks; the suite's own node still runs):")
+	t.Log("Host afterwards (the leftover checks; the suite's own node still runs):")
 	for _, k := range globalHostChecks {
 		t.Logf("  %-55s %d %v", k, len(after[k]), after[k])
 	}
