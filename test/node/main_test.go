@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"sort"
 	"strings"
@@ -76,7 +77,7 @@ func testMain(m *testing.M) int {
 		code = 1
 	}
 	after := hostState()
-	if err := compareHostState(before, after); err != nil {
+	if err := compareHostState(before, after, theNode.Name()); err != nil {
 		fmt.Printf("FAIL: %v\n", err)
 		code = 1
 	}
@@ -194,8 +195,14 @@ func hostState() map[string][]string {
 
 func globs(pattern string) []string { m, _ := filepath.Glob(pattern); return m }
 
-// compareHostState fails when the host has something now that it did not have before.
-func compareHostState(before, after map[string][]string) error {
+// compareHostState fails when the host has something now that it did not have before: any change
+// of the global checks, and anything named after one of the given slots (other slots may belong
+// to a node of another test run on this machine).
+func compareHostState(before, after map[string][]string, slots ...string) error {
+	global := map[string]bool{}
+	for _, k := range globalHostChecks {
+		global[k] = true
+	}
 	var problems []string
 	for _, k := range sortedKeys(after) {
 		had := map[string]bool{}
@@ -204,7 +211,7 @@ func compareHostState(before, after map[string][]string) error {
 		}
 		var added []string
 		for _, l := range after[k] {
-			if !had[l] {
+			if !had[l] && (global[k] || namesSlot(l, slots)) {
 				added = append(added, l)
 			}
 		}
@@ -216,6 +223,16 @@ func compareHostState(before, after map[string][]string) error {
 		return fmt.Errorf("the node left things on the host:\n  %s", strings.Join(problems, "\n  "))
 	}
 	return nil
+}
+
+// namesSlot tells whether line names one of the slots (mtonode-1, not mtonode-10).
+func namesSlot(line string, slots []string) bool {
+	for _, s := range slots {
+		if regexp.MustCompile(regexp.QuoteMeta(s) + `\b`).MatchString(line) {
+			return true
+		}
+	}
+	return false
 }
 
 func sortedKeys(s map[string][]string) []string {
@@ -239,5 +256,25 @@ func waitFor(timeout, interval time.Duration, f func() error) error {
 			return fmt.Errorf("after %s: %w", timeout, err)
 		}
 		time.Sleep(interval)
+	}
+}
+
+// The leftover check itself: it must see what a node could leave, and only this run's slots.
+func TestCompareHostState(t *testing.T) {
+	before := map[string][]string{globalHostChecks[1]: {"docker0"}, "links named mtonode-*": {}}
+	for _, c := range []struct {
+		after map[string][]string
+		slots []string
+		fail  bool
+	}{
+		{map[string][]string{globalHostChecks[1]: {"docker0"}}, nil, false},
+		{map[string][]string{globalHostChecks[1]: {"docker0", "cni0"}}, nil, true},
+		{map[string][]string{"links named mtonode-*": {"7: mtonode-2@if2: <UP>"}}, []string{"mtonode-1"}, false},
+		{map[string][]string{"links named mtonode-*": {"7: mtonode-1@if2: <UP>"}}, []string{"mtonode-1"}, true},
+		{map[string][]string{"cgroups named mtonode-*": {"/sys/fs/cgroup/pids/mtonode-10"}}, []string{"mtonode-1"}, false},
+	} {
+		if err := compareHostState(before, c.after, c.slots...); (err != nil) != c.fail {
+			t.Errorf("after %v, slots %v: error %v, want failure %v", c.after, c.slots, err, c.fail)
+		}
 	}
 }

@@ -128,7 +128,7 @@ func checkGone(t *testing.T, name string, before map[string][]string) {
 		t.Fatal(err)
 	}
 	after := hostState()
-	if err := compareHostState(before, after); err != nil {
+	if err := compareHostState(before, after, name); err != nil {
 		t.Fatal(err)
 	}
 	t.Log("Host afterwards (the leftover checks; the suite's own node still runs):")
