@@ -14,6 +14,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/remotecommand"
+
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/node"
 )
 
 // TestSmoke: in a namespace enforcing the restricted Pod Security level, a pod from an imported
@@ -101,6 +103,17 @@ func TestSmoke(t *testing.T) {
 	// Only the global checks: the link, cgroups and scratch directory named after the slot exist by design.
 	if err := compareHostState(hostBefore, now); err != nil {
 		t.Errorf("while the node runs, the host shows it: %v", err)
+	}
+
+	// Nothing in the node can reach beyond this machine: its namespace has no default route.
+	routes, err := node.NodeRoutes(theNode)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range strings.Split(routes, "\n") {
+		if strings.HasPrefix(r, "default") {
+			t.Errorf("the node's network namespace has a default route: %q", r)
+		}
 	}
 
 	// The Service the pod went through is backed by the API server's address on the host.

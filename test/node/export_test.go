@@ -55,3 +55,8 @@ func ReaperOf(name string) int {
 	}
 	return 0
 }
+
+// NodeRoutes lists the IPv4 routes of the node's network namespace.
+func NodeRoutes(n *Node) (string, error) {
+	return run("nsenter", "-t", strconv.Itoa(n.holder.pid()), "-n", "ip", "-4", "route", "show", "table", "all")
+}
