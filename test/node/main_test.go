@@ -69,6 +69,10 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	code := m.Run()
+	if err := theNode.Healthy(); err != nil { // a component that died under the tests is a failure too
+		fmt.Printf("FAIL: %v\n", err)
+		code = 1
+	}
 	if code != 0 {
 		theNode.DumpLogs(os.Stdout, 20)
 	}

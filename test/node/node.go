@@ -42,7 +42,8 @@ type Options struct {
 	LogDir string
 	// Log receives progress lines and timings. Default: os.Stdout.
 	Log io.Writer
-	// StartTimeout bounds Start (default 3 minutes: a loaded 2-core machine is slow).
+	// StartTimeout bounds Start once it has a slot (default 3 minutes: a loaded 2-core machine is
+	// slow). Waiting for a slot, when all are taken, is bounded by Start's context only.
 	StartTimeout time.Duration
 	// KeepSignals leaves SIGINT/SIGTERM alone: set it in a program that handles them itself and
 	// calls Stop. By default the first SIGINT/SIGTERM stops every running node, then ends the
@@ -111,16 +112,15 @@ func Start(ctx context.Context, o Options) (*Node, error) {
 	if err := checkImages(o); err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, o.StartTimeout)
-	defer cancel()
-
 	n := &Node{o: o}
 	n.logf = func(format string, args ...any) {
 		fmt.Fprintf(o.Log, "[node %s] %s\n", n.l.name, fmt.Sprintf(format, args...))
 	}
-	if err := n.takeSlot(ctx); err != nil {
+	if err := n.takeSlot(ctx); err != nil { // waits as long as ctx allows when all slots are taken
 		return nil, err
 	}
+	ctx, cancel := context.WithTimeout(ctx, o.StartTimeout)
+	defer cancel()
 	if err := n.startReaper(); err != nil {
 		n.lock.Close()
 		return nil, err
@@ -582,7 +582,7 @@ func (n *Node) Healthy() error { return n.anyExited() }
 // kubelet looks); pods then use it without any registry (imagePullPolicy Never or IfNotPresent).
 func (n *Node) ImportImage(ctx context.Context, path string) error {
 	t := time.Now()
-	if _, err := run("ctr", "-a", n.l.containerdSocket(), "-n", "k8s.io", "images", "import", path); err != nil {
+	if _, err := runCtx(ctx, "ctr", "-a", n.l.containerdSocket(), "-n", "k8s.io", "images", "import", path); err != nil {
 		return fmt.Errorf("importing %s: %w", path, err)
 	}
 	n.logf("Imported %s in %s", filepath.Base(path), round(time.Since(t)))

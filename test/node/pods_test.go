@@ -58,27 +58,39 @@ func secretWith(ns, name, value string) *corev1.Secret {
 	}
 }
 
-// waitRunning waits until the pod's container runs, failing early with the reason when the pod
-// cannot start (an image or security-context error does not heal by waiting).
+// hopeless are the waiting reasons that no amount of waiting heals here: the image is imported or
+// not, and the probe never exits on its own.
+var hopeless = map[string]bool{"ErrImageNeverPull": true, "InvalidImageName": true, "CrashLoopBackOff": true}
+
+// waitRunning waits until the pod's container runs; it fails at once when the pod cannot start,
+// and otherwise says on timeout where the pod was stuck (a loaded machine only makes it slower).
 func waitRunning(ctx context.Context, c kubernetes.Interface, ns, name string, timeout time.Duration) error {
-	return waitFor(timeout, 250*time.Millisecond, func() error {
+	var fatal error
+	err := waitFor(timeout, 250*time.Millisecond, func() error {
 		pod, err := c.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return err
 		}
 		for _, st := range pod.Status.ContainerStatuses {
-			if st.State.Running != nil {
+			switch {
+			case st.State.Running != nil:
 				return nil
-			}
-			if w := st.State.Waiting; w != nil && w.Reason != "ContainerCreating" {
-				return fmt.Errorf("pod %s/%s: %s: %s", ns, name, w.Reason, w.Message)
-			}
-			if t := st.State.Terminated; t != nil {
-				return fmt.Errorf("pod %s/%s: container exited %d (%s)", ns, name, t.ExitCode, t.Reason)
+			case st.State.Waiting != nil && hopeless[st.State.Waiting.Reason]:
+				fatal = fmt.Errorf("pod %s/%s: %s: %s", ns, name, st.State.Waiting.Reason, st.State.Waiting.Message)
+				return nil
+			case st.State.Terminated != nil:
+				fatal = fmt.Errorf("pod %s/%s: container exited %d (%s)", ns, name, st.State.Terminated.ExitCode, st.State.Terminated.Reason)
+				return nil
+			case st.State.Waiting != nil:
+				return fmt.Errorf("pod %s/%s: %s: %s", ns, name, st.State.Waiting.Reason, st.State.Waiting.Message)
 			}
 		}
 		return fmt.Errorf("pod %s/%s is %s", ns, name, pod.Status.Phase)
 	})
+	if fatal != nil {
+		return fatal
+	}
+	return err
 }
 
 // podLog reads a pod's log through the API server (pods/log: API server -> kubelet -> containerd).

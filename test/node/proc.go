@@ -13,10 +13,15 @@ import (
 	"time"
 )
 
-// run runs a short command and returns its output, or an error that includes the output.
+// run runs a short command (at most 2 minutes) and returns its output, or an error that includes
+// the output.
 func run(name string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	return runCtx(ctx, name, args...)
+}
+
+func runCtx(ctx context.Context, name string, args ...string) (string, error) {
 	if p, err := lookPath(name); err == nil {
 		name = p
 	}
@@ -50,7 +55,7 @@ func (l layout) nodeEnv() []string {
 }
 
 // startProc starts a component with its output in logDir/<name>.log, in its own process group
-// (so a terminal's Ctrl-C reaches the test process, which stops the node in order).
+// (so that a terminal's Ctrl-C reaches only the test process, which then stops the node in order).
 func startProc(l layout, logDir, name string, argv []string, mod func(*exec.Cmd)) (*proc, error) {
 	logPath := filepath.Join(logDir, name+".log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
