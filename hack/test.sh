@@ -38,7 +38,7 @@ hack/packaging-tools.sh | tail -n 5
 # Debian packages containerd, runc, containernetworking-plugins and iptables: it fails in one line
 # naming what is missing.
 echo "==> node binaries (kubelet, kube-controller-manager, kube-scheduler, kube-proxy)"
-hack/build-envtest.sh node | tail -n 3
+hack/build-envtest.sh node   # not tailed: a cold build prints its progress every minute
 # --- end of the node block ---------------------------------------------------------------------
 
 echo "==> go vet"
