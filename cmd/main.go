@@ -45,13 +45,19 @@ func main() {
 	flag.IntVar(&o.KeycloakLimits.Burst, "keycloak-burst", o.KeycloakLimits.Burst, "Burst above --keycloak-qps.")
 	flag.Float64Var(&o.KeycloakLimits.PerHostQPS, "keycloak-qps-per-host", o.KeycloakLimits.PerHostQPS, "Most requests per second to one Keycloak (base URL) (0: unlimited).")
 	flag.IntVar(&o.KeycloakLimits.PerHostBurst, "keycloak-burst-per-host", o.KeycloakLimits.PerHostBurst, "Burst above --keycloak-qps-per-host.")
-	var namespaces string
+	var namespaces, allowedHosts string
 	flag.StringVar(&namespaces, "namespaces", "", "Comma-separated namespaces to watch (default: all). The operator then needs permissions only in these namespaces.")
+	flag.StringVar(&o.Reconciler.ClusterResourceNamespace, "cluster-resource-namespace", "", "Namespace of the Secrets and ConfigMaps that ClusterKeycloakIssuers reference (default: the operator's own, $POD_NAMESPACE).")
+	flag.BoolVar(&o.Reconciler.Guardrails.AllowInsecureHTTP, "allow-insecure-http", false, "Let every resource use plain http:// Keycloak URLs: credentials and tokens then cross the network in clear text. Without it, only ClusterKeycloakIssuers with allowInsecureHTTP may.")
+	flag.StringVar(&allowedHosts, "allowed-keycloak-hosts", "", "Comma-separated Keycloak hosts the operator may talk to: exact host names, or suffixes beginning with a dot (.example.com). Default: any. No request leaves for any other host.")
+	flag.DurationVar(&o.IssuerRecheckInterval, "issuer-recheck-interval", 5*time.Minute, "How often issuers' realms are checked again (failing ones ten times as often, at least every 30 s).")
+	flag.DurationVar(&o.Reconciler.ServiceAccountTokenLifetime, "serviceaccount-token-lifetime", o.Reconciler.ServiceAccountTokenLifetime, "Lifetime asked for the service-account tokens that authenticate clients (10m to 1h: Kubernetes' minimum, Keycloak's maximum); each is reused for two thirds of it.")
 	zopts := zap.Options{}
 	zopts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	o.QPS = float32(qps)
 	o.Namespaces = splitList(namespaces)
+	o.Reconciler.Guardrails.AllowedHosts = splitList(allowedHosts)
 
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))
 	setupLog := ctrl.Log.WithName("setup")

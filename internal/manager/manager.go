@@ -13,6 +13,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -88,10 +89,18 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		LeaderElection:          o.LeaderElection,
 		LeaderElectionID:        "mlflow-token-operator.auth.mlflow-token-operator.io",
 		LeaderElectionNamespace: o.LeaderElectionNamespace,
-		LeaseDuration:           nonZero(o.LeaseDuration),
-		RenewDeadline:           nonZero(o.RenewDeadline),
-		RetryPeriod:             nonZero(o.RetryPeriod),
-		Cache:                   cacheOptions(o.Namespaces),
+		// A graceful stop hands the Lease over at once instead of making the standby wait out the
+		// lease duration (15.9–17.8 s measured on a real node without this). It is safe only if
+		// nothing reconciles after the release: the manager stops its controllers first, waiting
+		// up to GracefulShutdownTimeout for in-flight reconciles (a refresh redemption included),
+		// then releases the Lease, and cmd/main.go exits as soon as Start returns. The pod's
+		// terminationGracePeriodSeconds (30) leaves room for that wait.
+		LeaderElectionReleaseOnCancel: true,
+		GracefulShutdownTimeout:       ptr.To(20 * time.Second),
+		LeaseDuration:                 nonZero(o.LeaseDuration),
+		RenewDeadline:                 nonZero(o.RenewDeadline),
+		RetryPeriod:                   nonZero(o.RetryPeriod),
+		Cache:                         cacheOptions(o.Namespaces),
 	})
 	if err != nil {
 		return nil, err
