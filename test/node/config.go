@@ -114,10 +114,12 @@ func (l layout) kubeletConfig(p *pki, syncFrequency time.Duration) ([]byte, erro
 		// the kubelet fails rather than write, should that ever stop working.
 		"protectKernelDefaults": true,
 		"oomScoreAdj":           0, // -999 needs CAP_SYS_RESOURCE
-		"clusterDomain":         "cluster.local",
-		// No cluster DNS: pods get no nameserver instead of this machine's (which would send their
-		// lookups to another host). Pods address the API server and host services by IP.
-		"resolvConf": "",
+		// The cluster DNS: CoreDNS on HostIP (see corefile). resolvConf "" keeps this machine's
+		// nameservers and search domains out of the pods (they would send lookups to another host):
+		// pods resolve cluster names (<service>.<namespace>.svc) and nothing else.
+		"clusterDomain": clusterDomain,
+		"clusterDNS":    []string{l.hostIP.String()},
+		"resolvConf":    "",
 		// Images are imported, never pulled: image GC must never delete one, and a shared machine's
 		// full disk must not evict the test pods.
 		"imageGCHighThresholdPercent": 100,
@@ -134,6 +136,24 @@ func (l layout) kubeletConfig(p *pki, syncFrequency time.Duration) ([]byte, erro
 		cfg["syncFrequency"] = syncFrequency.String()
 	}
 	return yaml.Marshal(cfg)
+}
+
+// clusterDomain is the cluster's DNS domain, as in most clusters.
+const clusterDomain = "cluster.local"
+
+// corefile configures CoreDNS as production clusters run it for cluster names: the kubernetes
+// plugin answers <service>.<namespace>.svc.cluster.local (and reverse lookups) from the API
+// server. It listens on HostIP only; other names get REFUSED (no forwarding: nothing in the node
+// may reach beyond this machine).
+func (l layout) corefile(kubeconfig string) string {
+	return fmt.Sprintf(`%[1]s:53 in-addr.arpa:53 ip6.arpa:53 {
+    bind %[2]s
+    errors
+    kubernetes %[1]s in-addr.arpa ip6.arpa {
+        kubeconfig %[3]s
+    }
+}
+`, clusterDomain, l.hostIP.String(), kubeconfig)
 }
 
 // kubeProxyConfig: iptables mode in the node's network namespace. The conntrack settings are

@@ -1,6 +1,6 @@
 // Package node runs a real single-node Kubernetes cluster on this machine for tests and demos:
-// etcd, kube-apiserver, kube-controller-manager, kube-scheduler, containerd, kubelet and
-// kube-proxy, with pods from locally built image tarballs (no registry, no Docker).
+// etcd, kube-apiserver, kube-controller-manager, kube-scheduler, containerd, kubelet, kube-proxy
+// and CoreDNS, with pods from locally built image tarballs (no registry, no Docker).
 //
 // # Use
 //
@@ -14,6 +14,7 @@
 //	n.RESTConfig(), n.Client()      // the same, for Go clients
 //	n.HostIP()                      // an address of this machine that pods reach: Keycloak and MLflow listen here
 //	n.ImportImage(ctx, "x.tar")     // more images, any time
+//	n.KillContainer(ctx, id, syscall.SIGKILL) // a crash: the container's main process killed through containerd
 //	n.EnsureNamespace(ctx, "ns", map[string]string{"pod-security.kubernetes.io/enforce": "restricted"})
 //	n.DumpLogs(os.Stdout, 30)       // the components' last log lines, for a failing test
 //
@@ -58,8 +59,10 @@
 //
 //   - One node, which runs the control plane's clients as host processes, not static pods; etcd
 //     without TLS on loopback, with fsync off.
-//   - No cluster DNS (no CoreDNS) and no nameserver in pods: address services by IP (the
-//     `kubernetes` Service through KUBERNETES_SERVICE_HOST, host services through HostIP).
+//   - The cluster DNS is CoreDNS with its kubernetes plugin only (hack/tools/coredns), on the host
+//     side at HostIP, which the kubelet gives pods as their nameserver (not a kube-dns Service's
+//     ClusterIP). It answers cluster names (<service>.<namespace>.svc.cluster.local) and refuses
+//     every other name (no forwarding): host services are addressed by IP (HostIP).
 //   - No image registry and no pulls: image GC is off (a removed image could not come back) and
 //     disk-pressure eviction thresholds are 1 %.
 //   - The kubelet sees the kernel settings it wants (panic_on_oops=1, overcommit_memory=1, ...)

@@ -302,7 +302,11 @@ func (n *Node) writeConfigs() error {
 	if err != nil {
 		return err
 	}
+	// CoreDNS watches Services and EndpointSlices: the admin identity (a test cluster's DNS;
+	// production gives it a ClusterRole that reads only those).
+	coredns := l.corefile(p.file("admin.kubeconfig"))
 	for path, data := range map[string][]byte{
+		l.path("Corefile"): []byte(coredns),
 		l.path("cni", "net.d", "10-"+l.name+".conflist"): cni,
 		l.path("containerd", "config.toml"):              []byte(l.containerdConfig(n.o.SandboxImage.Ref)),
 		l.path("kubelet", "config.yaml"):                 kubelet,
@@ -512,6 +516,8 @@ func (n *Node) startNodeComponents() error {
 			"--node-ip="+l.nodeIP.String(),
 		)},
 		{"kube-proxy", inSandbox(n.holder.pid(), bin("kube-proxy"), "--config="+l.path("kube-proxy.yaml"))},
+		// The cluster DNS, on the host side at HostIP (the kubelet's clusterDNS), where pods reach it.
+		{"coredns", []string{bin("coredns"), "-conf", l.path("Corefile")}},
 	}
 	for _, s := range starts {
 		pr, err := startProc(l, n.logDir, s.name, s.argv, nil)
@@ -546,6 +552,11 @@ func (n *Node) waitReady(ctx context.Context) error {
 		return err
 	}
 	n.logf("Node %s Ready %s after the kubelet started", n.l.name, round(time.Since(t)))
+	// The cluster DNS answers for the kubernetes Service (CoreDNS has synced with the API server).
+	dns := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, net.JoinHostPort(n.l.hostIP.String(), "53"))
+	}}
 	return poll(ctx, nil, 200*time.Millisecond, func() error {
 		if err := n.anyExited(); err != nil {
 			return permanent(err)
@@ -553,8 +564,18 @@ func (n *Node) waitReady(ctx context.Context) error {
 		if _, err := n.client.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{}); err != nil {
 			return err
 		}
-		_, err := n.client.CoreV1().ConfigMaps("default").Get(ctx, "kube-root-ca.crt", metav1.GetOptions{})
-		return err
+		if _, err := n.client.CoreV1().ConfigMaps("default").Get(ctx, "kube-root-ca.crt", metav1.GetOptions{}); err != nil {
+			return err
+		}
+		name := "kubernetes.default.svc." + clusterDomain
+		addrs, err := dns.LookupHost(ctx, name)
+		if err != nil {
+			return fmt.Errorf("cluster DNS: %w", err)
+		}
+		if len(addrs) != 1 || addrs[0] != n.l.serviceIP.String() {
+			return fmt.Errorf("cluster DNS: %s is %v, want %s", name, addrs, n.l.serviceIP)
+		}
+		return nil
 	})
 }
 
@@ -587,6 +608,22 @@ func (n *Node) ImportImage(ctx context.Context, path string) error {
 	}
 	n.logf("Imported %s in %s", filepath.Base(path), round(time.Since(t)))
 	return nil
+}
+
+// KillContainer sends sig to the main process of a running container, through containerd, as a
+// crash or the kernel's OOM killer would end it (SIGKILL: no chance to clean up). containerID is
+// a pod's status.containerStatuses[].containerID ("containerd://<id>") or the bare id. The kubelet
+// sees the container exit and restarts it as the pod's restartPolicy says.
+func (n *Node) KillContainer(ctx context.Context, containerID string, sig syscall.Signal) error {
+	id, found := strings.CutPrefix(containerID, "containerd://")
+	if !found && strings.Contains(containerID, "://") {
+		return fmt.Errorf("container %s does not run in containerd", containerID)
+	}
+	if id == "" {
+		return errors.New("no container id (has the container started?)")
+	}
+	_, err := runCtx(ctx, "ctr", "-a", n.l.containerdSocket(), "-n", "k8s.io", "tasks", "kill", "--signal", strconv.Itoa(int(sig)), id)
+	return err
 }
 
 // Stop stops every process of the node (pods included) and removes everything it created:

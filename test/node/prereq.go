@@ -9,8 +9,8 @@ import (
 	"strings"
 )
 
-// Components built from k8s.io/kubernetes (and etcd) by hack/build-envtest.sh.
-var kubeBinaries = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"}
+// Components built from k8s.io/kubernetes (and etcd, and CoreDNS) by hack/build-envtest.sh.
+var kubeBinaries = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "coredns"}
 
 // debianParts maps what the node runs from this machine to the Debian package that ships it.
 var debianParts = []struct{ path, pkg string }{
