@@ -10,6 +10,11 @@ the environment alone, exactly as in a pod:
 
 --mode plugin keeps going after a failure (the test requires that there is none); --mode stock
 stops at the first failure, which is the point: that is when its captured token expired.
+
+--artifact-every N also uploads a small text artifact every N steps (through the tracking
+server's artifact proxy, `mlflow server --serve-artifacts`) and lists the run's artifacts at the
+end. --out - prints the result as one line "RESULT <json>" on stdout instead of a file: a pod's
+log is how the node test (test/cluster) reads it.
 """
 
 import argparse
@@ -28,7 +33,8 @@ def main():
     ap.add_argument("--experiment", required=True)
     ap.add_argument("--duration", type=float, required=True)
     ap.add_argument("--interval", type=float, default=3.0)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="result file, or - for a RESULT line on stdout")
+    ap.add_argument("--artifact-every", type=int, default=0, help="upload an artifact every N steps (0: none)")
     args = ap.parse_args()
 
     if args.mode == "plugin":
@@ -98,8 +104,11 @@ def main():
 
     def finish(code):
         result["elapsed"] = round(time.monotonic() - start, 2)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+        if args.out == "-":
+            print("RESULT " + json.dumps(result, separators=(",", ":")), flush=True)
+        else:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=1)
         sys.exit(code)
 
     client = mlflow.MlflowClient()
@@ -119,6 +128,11 @@ def main():
     while time.monotonic() - start < args.duration:
         ok = call(f"log_param lr_{step}", lambda: client.log_param(run_id, f"lr_{step}", 0.01 * (step + 1)))
         ok = call(f"log_metric loss step={step}", lambda: client.log_metric(run_id, "loss", 1.0 / (step + 1), step=step)) and ok
+        if args.artifact_every and step % args.artifact_every == 0:
+            path = f"checkpoints/step-{step}.txt"
+            ok = call(f"log_text {path}", lambda: client.log_text(run_id, f"step {step}\n", path)) and ok
+            if ok:
+                result["artifacts_logged"] = result.get("artifacts_logged", 0) + 1
         if not ok and args.mode == "stock":
             finish(0)
         step += 1
@@ -130,6 +144,10 @@ def main():
     call("get_metric_history", lambda: hist.update(h=client.get_metric_history(run_id, "loss")))
     result["steps"] = step
     result["metric_points"] = len(hist.get("h") or [])
+    if args.artifact_every:
+        listed = {}
+        call("list_artifacts checkpoints", lambda: listed.update(a=client.list_artifacts(run_id, "checkpoints")))
+        result["artifacts_listed"] = len(listed.get("a") or [])
     finish(0 if all(c["ok"] for c in result["calls"]) else 1)
 
 

@@ -1,0 +1,247 @@
+// Package cluster runs the operator as users run it: from its own image and Helm chart (and from
+// dist/install.yaml), on a real single node (test/node: kubelet, containerd, runc, kube-proxy,
+// controller-manager, scheduler), against a real Keycloak and a real MLflow server with
+// mlflow-oidc-auth, both listening on the node's HostIP, where pods reach them by IP.
+//
+// Tests: TestChart (helm install into a restricted namespace, tokens, helm test, helm upgrade to
+// two replicas, leader failover by pod deletion and by SIGKILL, training jobs in pods, helm
+// uninstall with its revoking hook, namespaces deleted afterwards) and TestInstallYAML (the same
+// operator from dist/install.yaml). Each step prints its time; TestMain prints them all at the end.
+//
+// Needs root, the node's binaries and Debian packages (see test/node), the images
+// bin/images/{operator,pause,training-job}.tar (`make images`), bin/tools/helm and kustomize
+// (hack/packaging-tools.sh), KEYCLOAK_HOME and MLFLOW_VENV: `make test` provides all of them.
+// Without one, the suite fails in one line that names the command to run; it never skips.
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/node"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
+)
+
+// The images `make images` builds (hack/images.sh), under the names the chart and the installer
+// use by default, so the node runs them without any pull.
+const (
+	operatorImage = "ghcr.io/mlflow-token-operator/mlflow-token-operator:v0.1.0"
+	pauseImage    = "localhost/mlflow-token-operator/pause:v0.1.0"
+	trainingImage = "localhost/mlflow-token-operator/training-job:v0.1.0"
+)
+
+// EnvVenv names the MLflow virtualenv built by hack/mlflow-venv.sh (the MLflow server runs from it).
+const EnvVenv = "MLFLOW_VENV"
+
+var (
+	theNode  *node.Node
+	cs       kubernetes.Interface // cluster-admin clientset
+	k8s      client.Client        // cluster-admin, with the operator's types
+	kc       *keycloak.Server
+	kcURL    string // Keycloak's HTTPS base URL, as the operator and MLflow use it
+	caPEM    []byte // the CA that signed Keycloak's certificate: spec.keycloak.caBundle
+	mlflow   *mlflowServer
+	helmBin  string
+	repoRoot = testenv.RepoRoot()
+	times    = &stepTimes{}
+)
+
+func TestMain(m *testing.M) { os.Exit(run(m)) }
+
+func run(m *testing.M) int {
+	fail := func(format string, a ...any) int {
+		fmt.Printf("FAIL: "+format+"\n", a...)
+		return 1
+	}
+	images, err := preflight()
+	if err != nil {
+		return fail("%v", err)
+	}
+	begin := time.Now()
+	logDir := filepath.Join(repoRoot, "bin", "cluster-logs")
+	_ = os.RemoveAll(logDir)
+	theNode, err = node.Start(context.Background(), node.Options{
+		SandboxImage: images[0],
+		Images:       images[1:],
+		LogDir:       logDir,
+	})
+	if err != nil {
+		return fail("%v\n(component logs: %s)", err, logDir)
+	}
+	t := theNode.Timings()
+	times.add("node start (control plane, node Ready, images imported)", t.Total)
+	code := func() int {
+		cs = theNode.Client()
+		sch := scheme.New()
+		utilruntime.Must(apiextensionsv1.AddToScheme(sch))
+		if k8s, err = client.New(theNode.RESTConfig(), client.Options{Scheme: sch}); err != nil {
+			return fail("%v", err)
+		}
+		stop, err := startServers(logDir)
+		defer stop()
+		if err != nil {
+			return fail("%v", err)
+		}
+		times.add("Keycloak and MLflow start (side by side, after the node)", time.Since(begin)-t.Total)
+		code := m.Run()
+		if err := theNode.Healthy(); err != nil { // a component that died under the tests fails the suite
+			fmt.Printf("FAIL: %v\n", err)
+			code = 1
+		}
+		if code != 0 {
+			theNode.DumpLogs(os.Stdout, 30)
+			fmt.Printf("Keycloak log: %s\nMLflow log: %s\n", kc.LogPath(), mlflow.LogPath)
+		}
+		return code
+	}()
+	if err := theNode.Stop(); err != nil {
+		fmt.Printf("FAIL: %v\n", err)
+		code = 1
+	}
+	times.print(os.Stdout, time.Since(begin))
+	return code
+}
+
+// preflight says in one line what is missing and which command provides it. It returns the
+// images to import: the sandbox image first.
+func preflight() ([]node.Image, error) {
+	if err := node.Preflight(node.Options{BinDir: os.Getenv("KUBEBUILDER_ASSETS")}); err != nil {
+		return nil, fmt.Errorf("the node cannot run on this machine: %w", err)
+	}
+	if keycloak.HomeFromEnv() == "" {
+		return nil, errors.New("KEYCLOAK_HOME is not set: run the tests with `make test` (hack/keycloak.sh installs Keycloak)")
+	}
+	venv := os.Getenv(EnvVenv)
+	if venv == "" {
+		return nil, fmt.Errorf("%s is not set: run the tests with `make test` (hack/mlflow-venv.sh builds the MLflow virtualenv)", EnvVenv)
+	}
+	if _, err := os.Stat(filepath.Join(venv, "bin", "mlflow")); err != nil {
+		return nil, fmt.Errorf("%s=%s has no bin/mlflow: run hack/mlflow-venv.sh", EnvVenv, venv)
+	}
+	helmBin = filepath.Join(repoRoot, "bin", "tools", "helm")
+	for _, tool := range []string{helmBin, filepath.Join(repoRoot, "bin", "tools", "kustomize")} {
+		if _, err := os.Stat(tool); err != nil {
+			return nil, fmt.Errorf("%s is missing: run hack/packaging-tools.sh (or the tests with `make test`)", tool)
+		}
+	}
+	var images []node.Image
+	for _, img := range []struct{ file, ref string }{
+		{"pause.tar", pauseImage}, {"operator.tar", operatorImage}, {"training-job.tar", trainingImage},
+	} {
+		p := filepath.Join(repoRoot, "bin", "images", img.file)
+		if _, err := os.Stat(p); err != nil {
+			return nil, fmt.Errorf("image %s is missing (%s): run `make images` (or the tests with `make test`)", img.ref, p)
+		}
+		images = append(images, node.Image{Path: p, Ref: img.ref})
+	}
+	return images, nil
+}
+
+// startServers starts Keycloak (HTTPS, with a CA of this test run) and MLflow on the node's
+// HostIP, side by side. The test process trusts the CA from then on (http.DefaultTransport).
+func startServers(logDir string) (stop func(), err error) {
+	dir, err := os.MkdirTemp("", "cluster-test-")
+	if err != nil {
+		return func() {}, err
+	}
+	var stops []func()
+	stop = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+		os.RemoveAll(dir)
+	}
+	host := theNode.HostIP()
+	ca, err := newTLSFiles(dir, host)
+	if err != nil {
+		return stop, err
+	}
+	caPEM = ca.caPEM
+	pool, err := x509.SystemCertPool()
+	if err != nil {
+		pool = x509.NewCertPool()
+	}
+	pool.AppendCertsFromPEM(caPEM)
+	http.DefaultTransport.(*http.Transport).TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+
+	realms, err := realmFiles(dir)
+	if err != nil {
+		return stop, err
+	}
+	// Ports chosen up front: MLflow's OIDC settings name Keycloak's URL before Keycloak is up
+	// (mlflow-oidc-auth fetches the keys only at the first bearer request).
+	var ports [3]int
+	for i := range ports {
+		if ports[i], err = freePort(host); err != nil {
+			return stop, err
+		}
+	}
+	kcURL = "https://" + net.JoinHostPort(host, strconv.Itoa(ports[1]))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var wg sync.WaitGroup
+	var kcErr, mlErr error
+	var kcTime, mlTime time.Duration
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		t := time.Now()
+		kc, kcErr = keycloak.Start(ctx, keycloak.Options{
+			Host: host, Port: ports[0], HTTPSPort: ports[1],
+			TLSCertFile: ca.certFile, TLSKeyFile: ca.keyFile,
+			RealmFiles: realms,
+			LogFile:    filepath.Join(logDir, "keycloak.log"),
+		})
+		kcTime = time.Since(t)
+	}()
+	go func() {
+		defer wg.Done()
+		t := time.Now()
+		mlflow, mlErr = startMLflow(ctx, host, kcURL, ca.caFile, filepath.Join(logDir, "mlflow.log"))
+		mlTime = time.Since(t)
+	}()
+	wg.Wait()
+	if kc != nil {
+		stops = append(stops, kc.Close)
+	}
+	if mlflow != nil {
+		stops = append(stops, mlflow.Stop)
+	}
+	if err := errors.Join(kcErr, mlErr); err != nil {
+		return stop, err
+	}
+	if kc.HTTPSURL() != kcURL {
+		return stop, fmt.Errorf("keycloak serves HTTPS at %s, want %s", kc.HTTPSURL(), kcURL)
+	}
+	fmt.Printf("Keycloak ready at %s in %s; MLflow (mlflow-oidc-auth) ready at %s in %s\n",
+		kcURL, kcTime.Round(100*time.Millisecond), mlflow.URL, mlTime.Round(100*time.Millisecond))
+	return stop, nil
+}
+
+func freePort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
