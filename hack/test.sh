@@ -39,6 +39,11 @@ hack/packaging-tools.sh | tail -n 5
 # naming what is missing.
 echo "==> node binaries (kubelet, kube-controller-manager, kube-scheduler, kube-proxy)"
 hack/build-envtest.sh node   # not tailed: a cold build prints its progress every minute
+# The images test/cluster runs on the node: bin/images/{operator,pause,training-job}.tar. Cached by
+# stamps over their sources, so the operator image always holds this tree's operator (rebuilt in
+# seconds to a few minutes when its code changed). The training image needs root and debootstrap.
+echo "==> images (operator, pause, training-job)"
+hack/images.sh all   # not tailed: a long step prints a line every 30 s
 # --- end of the node block ---------------------------------------------------------------------
 
 echo "==> go vet"
@@ -48,8 +53,13 @@ echo "==> go test"
 # One package at a time: several packages each start their own API server and Keycloak (and
 # test/e2e an MLflow server); on a 2-core machine running them side by side only makes each slower
 # and their timing noisier. The packages without servers take seconds anyway.
-go test -p 1 -count=1 -timeout 60m $(go list ./... | grep -v '/test/node$') "$@"
+go test -p 1 -count=1 -timeout 60m $(go list ./... | grep -v -e '/test/node$' -e '/test/cluster$') "$@"
 # Verbose, so that its figures print (node start time, Secret volume propagation); about 2-3 min.
 echo "==> the single-node suite (test/node)"
 go test -count=1 -timeout 20m -v ./test/node/ "$@" | grep -vE '^=== (RUN|PAUSE|CONT)'
+# The operator from its image and chart on a node (and from dist/install.yaml): install, token,
+# helm test, upgrade, failovers, training jobs in pods, uninstall. Verbose for its step times and
+# figures (printed again together at the end); about 12 min, most of it the training job.
+echo "==> the operator on a real node (test/cluster)"
+go test -count=1 -timeout 30m -v ./test/cluster/ "$@" | grep -vE '^=== (RUN|PAUSE|CONT)'
 echo "==> all tests passed in $(( $(date +%s) - start ))s"

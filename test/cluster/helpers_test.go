@@ -356,6 +356,21 @@ func operatorLog(ctx context.Context, ns, pod string, previous bool) ([]logLine,
 	return lines, string(data), nil
 }
 
+// dumpOnFailure prints the end of an operator pod's log when the test has failed.
+func dumpOnFailure(t *testing.T, ns, pod string) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		_, raw, err := operatorLog(context.Background(), ns, pod, false)
+		if err != nil {
+			t.Logf("the log of %s/%s: %v", ns, pod, err)
+			return
+		}
+		t.Logf("the log of %s/%s ends:\n%s", ns, pod, lastLines(raw, 40))
+	})
+}
+
 // tapLogs copies the logs of every container started in ns, as it runs, to dir (one file per
 // pod, container and restart): a deleted pod's log survives there for a failing test's reader.
 func tapLogs(ctx context.Context, ns, dir string) {

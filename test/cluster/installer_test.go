@@ -74,7 +74,11 @@ func TestInstallYAML(t *testing.T) {
 		t.Fatal("install.yaml has no Deployment")
 	}
 	opNS := deploy.GetNamespace()
+	tapCtx, stopTap := context.WithCancel(ctx)
+	defer stopTap()
+	tapLogs(tapCtx, opNS, filepath.Join(repoRoot, "bin", "cluster-logs", "pods"))
 	pods := waitDeployment(t, opNS, deploy.GetName(), 1, 3*time.Minute)
+	dumpOnFailure(t, opNS, pods[0].Name)
 	times.add("install.yaml applied -> operator pod Ready", time.Since(start))
 	if img := pods[0].Spec.Containers[0].Image; img != operatorImage {
 		t.Errorf("the operator runs %s, want %s", img, operatorImage)

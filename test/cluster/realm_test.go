@@ -80,6 +80,10 @@ func realmFiles(dir string) ([]string, error) {
 		if r.events {
 			realm["eventsEnabled"] = true
 			realm["eventsExpiration"] = 3600
+			// Keycloak stores refreshes, their errors and introspections only when asked by
+			// name (they are not among the types it saves by default).
+			realm["enabledEventTypes"] = []string{"LOGIN", "LOGIN_ERROR", "REFRESH_TOKEN", "REFRESH_TOKEN_ERROR",
+				"INTROSPECT_TOKEN", "INTROSPECT_TOKEN_ERROR", "CLIENT_LOGIN", "CLIENT_LOGIN_ERROR", "LOGOUT"}
 		}
 		data, err = json.MarshalIndent(realm, "", " ")
 		if err != nil {
