@@ -121,6 +121,15 @@ func (o *listOptions) run(cmd *cobra.Command) error {
 	for i := range list.Items {
 		list.Items[i].SetGroupVersionKind(authv1alpha1.GroupVersion.WithKind("MLflowAccessToken"))
 	}
+	if format == "name" {
+		// cli-runtime's name printer takes objects, not lists (kubectl get flattens them too).
+		for i := range list.Items {
+			if err := printer.PrintObj(&list.Items[i], o.streams.Out); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	return printer.PrintObj(list, o.streams.Out)
 }
 

@@ -166,9 +166,11 @@ func (o *requestOptions) run(ctx context.Context, names []string) error {
 type pending struct {
 	key   types.NamespacedName
 	value string
-	// before is the failure state before the request: a change means the operator tried.
-	failedBefore int32
-	failureAt    *metav1.Time
+	// attempts and failureAt are the failure state last seen; failures counts the failed
+	// attempts seen since the request.
+	attempts  int32
+	failureAt *metav1.Time
+	failures  int
 }
 
 // requestAndWait sets the request annotation on each object and, with wait, polls until the
@@ -179,12 +181,16 @@ func requestAndWait(ctx context.Context, c client.Client, objs []*authv1alpha1.M
 	var errs []error
 	var waiting []*pending
 	for _, obj := range objs {
-		p := &pending{
-			key:   client.ObjectKeyFromObject(obj),
-			value: now().UTC().Format(time.RFC3339Nano), failedBefore: obj.Status.FailedAttempts, failureAt: obj.Status.LastFailureTime,
+		p := &pending{key: client.ObjectKeyFromObject(obj), value: now().UTC().Format(time.RFC3339Nano)}
+		// The failure state right before the request (obj may have been read minutes ago).
+		fresh := &authv1alpha1.MLflowAccessToken{}
+		if err := c.Get(ctx, p.key, fresh); err != nil {
+			errs = append(errs, apiError(err, p.key.Namespace, p.key.Name))
+			continue
 		}
+		p.attempts, p.failureAt = fresh.Status.FailedAttempts, fresh.Status.LastFailureTime
 		patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{req.annotation: p.value}}})
-		if err := c.Patch(ctx, obj, client.RawPatch(types.MergePatchType, patch)); err != nil {
+		if err := c.Patch(ctx, fresh, client.RawPatch(types.MergePatchType, patch)); err != nil {
 			errs = append(errs, fmt.Errorf("requesting the %s of mlflowaccesstoken %s: %w", req.noun, p.key, apiError(err, p.key.Namespace, p.key.Name)))
 			continue
 		}
@@ -249,8 +255,19 @@ func check(ctx context.Context, c client.Client, p *pending, req request, now ti
 			s.SecretName, whenShort(s.ExpiresAt, now), whenShort(s.RenewalTime, now))
 		return true, nil
 	}
-	tried := s.FailedAttempts != p.failedBefore || !s.LastFailureTime.Equal(p.failureAt)
-	if cnd := meta.FindStatusCondition(s.Conditions, authv1alpha1.ConditionRenewalFailing); tried && s.FailedAttempts > 0 &&
+	// A failed attempt since the last look: more attempts in a row, or a new failure time
+	// (after a success in between, the count restarts).
+	if s.FailedAttempts > 0 && (s.FailedAttempts != p.attempts || !s.LastFailureTime.Equal(p.failureAt)) {
+		if s.FailedAttempts > p.attempts {
+			p.failures += int(s.FailedAttempts - p.attempts)
+		} else {
+			p.failures++
+		}
+	}
+	p.attempts, p.failureAt = s.FailedAttempts, s.LastFailureTime
+	// One failure may come from an attempt that began before the request (it read the inputs
+	// before they changed, e.g. before bootstrap wrote its token); a second one cannot.
+	if cnd := meta.FindStatusCondition(s.Conditions, authv1alpha1.ConditionRenewalFailing); p.failures >= 2 &&
 		cnd != nil && cnd.Status == metav1.ConditionTrue && !transientReasons[cnd.Reason] {
 		return false, fmt.Errorf("mlflowaccesstoken %s: the operator acted on the %s request but could not obtain a new token: %s: %s",
 			p.key, req.noun, cnd.Reason, cnd.Message)
