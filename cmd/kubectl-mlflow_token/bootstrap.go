@@ -204,10 +204,12 @@ func explainDeviceError(err error, acc *keycloakAccess, doing string) error {
 			hint = "Keycloak refused a scope; offline_access needs the client's offline_access scope and the user's offline_access role (--offline=false asks for a plain refresh token)"
 		case de.Status == 404:
 			hint = fmt.Sprintf("no realm %q at %s, or a Keycloak too old for the device login", acc.Realm, acc.URL)
+		case de.Status == 0 && strings.Contains(de.Description, "certificate"):
+			hint = "Keycloak's certificate is not trusted: set spec.keycloak.caBundle or caConfigMapRef to the CA that issued it (as the operator needs too)"
 		}
 	}
 	if hint != "" {
-		return fmt.Errorf("%s at %s: %w: %s", doing, acc.URL, err, hint)
+		return fmt.Errorf("%s at %s: %w\nHint: %s", doing, acc.URL, err, hint)
 	}
 	return fmt.Errorf("%s at %s: %w", doing, acc.URL, err)
 }

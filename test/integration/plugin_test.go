@@ -8,6 +8,8 @@ package integration
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"html"
@@ -215,12 +217,19 @@ type browser struct {
 	page *url.URL
 }
 
-func newBrowser(t *testing.T) *browser {
+// newBrowser trusts the system's roots, or only caPEM when given.
+func newBrowser(t *testing.T, caPEM []byte) *browser {
 	jar, err := cookiejar.New(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &browser{t: t, c: &http.Client{Jar: jar, Timeout: 30 * time.Second}}
+	c := &http.Client{Jar: jar, Timeout: 30 * time.Second}
+	if caPEM != nil {
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(caPEM)
+		c.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+	}
+	return &browser{t: t, c: c}
 }
 
 // deviceLogin opens the verification URL, logs in and answers the consent screen (accept or
@@ -365,12 +374,18 @@ func deviceToken(t *testing.T, ns, name, client, secret string, mutate ...func(*
 // bootstrapWithLogin runs bootstrap and logs in through the browser; it returns the result.
 func bootstrapWithLogin(t *testing.T, accept bool, args ...string) (pluginResult, string) {
 	t.Helper()
+	return bootstrapAt(t, kcServer.URL(), nil, accept, args...)
+}
+
+// bootstrapAt is bootstrapWithLogin for Keycloak at base, with a browser that trusts caPEM.
+func bootstrapAt(t *testing.T, base string, caPEM []byte, accept bool, args ...string) (pluginResult, string) {
+	t.Helper()
 	p := startPlugin(t, append([]string{"bootstrap"}, args...)...)
 	uri := p.waitURI(t)
-	if !strings.HasPrefix(uri, kcServer.URL()+"/realms/"+realm+"/device") {
-		t.Errorf("verification URL %s is not the realm's device page at %s", uri, kcServer.URL())
+	if !strings.HasPrefix(uri, base+"/realms/"+realm+"/device") {
+		t.Errorf("verification URL %s is not the realm's device page at %s", uri, base)
 	}
-	outcome := newBrowser(t).deviceLogin(uri, deviceUser, deviceUserPassword, accept)
+	outcome := newBrowser(t, caPEM).deviceLogin(uri, deviceUser, deviceUserPassword, accept)
 	return p.wait(t, 3*time.Minute), outcome
 }
 
@@ -398,6 +413,7 @@ func TestPluginBootstrap(t *testing.T) {
 	if !strings.Contains(r.stderr, "Check that the page shows the code") {
 		t.Errorf("stderr lacks the instructions:\n%s", r.stderr)
 	}
+	t.Logf("bootstrap %s", r)
 
 	sec := getSecret(t, ns, "boot-bootstrap")
 	if sec == nil {
@@ -506,6 +522,7 @@ func TestPluginBootstrapWrongClient(t *testing.T) {
 			obj := deviceToken(t, ns, tc.name, tc.client, tc.secret, mutate...)
 			defer deleteAndWait(t, obj, 30*time.Second)
 			r := expectExit(t, exitError, "bootstrap", tc.name, "-n", ns)
+			t.Logf("%s", r.stderr)
 			if want := strings.ReplaceAll(tc.want, "NS", ns); !strings.Contains(r.stderr, want) {
 				t.Errorf("stderr lacks %q:\n%s", want, r.stderr)
 			}
@@ -535,6 +552,45 @@ func TestPluginBootstrapForbiddenSecret(t *testing.T) {
 		t.Errorf("inspect as a user without Secret access: %s", ins)
 	}
 	deleteAndWait(t, get(t, ns, "nosee"), 30*time.Second)
+}
+
+// Keycloak over HTTPS with a private CA: bootstrap verifies the certificate with the resource's
+// CA (caConfigMapRef here) and refuses a Keycloak whose certificate does not chain to it; the
+// operator then redeems the token through the same HTTPS URL.
+func TestPluginBootstrapTLS(t *testing.T) {
+	ns := newNamespace(t)
+	create(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "keycloak-ca", Namespace: ns}, Data: map[string]string{"ca.crt": string(pki.CAPEM)}})
+	deviceToken(t, ns, "tls", deviceClient, deviceSecret, func(o *authv1alpha1.MLflowAccessToken) {
+		o.Spec.Keycloak.URL = kcServer.HTTPSURL()
+		o.Spec.Keycloak.CAConfigMapRef = &authv1alpha1.ConfigMapKeyRef{Name: "keycloak-ca", Key: "ca.crt"}
+	})
+	deviceToken(t, ns, "wrongca", deviceClient, deviceSecret, func(o *authv1alpha1.MLflowAccessToken) {
+		o.Spec.Keycloak.URL = kcServer.HTTPSURL()
+		o.Spec.Keycloak.CABundle = string(pki.OtherCAPEM)
+	})
+
+	r := expectExit(t, exitError, "bootstrap", "wrongca", "-n", ns)
+	t.Logf("%s", r.stderr)
+	if !strings.Contains(r.stderr, "Hint: Keycloak's certificate is not trusted") || strings.Contains(r.stderr, "user_code=") {
+		t.Errorf("bootstrap against a certificate of another CA: %s", r)
+	}
+
+	r, outcome := bootstrapAt(t, kcServer.HTTPSURL(), pki.CAPEM, true, "tls", "-n", ns)
+	if outcome != "success" || r.code != exitOK {
+		t.Fatalf("browser %s; plugin %s", outcome, r)
+	}
+	rt := string(getSecret(t, ns, "tls-bootstrap").Data["refresh-token"])
+	seenTokens.add(rt)
+	if iss := jwtPayload(t, rt)["iss"]; iss != kcServer.HTTPSURL()+"/realms/"+realm {
+		t.Errorf("bootstrap token issuer %v, want the HTTPS URL", iss)
+	}
+	obj := waitReady(t, ns, "tls", 30*time.Second)
+	if obj.Status.Token == nil || obj.Status.Token.PreferredUsername != deviceUser || obj.Status.Token.Issuer != kcServer.HTTPSURL()+"/realms/"+realm {
+		t.Errorf("token after an HTTPS bootstrap: %+v", obj.Status.Token)
+	}
+	noSecretsIn(t, r.stdout+r.stderr, rt, deviceSecret)
+	deleteAndWait(t, obj, 30*time.Second)
+	deleteAndWait(t, get(t, ns, "wrongca"), 30*time.Second)
 }
 
 // restrictedKubeconfig writes a kubeconfig for a new user holding only rules in namespace ns.
