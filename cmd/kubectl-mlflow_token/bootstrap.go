@@ -121,11 +121,11 @@ func (o *bootstrapOptions) run(ctx context.Context, name string) error {
 		}
 		return err
 	}
-	verb := "Updated key"
+	what := fmt.Sprintf("Updated key %q of Secret %s/%s", secretKey, ns, ref.Name)
 	if created {
-		verb = "Created Secret with key"
+		what = fmt.Sprintf("Created Secret %s/%s with key %q", ns, ref.Name, secretKey)
 	}
-	printf(o.streams.Out, "%s %q of Secret %s/%s: %s for %s, client %q.\n", verb, secretKey, ns, ref.Name, kind, who, acc.ClientID)
+	printf(o.streams.Out, "%s: %s for %s, client %q.\n", what, kind, who, acc.ClientID)
 
 	// The operator reads the bootstrap Secret when it reconciles; the renew annotation makes it
 	// reconcile now (skipping any failure back-off) and records when it has.
@@ -224,7 +224,7 @@ func checkRefreshToken(tok *deviceflow.Token, acc *keycloakAccess, offline bool,
 	if err != nil {
 		// Not a JWT: Keycloak's refresh tokens are, but another server's may not be. The
 		// operator will tell whether it works.
-		return "a refresh token", nil //nolint:nilerr // an opaque refresh token is acceptable
+		return "a refresh token", nil
 	}
 	wantIss := acc.URL + "/realms/" + acc.Realm
 	if claims.Issuer != "" && claims.Issuer != wantIss {

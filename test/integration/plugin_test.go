@@ -405,7 +405,7 @@ func TestPluginBootstrap(t *testing.T) {
 	if outcome != "success" || r.code != exitOK {
 		t.Fatalf("browser: %s; plugin: %s", outcome, r)
 	}
-	for _, want := range []string{`Created Secret with key "refresh-token"`, "an offline token", `user "bob"`, `client "mlflow-device"`, "renewed: new token in Secret boot"} {
+	for _, want := range []string{`Created Secret ` + ns + `/boot-bootstrap with key "refresh-token"`, "an offline token", `user "bob"`, `client "mlflow-device"`, "renewed: new token in Secret boot"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Errorf("stdout lacks %q:\n%s", want, r.stdout)
 		}
