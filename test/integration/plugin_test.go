@@ -465,6 +465,28 @@ func TestPluginBootstrap(t *testing.T) {
 	deleteAndWait(t, obj, 30*time.Second)
 }
 
+// --offline=false: a refresh token bound to the browser's SSO session, and an online session.
+func TestPluginBootstrapOnline(t *testing.T) {
+	ns := newNamespace(t)
+	deviceToken(t, ns, "online", deviceClient, deviceSecret)
+	r, outcome := bootstrapWithLogin(t, true, "online", "-n", ns, "--offline=false")
+	if outcome != "success" || r.code != exitOK || !strings.Contains(r.stdout, "a refresh token for user \"bob\"") ||
+		!strings.Contains(r.stderr, `scope "openid"`) {
+		t.Fatalf("browser %s; plugin %s", outcome, r)
+	}
+	rt := string(getSecret(t, ns, "online-bootstrap").Data["refresh-token"])
+	seenTokens.add(rt)
+	if typ := jwtPayload(t, rt)["typ"]; typ != "Refresh" {
+		t.Errorf("token type %v, want Refresh", typ)
+	}
+	obj := waitReady(t, ns, "online", 30*time.Second)
+	if obj.Status.OfflineSession || obj.Status.SessionID == "" {
+		t.Errorf("want an online session: %q offline=%v", obj.Status.SessionID, obj.Status.OfflineSession)
+	}
+	noSecretsIn(t, r.stdout+r.stderr, rt, deviceSecret)
+	deleteAndWait(t, obj, 30*time.Second)
+}
+
 // The person denies the request on the consent screen: the plugin says so, exits 1 and writes
 // nothing.
 func TestPluginBootstrapDenied(t *testing.T) {
