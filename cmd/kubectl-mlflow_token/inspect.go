@@ -80,9 +80,23 @@ type report struct {
 }
 
 type reportKeycloak struct {
-	URL      string `json:"url"`
-	Realm    string `json:"realm"`
-	ClientID string `json:"clientID"`
+	// Issuer is "<kind>/<name>" when the resource uses an issuer.
+	Issuer   string `json:"issuer,omitempty"`
+	URL      string `json:"url,omitempty"`
+	Realm    string `json:"realm,omitempty"`
+	ClientID string `json:"clientID,omitempty"`
+}
+
+// keycloakOf describes where the resource's tokens come from: its inline Keycloak, or its issuer
+// (the client it asks for; the issuer's own status says its URL and realm).
+func keycloakOf(obj *authv1alpha1.MLflowAccessToken) reportKeycloak {
+	if k := obj.Spec.Keycloak; k != nil {
+		return reportKeycloak{URL: k.URL, Realm: k.Realm, ClientID: k.ClientID}
+	}
+	if ref := obj.Spec.IssuerRef; ref != nil {
+		return reportKeycloak{Issuer: firstNonEmpty(ref.Kind, authv1alpha1.KindKeycloakIssuer) + "/" + ref.Name, ClientID: obj.Spec.ClientID}
+	}
+	return reportKeycloak{}
 }
 
 // countdown is a point in time and how far it is from now (negative: past).
@@ -171,7 +185,7 @@ func buildReport(ctx context.Context, c client.Reader, obj *authv1alpha1.MLflowA
 	}
 	r := &report{
 		Namespace: obj.Namespace, Name: obj.Name,
-		Keycloak:   reportKeycloak{URL: obj.Spec.Keycloak.URL, Realm: obj.Spec.Keycloak.Realm, ClientID: obj.Spec.Keycloak.ClientID},
+		Keycloak:   keycloakOf(obj),
 		Grant:      string(obj.Spec.Grant.Type),
 		Ready:      meta.IsStatusConditionTrue(s.Conditions, authv1alpha1.ConditionReady),
 		Conditions: s.Conditions, Secret: s.SecretName,
@@ -241,7 +255,11 @@ func printReport(w io.Writer, r *report) {
 		return fmtTime(c.Time) + " (" + relative(time.Duration(c.Seconds)*time.Second) + ")"
 	}
 	p("MLflowAccessToken", r.Namespace+"/"+r.Name)
-	p("Keycloak", fmt.Sprintf("%s realm %s client %s, grant %s", r.Keycloak.URL, r.Keycloak.Realm, r.Keycloak.ClientID, r.Grant))
+	if r.Keycloak.Issuer != "" {
+		p("Issuer", fmt.Sprintf("%s client %s, grant %s", r.Keycloak.Issuer, firstNonEmpty(r.Keycloak.ClientID, "(the issuer's)"), r.Grant))
+	} else {
+		p("Keycloak", fmt.Sprintf("%s realm %s client %s, grant %s", r.Keycloak.URL, r.Keycloak.Realm, r.Keycloak.ClientID, r.Grant))
+	}
 	for _, t := range []string{authv1alpha1.ConditionReady, authv1alpha1.ConditionRenewalFailing, authv1alpha1.ConditionRefreshChainExpiring} {
 		if cnd := meta.FindStatusCondition(r.Conditions, t); cnd != nil {
 			p(t, strings.TrimSpace(fmt.Sprintf("%s (%s) %s", cnd.Status, cnd.Reason, cnd.Message)))
