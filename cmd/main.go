@@ -38,6 +38,7 @@ func main() {
 	flag.DurationVar(&o.Reconciler.RevocationTimeout, "revocation-timeout", o.Reconciler.RevocationTimeout, "How long deletion retries revocation before it finishes without it (with a Warning event).")
 	flag.DurationVar(&o.Reconciler.Backoff.Initial, "min-retry-interval", o.Reconciler.Backoff.Initial, "Wait after the first failed attempt for a resource; doubles per failure.")
 	flag.DurationVar(&o.Reconciler.Backoff.Max, "max-retry-interval", o.Reconciler.Backoff.Max, "Longest wait between two failed attempts for one resource.")
+	flag.DurationVar(&o.Reconciler.Backoff.MaxTransient, "max-retry-interval-without-token", o.Reconciler.Backoff.MaxTransient, "Longest wait between two attempts that failed for a reason that can pass on its own (Keycloak unreachable, a timeout) while the resource has no valid token: it recovers this soon after Keycloak is back.")
 	flag.BoolVar(&o.Reconciler.VerifySessionRevocation, "verify-session-revocation", false, "At every deletion, check with Keycloak's admin API that the session ended, and delete it if not (the client's service account needs realm-management view-users and manage-users).")
 	flag.DurationVar(&o.Reconciler.OfflineIdleTimeout, "offline-idle-timeout", o.Reconciler.OfflineIdleTimeout, "The realms' offline session idle timeout: the end of an offline refresh chain when Keycloak reports none.")
 	flag.DurationVar(&o.Reconciler.RefreshChainWarning, "refresh-chain-warning", o.Reconciler.RefreshChainWarning, "RefreshChainExpiring turns True this long before a RefreshToken grant's chain ends.")

@@ -79,7 +79,7 @@ type Config struct {
 // DefaultConfig returns the defaults of the reconciler's tunables.
 func DefaultConfig() Config {
 	return Config{
-		Backoff:             policy.Backoff{Initial: 2 * time.Second, Max: 5 * time.Minute},
+		Backoff:             policy.Backoff{Initial: 2 * time.Second, Max: 5 * time.Minute, MaxTransient: 30 * time.Second},
 		KeycloakTimeout:     15 * time.Second,
 		RevocationTimeout:   5 * time.Minute,
 		OfflineIdleTimeout:  30 * 24 * time.Hour,
@@ -117,6 +117,9 @@ type MLflowAccessTokenReconciler struct {
 	written ownWrites
 	// saTokens: service-account tokens that authenticate clients (see satoken.go).
 	saTokens saTokens
+	// credentialChanges: when this process last saw each watched issuer credential change
+	// (types.NamespacedName → time.Time); a failure older than a change is not waited out.
+	credentialChanges sync.Map
 }
 
 // clientCredentials is the grant of ClientCredentials resources (and of the admin API token).
@@ -267,6 +270,7 @@ func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, opts co
 		Named("mlflowaccesstoken")
 	if credentialEvents != nil {
 		b = b.WatchesRawSource(source.Channel(credentialEvents, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+			r.noteCredentialChange(client.ObjectKeyFromObject(o))
 			ns, cluster := issuersUsing(ctx, r.Client, r.ClusterResourceNamespace, client.ObjectKeyFromObject(o))
 			return append(tokensOf(ctx, authv1alpha1.KindKeycloakIssuer, ns...), tokensOf(ctx, authv1alpha1.KindClusterKeycloakIssuer, cluster...)...)
 		})))

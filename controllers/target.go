@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -289,4 +290,29 @@ func inputsHash(obj *authv1alpha1.MLflowAccessToken, t *target) string {
 	b, _ := json.Marshal([]any{t.Endpoint.URL, t.Endpoint.Realm, t.ClientID, credName, credKey, obj.Spec.Grant.Type, sc})
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
+}
+
+// noteCredentialChange records that a watched Secret or ConfigMap an issuer references changed.
+func (r *MLflowAccessTokenReconciler) noteCredentialChange(key types.NamespacedName) {
+	r.credentialChanges.Store(key, r.now())
+}
+
+// credentialsChangedAfter reports whether a credential or CA bundle of t changed after at (as
+// far as this process has seen).
+func (r *MLflowAccessTokenReconciler) credentialsChangedAfter(t *target, at time.Time) bool {
+	var keys []types.NamespacedName
+	if t.secret != nil {
+		keys = append(keys, t.secret.NamespacedName)
+	}
+	for _, ref := range []*secretRef{t.ca.configMap, t.ca.secret} {
+		if ref != nil {
+			keys = append(keys, ref.NamespacedName)
+		}
+	}
+	for _, k := range keys {
+		if v, ok := r.credentialChanges.Load(k); ok && v.(time.Time).After(at) {
+			return true
+		}
+	}
+	return false
 }
