@@ -58,7 +58,7 @@ type issuer struct {
 // prepareIssuer writes a serving certificate for 127.0.0.1 signed by a fresh CA and a
 // service-account signing key into dir, and configures api to serve OIDC discovery for the issuer
 // https://127.0.0.1:PORT (a port picked now, so the issuer URL is known before the start).
-func prepareIssuer(api *envtest.APIServer, dir string) (*issuer, error) {
+func prepareIssuer(api *envtest.APIServer, dir string) (_ *issuer, err error) {
 	iss := &issuer{dir: dir}
 	if dir == "" {
 		d, err := os.MkdirTemp("", "testenv-apiserver-")
@@ -66,17 +66,25 @@ func prepareIssuer(api *envtest.APIServer, dir string) (*issuer, error) {
 			return nil, err
 		}
 		iss.dir, iss.tempDir = d, true
+		defer func() {
+			if err != nil {
+				os.RemoveAll(d)
+			}
+		}()
 	}
 	port, err := freeLoopbackPort()
 	if err != nil {
 		return nil, err
 	}
+	// The port is picked before the start because the issuer URL goes into the API server's
+	// flags (and into Keycloak's configuration in the tests); envtest would otherwise pick one
+	// itself, the same way, with the same small race.
 	hostPort := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	iss.url = "https://" + hostPort
 	if iss.caPEM, err = writeServingCert(iss.dir); err != nil {
 		return nil, err
 	}
-	if _, err := AddServiceAccountSigningKey(iss.dir); err != nil {
+	if _, err := addServiceAccountSigningKey(iss.dir); err != nil {
 		return nil, err
 	}
 
@@ -101,12 +109,12 @@ func prepareIssuer(api *envtest.APIServer, dir string) (*issuer, error) {
 // CAFile is the PEM file of the CA that signed the API server's serving certificate.
 func (i *issuer) CAFile() string { return filepath.Join(i.dir, issuerCAFile) }
 
-// AddServiceAccountSigningKey makes a new RSA key the API server's service-account signing key
+// addServiceAccountSigningKey makes a new RSA key the API server's service-account signing key
 // (certDir/sa-signing.key) and appends its public key to the verification keys
 // (certDir/sa-public-keys.pem), so tokens signed with earlier keys stay valid: the key rotation
 // Kubernetes documents. It takes effect at the API server's next start and returns the new key's
 // number among the verification keys (1 for the first).
-func AddServiceAccountSigningKey(certDir string) (int, error) {
+func addServiceAccountSigningKey(certDir string) (int, error) {
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		return 0, err

@@ -170,7 +170,8 @@ func (s *Servers) Stop() {
 }
 
 // RestartAPIServer stops the API server and starts it again on the same port with the same
-// certificates and data (etcd keeps running).
+// certificates and data (etcd keeps running). With Options.ServiceAccountIssuer it also waits
+// until the issuer's discovery document and JWKS are served anonymously again.
 func (s *Servers) RestartAPIServer() error {
 	api := s.Env.ControlPlane.GetAPIServer()
 	if err := api.Stop(); err != nil {
@@ -178,6 +179,9 @@ func (s *Servers) RestartAPIServer() error {
 	}
 	if err := api.Start(); err != nil {
 		return fmt.Errorf("starting the API server: %w", err)
+	}
+	if s.issuer != nil {
+		return WaitForIssuerDiscovery(context.Background(), s.issuer.url, s.issuer.caPEM, 30*time.Second)
 	}
 	return nil
 }
@@ -190,7 +194,7 @@ func (s *Servers) RotateServiceAccountKey() (int, error) {
 	if s.issuer == nil {
 		return 0, errors.New("RotateServiceAccountKey needs Options.ServiceAccountIssuer")
 	}
-	n, err := AddServiceAccountSigningKey(s.issuer.dir)
+	n, err := addServiceAccountSigningKey(s.issuer.dir)
 	if err != nil {
 		return 0, err
 	}
