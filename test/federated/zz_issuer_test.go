@@ -8,11 +8,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // TestIssuerUnreachable: Keycloak fetches the issuer's discovery document and JWKS when it first
@@ -73,6 +75,14 @@ func TestIssuerUnreachable(t *testing.T) {
 		t.Fatal(err)
 	}
 	running = true
+	// Serving again, anonymously (the authorizer's caches fill after the start).
+	caPEM, err := os.ReadFile(servers.IssuerCAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testenv.WaitForIssuerDiscovery(ctx, servers.IssuerURL, caPEM, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	if a := lateGrant(); a.Status != http.StatusOK {
 		t.Fatalf("issuer back: %s, want 200 at the first attempt", a.errorOf())
 	}
