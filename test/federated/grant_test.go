@@ -2,6 +2,7 @@ package federated
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/url"
 	"strings"
@@ -225,6 +226,54 @@ func TestDeletedServiceAccountStillAccepted(t *testing.T) {
 	if a := grant(t, saTok, nil); a.Status != http.StatusOK {
 		t.Fatalf("Keycloak after the ServiceAccount was deleted: %s (it was expected to still accept the token)", a.errorOf())
 	}
+}
+
+// TestCuttingAccess: how a platform team stops a service account's access at Keycloak, given
+// that deleting the ServiceAccount does not: rebind the client to another subject, or disable
+// the client. Both take effect at the next request (no cache in the way).
+func TestCuttingAccess(t *testing.T) {
+	ctx := context.Background()
+	const sa = "cut"
+	if err := ensureServiceAccount(ctx, nsA, sa); err != nil {
+		t.Fatal(err)
+	}
+	id, err := kc.AddFederatedClient(ctx, realm, keycloak.FederatedClient{ClientID: "federated-cut", Subject: keycloak.ServiceAccountSubject(nsA, sa)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	saTok := saToken(t, nsA, sa, 600, realmIssuer)
+	if a := grant(t, saTok, nil); a.Status != http.StatusOK {
+		t.Fatalf("before: %s", a.errorOf())
+	}
+	update := func(change func(rep map[string]any)) {
+		t.Helper()
+		path := "/admin/realms/" + realm + "/clients/" + id
+		status, body, err := kc.Admin(ctx, http.MethodGet, path, nil)
+		if err != nil || status != http.StatusOK {
+			t.Fatalf("GET %s: HTTP %d %s %v", path, status, body, err)
+		}
+		var rep map[string]any
+		if err := json.Unmarshal(body, &rep); err != nil {
+			t.Fatal(err)
+		}
+		change(rep)
+		if status, body, err := kc.Admin(ctx, http.MethodPut, path, rep); err != nil || status != http.StatusNoContent {
+			t.Fatalf("PUT %s: HTTP %d %s %v", path, status, body, err)
+		}
+	}
+	setSubject := func(sub string) {
+		update(func(rep map[string]any) { rep["attributes"].(map[string]any)[keycloak.AttrCredentialSubject] = sub })
+	}
+
+	setSubject(keycloak.ServiceAccountSubject(nsA, "someone-else"))
+	expectError(t, "client rebound to another subject", grant(t, saTok, nil), http.StatusUnauthorized, "invalid_client", "Invalid client or Invalid client credentials")
+	setSubject(keycloak.ServiceAccountSubject(nsA, sa))
+	if a := grant(t, saTok, nil); a.Status != http.StatusOK {
+		t.Fatalf("bound again: %s", a.errorOf())
+	}
+
+	update(func(rep map[string]any) { rep["enabled"] = false })
+	expectError(t, "client disabled", grant(t, saTok, nil), http.StatusUnauthorized, "invalid_client", "Invalid client or Invalid client credentials")
 }
 
 func withGrant(form url.Values, kv ...string) url.Values {
