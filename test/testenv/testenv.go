@@ -53,6 +53,12 @@ type Options struct {
 	Kubeconfig string
 	// Alongside are further slow setup steps, run while the servers start.
 	Alongside []func(context.Context) error
+	// ServiceAccountIssuer makes the API server a service-account token issuer that Keycloak
+	// trusts, for federated client authentication (a Keycloak client authenticating with a
+	// Kubernetes service-account token): the API server serves https://127.0.0.1:PORT, which is
+	// also its --service-account-issuer, with OIDC discovery and the JWKS readable anonymously,
+	// and Keycloak's truststore holds the API server's CA. Servers.IssuerURL is the issuer.
+	ServiceAccountIssuer bool
 }
 
 // Servers are the running servers.
@@ -60,6 +66,12 @@ type Servers struct {
 	Env      *envtest.Environment
 	Config   *rest.Config
 	Keycloak *keycloak.Server
+	// IssuerURL is the API server's service-account issuer (the `iss` of its tokens) and
+	// IssuerCAFile the PEM file of the CA that signs its serving certificate; both set with
+	// Options.ServiceAccountIssuer only.
+	IssuerURL, IssuerCAFile string
+
+	issuer *issuer
 }
 
 // Start starts everything side by side and returns when all is up, or stops what did start and
@@ -76,6 +88,25 @@ func Start(ctx context.Context, o Options) (*Servers, error) {
 	}
 	begin := time.Now()
 	s := &Servers{}
+	s.Env = &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	if o.APIServerCertDir != "" {
+		if err := os.MkdirAll(o.APIServerCertDir, 0o700); err != nil {
+			return nil, err
+		}
+		s.Env.ControlPlane.GetAPIServer().CertDir = o.APIServerCertDir
+	}
+	if o.ServiceAccountIssuer {
+		// Before Keycloak starts: it reads its truststore once, at start.
+		iss, err := prepareIssuer(s.Env.ControlPlane.GetAPIServer(), o.APIServerCertDir)
+		if err != nil {
+			return nil, fmt.Errorf("preparing the service-account issuer: %w", err)
+		}
+		s.issuer, s.IssuerURL, s.IssuerCAFile = iss, iss.url, iss.CAFile()
+		o.Keycloak.TruststorePaths = append(o.Keycloak.TruststorePaths, iss.CAFile())
+	}
 	var wg sync.WaitGroup
 	errs := make([]error, 1+len(o.Alongside))
 	wg.Add(1)
@@ -99,16 +130,6 @@ func Start(ctx context.Context, o Options) (*Servers, error) {
 		}()
 	}
 
-	s.Env = &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-	}
-	if o.APIServerCertDir != "" {
-		if err := os.MkdirAll(o.APIServerCertDir, 0o700); err != nil {
-			errs = append(errs, err)
-		}
-		s.Env.ControlPlane.GetAPIServer().CertDir = o.APIServerCertDir
-	}
 	cfg, err := s.Env.Start()
 	if err != nil {
 		s.Env = nil
@@ -118,6 +139,11 @@ func Start(ctx context.Context, o Options) (*Servers, error) {
 		fmt.Fprintf(os.Stderr, "API server ready after %s\n", time.Since(begin).Round(time.Millisecond))
 		if o.Kubeconfig != "" {
 			if err := os.WriteFile(o.Kubeconfig, s.Env.KubeConfig, 0o600); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if s.issuer != nil {
+			if err := s.issuer.allowAnonymousDiscovery(ctx, cfg); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -138,6 +164,41 @@ func (s *Servers) Stop() {
 	if s.Env != nil {
 		_ = s.Env.Stop()
 	}
+	if s.issuer != nil && s.issuer.tempDir {
+		os.RemoveAll(s.issuer.dir)
+	}
+}
+
+// RestartAPIServer stops the API server and starts it again on the same port with the same
+// certificates and data (etcd keeps running). With Options.ServiceAccountIssuer it also waits
+// until the issuer's discovery document and JWKS are served anonymously again.
+func (s *Servers) RestartAPIServer() error {
+	api := s.Env.ControlPlane.GetAPIServer()
+	if err := api.Stop(); err != nil {
+		return fmt.Errorf("stopping the API server: %w", err)
+	}
+	if err := api.Start(); err != nil {
+		return fmt.Errorf("starting the API server: %w", err)
+	}
+	if s.issuer != nil {
+		return WaitForIssuerDiscovery(context.Background(), s.issuer.url, s.issuer.caPEM, 30*time.Second)
+	}
+	return nil
+}
+
+// RotateServiceAccountKey restarts the API server with a new service-account signing key
+// (Options.ServiceAccountIssuer only). Tokens signed with the earlier keys stay valid at the API
+// server; tokens issued from now on carry the new key's id. It returns the number of keys the
+// JWKS now lists.
+func (s *Servers) RotateServiceAccountKey() (int, error) {
+	if s.issuer == nil {
+		return 0, errors.New("RotateServiceAccountKey needs Options.ServiceAccountIssuer")
+	}
+	n, err := addServiceAccountSigningKey(s.issuer.dir)
+	if err != nil {
+		return 0, err
+	}
+	return n, s.RestartAPIServer()
 }
 
 // OperatorOptions are the operator's options for tests: built as cmd/main.go builds it, with
