@@ -1,0 +1,14 @@
+// Tool module: builds the project's container images without a Docker engine (hack/images.sh),
+// with go-containerregistry. Its own module, so the operator does not depend on it.
+module github.com/mlflow-token-operator/mlflow-token-operator/hack/tools/image
+
+go 1.26.0
+
+require github.com/google/go-containerregistry v0.22.1
+
+require (
+	github.com/klauspost/compress v1.19.2 // indirect
+	github.com/opencontainers/go-digest v1.0.0 // indirect
+	github.com/opencontainers/image-spec v1.1.1 // indirect
+	golang.org/x/sync v0.22.0 // indirect
+)
