@@ -53,7 +53,7 @@ func logf(format string, args ...any) {
 // common holds the flags every image takes.
 type common struct {
 	ref, out, version, revision, source, licenses, title, description, user string
-	epoch                                                                    int64
+	epoch                                                                   int64
 }
 
 func (c *common) bind(fs *flag.FlagSet) {
