@@ -70,6 +70,11 @@ image: ## Build the operator image (linux/amd64 + linux/arm64, OCI index) into b
 images: ## Build all images into bin/images/: operator.tar, pause.tar, training-job.tar (the last needs root) (cached).
 	VERSION=$(VERSION) IMG=$(IMG) hack/images.sh all
 
+.PHONY: test-images
+test-images: ## Build all images, then test them (reproducible digest, contents, registry push/pull, ctr import, docker load; needs root).
+	VERSION=$(VERSION) IMG=$(IMG) hack/images.sh all
+	cd hack/tools/image && GOWORK=off go test -count=1 -timeout 30m ./... $(ARGS)
+
 .PHONY: docker-build
 docker-build: ## Build the container image with a Docker engine (the same image as `make image`, one platform).
 	docker build --build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) -t $(IMG) .

@@ -174,7 +174,7 @@ state = %q
 		}
 		logf.Close()
 		// Shims outlive containerd by design; ours are those given our socket's address.
-		for _, pid := range pidsWithArg(c.sock) {
+		for _, pid := range pidsWithArgPrefix(dir + "/") {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 		unmountUnder(t, dir)
@@ -238,13 +238,14 @@ func checkUser(t testing.TB, c *containerd, ref string, want int) {
 	}
 }
 
-// pidsWithArg returns the processes that have arg among their command-line arguments.
-func pidsWithArg(arg string) []int {
+// pidsWithArgPrefix returns the processes that have an argument starting with prefix (a
+// temporary directory of the test): the daemons and shims the test started, and no others.
+func pidsWithArgPrefix(prefix string) []int {
 	var pids []int
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
+		if err != nil || pid == os.Getpid() {
 			continue
 		}
 		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
@@ -252,8 +253,9 @@ func pidsWithArg(arg string) []int {
 			continue
 		}
 		for _, a := range bytes.Split(cmdline, []byte{0}) {
-			if string(a) == arg {
+			if bytes.HasPrefix(a, []byte(prefix)) {
 				pids = append(pids, pid)
+				break
 			}
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -68,12 +69,25 @@ type file struct {
 }
 
 // layerFromFiles builds a gzip'd OCI layer holding files owned by root:root with the given modes
-// and mtime epoch, in the given order, so that equal inputs give an equal digest. Parent
-// directories are not listed: the runtime creates them, as for any image built FROM scratch.
+// and mtime epoch, in the given order, so that equal inputs give an equal digest. Each file's
+// parent directories come first, mode 0755: runtimes create missing parents as they please
+// (Docker 20.10 makes them 0600, unreadable for a non-root user).
 func layerFromFiles(files []file, epoch time.Time) (v1.Layer, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
+	dirs := map[string]bool{}
 	for _, f := range files {
+		var parents []string
+		for d := path.Dir(f.Name); d != "." && d != "/" && !dirs[d]; d = path.Dir(d) {
+			dirs[d] = true
+			parents = append([]string{d}, parents...)
+		}
+		for _, d := range parents {
+			h := &tar.Header{Name: d + "/", Mode: 0o755, ModTime: epoch, Typeflag: tar.TypeDir}
+			if err := tw.WriteHeader(h); err != nil {
+				return nil, err
+			}
+		}
 		data := f.Data
 		if f.Src != "" {
 			var err error

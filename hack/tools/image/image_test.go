@@ -633,6 +633,11 @@ func TestTrainingJobImage(t *testing.T) {
 		t.Error("/app/training_job.py differs from test/e2e/training_job.py")
 	}
 	files := layerFiles(t, img)
+	// A non-root user must reach the script: its directory is in the layer, not left to the
+	// runtime (Docker 20.10 creates missing parents 0600).
+	if h := files["app"]; h == nil || h.Typeflag != tar.TypeDir || h.Mode&0o755 != 0o755 {
+		t.Errorf("/app is not a 0755 directory entry in the layers: %+v", h)
+	}
 	for _, f := range []string{"opt/venv/bin/python", "usr/bin/python3"} {
 		if files[f] == nil {
 			t.Errorf("no /%s in the image", f)
