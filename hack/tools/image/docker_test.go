@@ -81,49 +81,53 @@ func TestDockerLoad(t *testing.T) {
 	_, _ = d.docker("rm", "-f", "pause")
 }
 
-// unpackDockerIO returns the directory holding dockerd and docker from Debian's docker.io
-// package, fetching and unpacking the package on first use (apt-get download: no install, no
-// maintainer scripts, no service).
-func unpackDockerIO(t testing.TB) string {
+// unpackDebs returns a directory holding the files of Debian packages pkgs, fetching and
+// unpacking them on first use into bin/images-cache/<name> (apt-get download and dpkg-deb -x: no
+// install, no maintainer scripts, no service started).
+func unpackDebs(t testing.TB, name, check string, pkgs ...string) string {
 	t.Helper()
-	cache := filepath.Join(repoRoot(t), "bin", "images-cache", "docker")
+	cache := filepath.Join(repoRoot(t), "bin", "images-cache", name)
 	root := filepath.Join(cache, "root")
-	if _, err := os.Stat(filepath.Join(root, "usr", "sbin", "dockerd")); err == nil {
+	if _, err := os.Stat(filepath.Join(root, check)); err == nil {
 		return root
 	}
 	if err := os.MkdirAll(cache, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	download := func() ([]byte, error) {
-		cmd := exec.Command("apt-get", "download", "docker.io")
+		cmd := exec.Command("apt-get", append([]string{"download"}, pkgs...)...)
 		cmd.Dir = cache
 		return cmd.CombinedOutput()
 	}
 	if out, err := download(); err != nil {
-		t.Logf("apt-get download docker.io: %v\n%s\nupdating the package lists ...", err, out)
+		t.Logf("apt-get download %s: %v\n%s\nupdating the package lists ...", strings.Join(pkgs, " "), err, out)
 		if out, err := exec.Command("apt-get", "update", "-qq").CombinedOutput(); err != nil {
 			t.Fatalf("apt-get update: %v\n%s", err, out)
 		}
 		if out, err := download(); err != nil {
-			t.Fatalf("apt-get download docker.io: %v\n%s", err, out)
+			t.Fatalf("apt-get download %s: %v\n%s", strings.Join(pkgs, " "), err, out)
 		}
 	}
-	debs, _ := filepath.Glob(filepath.Join(cache, "docker.io_*.deb"))
-	if len(debs) == 0 {
-		t.Fatal("apt-get download docker.io left no .deb")
-	}
+	debs, _ := filepath.Glob(filepath.Join(cache, "*.deb"))
 	tmp := root + ".tmp"
 	_ = os.RemoveAll(tmp)
-	if out, err := exec.Command("dpkg-deb", "-x", debs[0], tmp).CombinedOutput(); err != nil {
-		t.Fatalf("dpkg-deb -x %s: %v\n%s", debs[0], err, out)
+	for _, deb := range debs {
+		if out, err := exec.Command("dpkg-deb", "-x", deb, tmp).CombinedOutput(); err != nil {
+			t.Fatalf("dpkg-deb -x %s: %v\n%s", deb, err, out)
+		}
+		_ = os.Remove(deb)
+	}
+	if _, err := os.Stat(filepath.Join(tmp, check)); err != nil {
+		t.Fatalf("no %s in %s: %v", check, strings.Join(pkgs, " "), err)
 	}
 	if err := os.Rename(tmp, root); err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range debs {
-		_ = os.Remove(d)
-	}
 	return root
+}
+
+func unpackDockerIO(t testing.TB) string {
+	return unpackDebs(t, "docker", "usr/sbin/dockerd", "docker.io")
 }
 
 type dockerd struct {

@@ -173,7 +173,7 @@ func newIndex(m meta, imgs []v1.Image) (v1.ImageIndex, error) {
 		if err != nil {
 			return nil, err
 		}
-		adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: cfg.Platform()}})
+		adds = append(adds, mutate.IndexAddendum{Add: plainImage{img}, Descriptor: v1.Descriptor{Platform: cfg.Platform()}})
 	}
 	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
 	idx = mutate.AppendManifests(idx, adds...)
@@ -183,3 +183,12 @@ func newIndex(m meta, imgs []v1.Image) (v1.ImageIndex, error) {
 	}
 	return annotated, nil
 }
+
+// plainImage is an image whose index entry has no artifactType. go-containerregistry fills it in
+// from the config media type (image-spec 1.1 allows it), but tools that predate image-spec 1.1
+// re-serialize the index without it: skopeo 1.9 (Debian 12) then pushes an index with another
+// digest than the tarball's, or refuses with --preserve-digests. Docker and BuildKit write none.
+type plainImage struct{ v1.Image }
+
+// ArtifactType implements partial.Describable's optional artifact type: none.
+func (plainImage) ArtifactType() (string, error) { return "", nil }

@@ -435,6 +435,41 @@ func TestOperatorImage(t *testing.T) {
 		t.Errorf("manifest.json lists config %s, want this machine's platform's %s", got, hostConfig)
 	}
 
+	t.Run("skopeo copy --all oci-archive: to a registry", func(t *testing.T) {
+		// The push command docs/images.md gives, with Debian's skopeo (unpacked, not installed).
+		root := unpackDebs(t, "skopeo", "usr/bin/skopeo", "skopeo", "libgpgme11")
+		srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+		defer srv.Close()
+		u, _ := url.Parse(srv.URL)
+		dst := u.Host + "/mlflow-token-operator/mlflow-token-operator:v" + version(t)
+		policy := filepath.Join(t.TempDir(), "policy.json")
+		if err := os.WriteFile(policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(filepath.Join(root, "usr", "bin", "skopeo"), "--policy", policy, "copy", "--all",
+			"--preserve-digests", "--dest-tls-verify=false", "oci-archive:"+a.tarPath, "docker://"+dst)
+		// skopeo links libgpgme, unpacked beside it (Debian's multiarch library directory).
+		triplet := map[string]string{"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}[runtime.GOARCH]
+		cmd.Env = append(os.Environ(), "LD_LIBRARY_PATH="+filepath.Join(root, "usr", "lib", triplet))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("skopeo copy: %v\n%s", err, out)
+		}
+		ref, err := name.NewTag(dst, name.Insecure)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pulled, err := remote.Index(ref)
+		if err != nil {
+			t.Fatalf("pull: %v", err)
+		}
+		if got, _ := pulled.Digest(); got != a.top.Digest {
+			t.Errorf("skopeo pushed index %s, the tarball holds %s", got, a.top.Digest)
+		}
+		if err := validate.Index(pulled); err != nil {
+			t.Errorf("pulled index: %v", err)
+		}
+	})
+
 	t.Run("push and pull through a registry", func(t *testing.T) {
 		srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
 		defer srv.Close()
