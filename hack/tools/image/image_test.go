@@ -343,7 +343,7 @@ func TestOperatorImage(t *testing.T) {
 	checkLabels("index annotations", im.Annotations)
 
 	var platforms []string
-	var hostConfig v1.Hash
+	var hostConfig, hostDigest v1.Hash
 	for _, d := range im.Manifests {
 		if d.Platform == nil {
 			t.Fatalf("index entry %s has no platform", d.Digest)
@@ -405,6 +405,7 @@ func TestOperatorImage(t *testing.T) {
 		}
 		if d.Platform.Architecture == runtime.GOARCH {
 			hostConfig, _ = img.ConfigName()
+			hostDigest = d.Digest
 			// The entrypoint runs (flag parsing only: nothing else is reachable here).
 			exe := filepath.Join(t.TempDir(), "manager")
 			if err := os.WriteFile(exe, bin, 0o755); err != nil {
@@ -434,6 +435,39 @@ func TestOperatorImage(t *testing.T) {
 	if got, _ := dimg.ConfigName(); got != hostConfig {
 		t.Errorf("manifest.json lists config %s, want this machine's platform's %s", got, hostConfig)
 	}
+
+	t.Run("the Dockerfile builds the same", func(t *testing.T) {
+		df, err := os.ReadFile(filepath.Join(repoRoot(t), "Dockerfile"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{
+			"CGO_ENABLED=0 GOOS=${TARGETOS} GOARCH=${TARGETARCH} go build -trimpath -buildvcs=false -ldflags=\"-s -w\" -o manager ./cmd",
+			"\nFROM scratch\n", "\nUSER 65532:65532\n", "\nENTRYPOINT [\"/manager\"]\n",
+		} {
+			if !strings.Contains(string(df), want) {
+				t.Errorf("the Dockerfile has no %q: keep it in step with hack/tools/image", strings.TrimSpace(want))
+			}
+		}
+		// `make docker-build-stage` runs the Dockerfile's build command without Docker: with the
+		// same toolchain, the binary is the image's, byte for byte.
+		cmd := exec.Command("make", "-s", "docker-build-stage")
+		cmd.Dir = repoRoot(t)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("make docker-build-stage: %v\n%s", err, out)
+		}
+		got, err := os.ReadFile(filepath.Join(repoRoot(t), "bin", "manager-static"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := idx.Image(hostDigest)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, fileFromImage(t, img, "manager")) {
+			t.Error("make docker-build-stage built another binary than the image's /manager: the build flags differ")
+		}
+	})
 
 	t.Run("skopeo copy --all oci-archive: to a registry", func(t *testing.T) {
 		// The push command docs/images.md gives, with Debian's skopeo (unpacked, not installed).
