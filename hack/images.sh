@@ -49,6 +49,25 @@ DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 DEBIAN_SUITE=bookworm
 
 log() { echo "[images] $*"; }
+
+# heartbeat WHAT CMD...: runs CMD and prints a line every 30 s while it runs, so that a long step
+# never leaves the terminal silent for minutes. Returns CMD's exit status. The lines go to fd 3,
+# the script's stdout, even when the caller sends CMD's output to a log file.
+exec 3>&1
+heartbeat() {
+  local what="$1" pid start=${SECONDS} next=30
+  shift
+  "$@" &
+  pid=$!
+  while kill -0 "${pid}" 2>/dev/null; do
+    sleep 1
+    if ((SECONDS - start >= next)); then
+      log "${what}: still running ($((SECONDS - start))s)" >&3
+      next=$((next + 30))
+    fi
+  done
+  wait "${pid}"
+}
 hash_of() { sha256sum | cut -d' ' -f1; }
 
 if git rev-parse --git-dir >/dev/null 2>&1; then
@@ -103,7 +122,7 @@ build_operator() {
     return
   fi
   start=$(date +%s)
-  log "operator: building ${IMG} for ${PLATFORMS} (cold Go cache: several minutes per platform on 2 cores) ..."
+  log "operator: building ${IMG} for ${PLATFORMS} (with a cold Go build cache several minutes per platform on 2 cores, else seconds) ..."
   rm -f "${IMAGES_DIR}/.stamp-operator"
   # shellcheck disable=SC2046
   "${TOOL}" go-binary $(common_flags) -dir . -pkg ./cmd -binary manager \
@@ -172,7 +191,7 @@ build_training_base() {
   mkdir -p "${TRAIN_CACHE}/debs"
   t=$(date +%s)
   log "training-job: debootstrap ${DEBIAN_SUITE} minbase + ${BASE_PACKAGES} from ${DEBIAN_MIRROR} (about a minute; log: ${TRAIN_CACHE}/debootstrap.log) ..."
-  if ! debootstrap --variant=minbase --include="${BASE_PACKAGES}" --cache-dir="${TRAIN_CACHE}/debs" \
+  if ! heartbeat "training-job: debootstrap" debootstrap --variant=minbase --include="${BASE_PACKAGES}" --cache-dir="${TRAIN_CACHE}/debs" \
     "${DEBIAN_SUITE}" "${ROOTFS}" "${DEBIAN_MIRROR}" >"${TRAIN_CACHE}/debootstrap.log" 2>&1; then
     tail -n 20 "${TRAIN_CACHE}/debootstrap.log"
     log "training-job: debootstrap failed (log above)"
@@ -221,7 +240,7 @@ build_training_venv() {
   fi
   "${pip_env[@]}" chroot "${ROOTFS}" /usr/bin/python3 -m venv /opt/venv
   # The pins of test/e2e/constraints.txt apply (the same versions the end-to-end test runs).
-  "${pip_env[@]}" chroot "${ROOTFS}" /opt/venv/bin/pip install -q -c /tmp/constraints.txt \
+  heartbeat "training-job: pip install" "${pip_env[@]}" chroot "${ROOTFS}" /opt/venv/bin/pip install -q -c /tmp/constraints.txt \
     "mlflow-skinny==${MLFLOW_VERSION}" /tmp/plugin
   "${pip_env[@]}" chroot "${ROOTFS}" /opt/venv/bin/python - <<'EOF'
 from importlib.metadata import entry_points

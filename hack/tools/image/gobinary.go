@@ -62,7 +62,10 @@ func buildGoBinaryImage(ctx context.Context, s goBinarySpec) error {
 			cmd.Env = append(cmd.Env, "GOARM="+strings.TrimPrefix(p.Variant, "v"))
 		}
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
+		stop := heartbeat(s.Log, fmt.Sprintf("go build %s for %s", s.Pkg, p))
+		err := cmd.Run()
+		stop()
+		if err != nil {
 			return fmt.Errorf("go build %s for %s: %w", s.Pkg, p, err)
 		}
 		s.Log("built %s for %s in %s", s.Pkg, p, time.Since(start).Round(100*time.Millisecond))
@@ -111,4 +114,24 @@ func buildGoBinaryImage(ctx context.Context, s goBinarySpec) error {
 // manifest.json.
 func hostPlatform() v1.Platform {
 	return v1.Platform{OS: "linux", Architecture: runtime.GOARCH}
+}
+
+// heartbeat logs a line every 30 s until stop is called: a cold build takes minutes, and go
+// build prints nothing meanwhile.
+func heartbeat(log func(string, ...any), what string) (stop func()) {
+	done := make(chan struct{})
+	start := time.Now()
+	go func() {
+		t := time.NewTicker(30 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				log("%s: still running (%s)", what, time.Since(start).Round(time.Second))
+			}
+		}
+	}()
+	return func() { close(done) }
 }
