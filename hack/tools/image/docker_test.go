@@ -149,10 +149,23 @@ func startDockerd(t *testing.T, root string) *dockerd {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Docker 20.10 writes its trust key to /etc/docker unless told otherwise (only in its config
+	// file), and makes /run/docker/plugins whatever its flags say: keep the first in dir, remove
+	// the second afterwards when this test made it.
+	config := filepath.Join(dir, "daemon.json")
+	if err := os.WriteFile(config, []byte(`{"deprecated-key-path": "`+filepath.Join(dir, "key.json")+`"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var made []string
+	for _, p := range []string{"/run/docker", "/run/docker/plugins"} {
+		if _, err := os.Stat(p); os.IsNotExist(err) {
+			made = append([]string{p}, made...)
+		}
+	}
 	env := append(os.Environ(), "PATH="+filepath.Join(root, "usr", "sbin")+":"+filepath.Join(root, "usr", "bin")+":"+os.Getenv("PATH"))
 	// The engine's own containerd comes from Debian's containerd package (it starts one under
 	// its exec root). vfs: no overlay mounts of its own; no bridge, no iptables, no proxy.
-	cmd := exec.Command(filepath.Join(root, "usr", "sbin", "dockerd"),
+	cmd := exec.Command(filepath.Join(root, "usr", "sbin", "dockerd"), "--config-file", config,
 		"--data-root", filepath.Join(dir, "data"), "--exec-root", filepath.Join(dir, "exec"),
 		"--pidfile", filepath.Join(dir, "dockerd.pid"), "-H", "unix://"+filepath.Join(dir, "docker.sock"),
 		"--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false",
@@ -182,6 +195,9 @@ func startDockerd(t *testing.T, root string) *dockerd {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 		unmountUnder(t, dir)
+		for _, p := range made {
+			_ = os.Remove(p) // only if empty
+		}
 		if t.Failed() {
 			if log, err := os.ReadFile(filepath.Join(dir, "dockerd.log")); err == nil {
 				t.Logf("dockerd log (tail):\n%s", tail(string(log), 40))
