@@ -101,9 +101,16 @@ build-installer: kustomize ## Render dist/install.yaml (CRD, RBAC, Deployment, m
 	@echo "Wrote $(DIST)/install.yaml"
 
 .PHONY: helm-sync
-helm-sync: ## Copy the generated CRD and RBAC role into the Helm chart (a test fails when they differ).
-	cp config/crd/bases/*.yaml $(CHART)/crds/
+helm-sync: ## Copy the generated CRDs and RBAC role, the alerts and the dashboard into the Helm chart (a test fails when they differ).
+	rm -f $(CHART)/files/crds/*.yaml
+	cp config/crd/bases/*.yaml $(CHART)/files/crds/
 	cp config/rbac/role.yaml $(CHART)/files/manager-role.yaml
+	cp config/prometheus/rules.yaml $(CHART)/files/prometheus-rules.yaml
+	cp config/grafana/mlflow-token-operator.json $(CHART)/files/grafana-dashboard.json
+
+.PHONY: helm-docs
+helm-docs: ## Regenerate the values table of the chart's README from values.yaml (a test fails when it is stale).
+	go run ./hack/chartdoc $(CHART)
 
 .PHONY: helm-lint
 helm-lint: helm ## Lint the Helm chart.

@@ -4,7 +4,6 @@ package main
 import (
 	"flag"
 	"os"
-	"strings"
 	"time"
 
 	// Mozilla's CA roots, used only when the system has none: the operator image has no
@@ -17,6 +16,15 @@ import (
 )
 
 func main() {
+	// Subcommands run by the Helm chart's hooks (cmd/subcommands.go).
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "uninstall":
+			os.Exit(runUninstall(os.Args[2:]))
+		case "probe":
+			os.Exit(runProbe(os.Args[2:]))
+		}
+	}
 	o := manager.Defaults()
 	var qps float64
 	flag.StringVar(&o.MetricsAddr, "metrics-bind-address", o.MetricsAddr, "Address of the metrics endpoint; 0 disables it.")
@@ -29,13 +37,13 @@ func main() {
 	flag.IntVar(&o.Concurrency, "concurrency", o.Concurrency, "How many MLflowAccessTokens are reconciled in parallel.")
 	flag.Float64Var(&qps, "kube-api-qps", float64(o.QPS), "Queries per second to the Kubernetes API server, per resource type: client-go keeps one token bucket per REST client (Secrets, MLflowAccessTokens, events, leases each have their own), so one busy type cannot starve lease renewals. client-go's default of 5 throttles fleets.")
 	flag.IntVar(&o.Burst, "kube-api-burst", o.Burst, "Burst of queries to the Kubernetes API server, per resource type (see --kube-api-qps).")
-	flag.DurationVar(&o.KeycloakTimeout, "keycloak-timeout", o.KeycloakTimeout, "Timeout of one exchange with Keycloak.")
-	flag.DurationVar(&o.RevocationTimeout, "revocation-timeout", o.RevocationTimeout, "How long deletion retries revocation before it finishes without it (with a Warning event).")
-	flag.DurationVar(&o.Backoff.Initial, "min-retry-interval", o.Backoff.Initial, "Wait after the first failed attempt for a resource; doubles per failure.")
-	flag.DurationVar(&o.Backoff.Max, "max-retry-interval", o.Backoff.Max, "Longest wait between two failed attempts for one resource.")
-	flag.BoolVar(&o.VerifySessionRevocation, "verify-session-revocation", false, "At every deletion, check with Keycloak's admin API that the session ended, and delete it if not (the client's service account needs realm-management view-users and manage-users).")
-	flag.DurationVar(&o.OfflineIdleTimeout, "offline-idle-timeout", o.OfflineIdleTimeout, "The realms' offline session idle timeout: the end of an offline refresh chain when Keycloak reports none.")
-	flag.DurationVar(&o.RefreshChainWarning, "refresh-chain-warning", o.RefreshChainWarning, "RefreshChainExpiring turns True this long before a RefreshToken grant's chain ends.")
+	flag.DurationVar(&o.Reconciler.KeycloakTimeout, "keycloak-timeout", o.Reconciler.KeycloakTimeout, "Timeout of one exchange with Keycloak.")
+	flag.DurationVar(&o.Reconciler.RevocationTimeout, "revocation-timeout", o.Reconciler.RevocationTimeout, "How long deletion retries revocation before it finishes without it (with a Warning event).")
+	flag.DurationVar(&o.Reconciler.Backoff.Initial, "min-retry-interval", o.Reconciler.Backoff.Initial, "Wait after the first failed attempt for a resource; doubles per failure.")
+	flag.DurationVar(&o.Reconciler.Backoff.Max, "max-retry-interval", o.Reconciler.Backoff.Max, "Longest wait between two failed attempts for one resource.")
+	flag.BoolVar(&o.Reconciler.VerifySessionRevocation, "verify-session-revocation", false, "At every deletion, check with Keycloak's admin API that the session ended, and delete it if not (the client's service account needs realm-management view-users and manage-users).")
+	flag.DurationVar(&o.Reconciler.OfflineIdleTimeout, "offline-idle-timeout", o.Reconciler.OfflineIdleTimeout, "The realms' offline session idle timeout: the end of an offline refresh chain when Keycloak reports none.")
+	flag.DurationVar(&o.Reconciler.RefreshChainWarning, "refresh-chain-warning", o.Reconciler.RefreshChainWarning, "RefreshChainExpiring turns True this long before a RefreshToken grant's chain ends.")
 	flag.Float64Var(&o.KeycloakLimits.QPS, "keycloak-qps", o.KeycloakLimits.QPS, "Most requests per second to all Keycloaks together (0: unlimited).")
 	flag.IntVar(&o.KeycloakLimits.Burst, "keycloak-burst", o.KeycloakLimits.Burst, "Burst above --keycloak-qps.")
 	flag.Float64Var(&o.KeycloakLimits.PerHostQPS, "keycloak-qps-per-host", o.KeycloakLimits.PerHostQPS, "Most requests per second to one Keycloak (base URL) (0: unlimited).")
@@ -46,11 +54,7 @@ func main() {
 	zopts.BindFlags(flag.CommandLine)
 	flag.Parse()
 	o.QPS = float32(qps)
-	for _, ns := range strings.Split(namespaces, ",") {
-		if ns = strings.TrimSpace(ns); ns != "" {
-			o.Namespaces = append(o.Namespaces, ns)
-		}
-	}
+	o.Namespaces = splitList(namespaces)
 
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))
 	setupLog := ctrl.Log.WithName("setup")

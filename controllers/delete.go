@@ -1,90 +1,84 @@
 package controllers
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
-	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/policy"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 )
 
-// reconcileDelete revokes the last access token, deletes the Secret and removes the finalizer.
-// gone reports that the finalizer was removed (the object may no longer exist: no status write).
-// Revocation is retried with backoff for RevocationTimeout after deletion was requested; after
-// that the deletion finishes anyway with a Warning event, because a resource stuck in
-// Terminating forever is worse than a token that expires on its own within minutes.
-func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) (ctrl.Result, bool, error) {
-	if !controllerutil.ContainsFinalizer(obj, Finalizer) {
+// reconcileDelete revokes what the resource holds at Keycloak, deletes its Secrets and removes
+// the finalizer. gone reports that the finalizer was removed (the object may no longer exist: no
+// status write). Failed revocations are retried with backoff until policy.Revocation gives up.
+func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) (res ctrl.Result, gone bool, err error) {
+	if !controllerutil.ContainsFinalizer(obj, authv1alpha1.Finalizer) {
 		return ctrl.Result{}, true, nil
 	}
-	logger := log.FromContext(ctx)
-
-	names := []string{obj.SecretNameOrDefault(), tokensecret.StateSecretName(obj)}
-	if s := obj.Status.SecretName; s != "" && s != names[0] {
-		names = append(names, s)
-	}
-	var owned []*corev1.Secret
-	for _, n := range names {
-		s, err := r.ownedSecret(ctx, obj, n, r.APIReader)
-		if err != nil {
-			if _, isConflict := err.(*failure); !isConflict {
-				return ctrl.Result{}, false, err
-			}
-			continue // someone else's Secret: never touch it
-		}
-		if s != nil {
-			owned = append(owned, s)
-		}
+	owned, err := r.ownedSecrets(ctx, obj)
+	if err != nil {
+		return ctrl.Result{}, false, err
 	}
 
 	if obj.Annotations[authv1alpha1.AnnotationSkipRevocation] == "true" {
 		metrics.Revocation("skipped")
-		r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, "RevocationSkipped", "Revoke",
-			"Revocation skipped because of the %s annotation", authv1alpha1.AnnotationSkipRevocation)
-	} else if err := r.revokeAll(ctx, obj, owned); err != nil {
-		deadline := obj.DeletionTimestamp.Add(r.RevocationTimeout)
+		r.event(obj, corev1.EventTypeNormal, "RevocationSkipped", "Revoke", "Revocation skipped because of the %s annotation", authv1alpha1.AnnotationSkipRevocation)
+	} else if f := r.revokeAll(ctx, obj, owned); f != nil {
+		if !f.classified() {
+			return ctrl.Result{}, false, f
+		}
 		now := r.now()
-		// Without the client secret there is nothing to retry with: most often the whole
-		// namespace is being deleted and the Secret went first.
-		if now.Before(deadline) && err.Reason != authv1alpha1.ReasonClientSecretNotFound {
-			obj.Status.FailedAttempts++
-			obj.Status.LastFailureTime = timePtr(now.Truncate(time.Second))
-			delay := r.Backoff.Delay(obj.Status.FailedAttempts, now, &deadline, r.rand())
-			setCondition(obj, authv1alpha1.ConditionReady, false, authv1alpha1.ReasonRevocationFailing,
-				fmt.Sprintf("Deletion waits for revocation: %s (attempt %d; giving up at %s)", err.Message,
-					obj.Status.FailedAttempts, deadline.UTC().Format(time.RFC3339)))
+		prev := revocationFailure(obj)
+		count := int32(1)
+		if prev != nil {
+			count = prev.Count + 1
+		}
+		d := policy.Revocation(policy.RevocationInput{Now: now, Requested: obj.DeletionTimestamp.Time, Timeout: r.RevocationTimeout,
+			Failure: &policy.Failure{At: now, Count: count}, Seed: string(obj.UID), Backoff: r.Backoff})
+		// Without the client's credentials (neither the live ones nor the kit in the state Secret)
+		// there is nothing to retry with.
+		if !d.GiveUp && !credentialsGone[f.Reason] {
+			obj.Status.FailedAttempts, obj.Status.LastFailureTime = count, timePtr(now.Truncate(time.Second))
+			setCondition(obj, authv1alpha1.ConditionReady, false, authv1alpha1.ReasonRevocationFailing, fmt.Sprintf(
+				"Deletion waits for revocation: %s (attempt %d; next at %s; giving up at %s)", f.Message, count, stamp(d.RetryAt), stamp(d.Deadline)))
 			metrics.Revocation("failed")
-			r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, "RevocationFailed", "Revoke", "Revocation failed: %s", err.Message)
-			logger.Info("Revocation failed; retrying", "reason", err.Reason, "message", err.Message, "retryIn", delay.String())
-			return ctrl.Result{RequeueAfter: delay}, false, nil
+			r.event(obj, corev1.EventTypeWarning, "RevocationFailed", "Revoke", "Revocation failed: %s", f.Message)
+			log.FromContext(ctx).Info("Revocation failed; retrying", "reason", f.Reason, "message", f.Message, "retryAt", d.RetryAt)
+			return requeueAt(d.RetryAt, now), false, nil
 		}
 		metrics.Revocation("abandoned")
-		r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, "RevocationFailed", "Revoke",
-			"Gave up revoking after %s: %s; the token stays valid until it expires", r.RevocationTimeout, err.Message)
-		logger.Info("Gave up revoking; finishing deletion", "reason", err.Reason, "message", err.Message)
+		why := fmt.Sprintf("gave up after trying for %s", now.Sub(obj.DeletionTimestamp.Time).Round(1e9))
+		if !d.GiveUp {
+			why = "nothing to revoke with"
+		}
+		r.event(obj, corev1.EventTypeWarning, "RevocationFailed", "Revoke", "Not revoked (%s): %s; the token stays valid until it expires", why, f.Message)
+		log.FromContext(ctx).Info("Finishing deletion without revocation", "why", why, "reason", f.Reason, "message", f.Message)
 	}
 
 	for _, s := range owned {
-		if err := r.Delete(ctx, s, client.Preconditions{UID: &s.UID}); err != nil && !apierrors.IsNotFound(err) {
+		if err := r.releaseSecret(ctx, s); err != nil {
 			return ctrl.Result{}, false, err
 		}
-		r.written.forget(s)
+		if err := r.deleteOwned(ctx, s); err != nil {
+			return ctrl.Result{}, false, err
+		}
 	}
-
 	patch := client.MergeFrom(obj.DeepCopy())
-	controllerutil.RemoveFinalizer(obj, Finalizer)
-	if err := r.Patch(ctx, obj, patch); err != nil && !apierrors.IsNotFound(err) {
+	controllerutil.RemoveFinalizer(obj, authv1alpha1.Finalizer)
+	if err := r.Patch(ctx, obj, patch); client.IgnoreNotFound(err) != nil {
 		return ctrl.Result{}, false, err
 	}
 	// Gone, also when NotFound: a reconcile working from a stale cache found the finalizer that
@@ -93,88 +87,126 @@ func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *
 	return ctrl.Result{}, true, nil
 }
 
+// credentialsGone are failures of revocation that waiting cannot mend: the client's credentials
+// are gone and no kit holds a copy.
+var credentialsGone = map[string]bool{
+	authv1alpha1.ReasonClientSecretNotFound:    true,
+	authv1alpha1.ReasonServiceAccountNotFound:  true,
+	authv1alpha1.ReasonIssuerNotFound:          true,
+	authv1alpha1.ReasonUserCredentialsNotFound: true,
+}
+
+// ownedSecrets returns the resource's Secrets as the API server has them: the consumer Secret
+// (under its current and its previous name) and the state Secret. Secrets of others are skipped.
+func (r *MLflowAccessTokenReconciler) ownedSecrets(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) ([]*corev1.Secret, error) {
+	names := []string{obj.SecretNameOrDefault(), tokensecret.StateSecretName(obj)}
+	if s := obj.Status.SecretName; s != "" && s != names[0] {
+		names = append(names, s)
+	}
+	var owned []*corev1.Secret
+	for _, n := range names {
+		s, err := r.ownedSecret(ctx, obj, n, r.APIReader)
+		var f *failure
+		switch {
+		case errors.As(err, &f):
+			continue // someone else's Secret: never touch it
+		case err != nil:
+			return nil, err
+		case s != nil:
+			owned = append(owned, s)
+		}
+	}
+	return owned, nil
+}
+
+// revocationFailure is the failure record of earlier revocation attempts (nil: none failed yet;
+// a failure record of the resource's life before the deletion does not count).
+func revocationFailure(obj *authv1alpha1.MLflowAccessToken) *policy.Failure {
+	c := meta.FindStatusCondition(obj.Status.Conditions, authv1alpha1.ConditionReady)
+	if c == nil || c.Reason != authv1alpha1.ReasonRevocationFailing || obj.Status.LastFailureTime == nil {
+		return nil
+	}
+	return &policy.Failure{At: obj.Status.LastFailureTime.Time, Count: obj.Status.FailedAttempts}
+}
+
 // revokeAll revokes what the resource holds at Keycloak: the refresh chain's token first (that
 // ends the session, online or offline), then the unexpired access tokens; with the admin API
 // check on, it then makes sure the session is gone, deleting it if not.
 func (r *MLflowAccessTokenReconciler) revokeAll(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, secrets []*corev1.Secret) *failure {
 	now := r.now()
 	var access []string
+	var chain *tokensecret.Chain
+	var state *corev1.Secret
 	for _, s := range secrets {
-		st, _ := tokensecret.Read(s)
-		if st.AccessToken == "" || (!st.ExpiresAt.IsZero() && !now.Before(st.ExpiresAt)) {
-			continue // nothing to revoke, or already expired
+		if s.Name == tokensecret.StateSecretName(obj) {
+			state, chain = s, tokensecret.ReadChain(s)
+			continue
 		}
-		access = append(access, st.AccessToken)
-	}
-	stateSecret, err := r.stateSecret(ctx, obj)
-	if err != nil {
-		if f, ok := err.(*failure); ok {
-			return f
+		if st, ok := tokensecret.Read(s); ok && now.Before(st.ExpiresAt) {
+			access = append(access, st.AccessToken)
 		}
-		return &failure{Reason: authv1alpha1.ReasonRevocationFailing, Message: err.Error()}
 	}
-	chain := tokensecret.ReadChain(stateSecret)
 	if c, ok := r.unsaved.Load(obj.UID); ok {
 		pending := c.(tokensecret.Chain) // newer than the state Secret's
 		chain = &pending
 	}
 	sessionID, offline := obj.Status.SessionID, obj.Status.OfflineSession
 	if chain != nil {
-		sessionID, offline = firstNonEmpty(chain.SessionID, sessionID), chain.Offline || offline
+		sessionID, offline = cmp.Or(chain.SessionID, sessionID), chain.Offline || offline
 	}
 	verify := (r.VerifySessionRevocation || (obj.Spec.Revocation != nil && obj.Spec.Revocation.VerifySessionWithAdminAPI)) && sessionID != ""
 	if len(access) == 0 && (chain == nil || chain.RefreshToken == "") && !verify {
 		return nil
 	}
 
-	ep, creds, ferr := r.keycloakAccess(ctx, obj)
-	if ferr != nil {
-		return ferr
-	}
-	revoke := func(token, hint string) *failure {
-		kctx, cancel := context.WithTimeout(ctx, r.KeycloakTimeout)
-		defer cancel()
-		if err := r.Keycloak.Revoke(kctx, ep, creds, token, hint); err != nil {
-			return &failure{Reason: string(keycloak.ReasonOf(err)), Message: err.Error()}
-		}
-		return nil
+	a, f := r.revocationAccess(ctx, obj, state)
+	if f != nil {
+		return f
 	}
 	var what []string
 	if chain != nil && chain.RefreshToken != "" {
-		if f := revoke(chain.RefreshToken, "refresh_token"); f != nil {
-			return f
+		if err := r.revoke(ctx, a, chain.RefreshToken, "refresh_token"); err != nil {
+			return keycloakFailure(err, "")
 		}
 		what = append(what, "refresh token (ends the session)")
 	}
 	for _, t := range access {
-		if f := revoke(t, "access_token"); f != nil {
-			return f
+		if err := r.revoke(ctx, a, t, "access_token"); err != nil {
+			return keycloakFailure(err, "")
 		}
 	}
 	if len(access) > 0 {
 		what = append(what, "access token")
 	}
 	if verify {
-		kctx, cancel := context.WithTimeout(ctx, r.KeycloakTimeout)
-		defer cancel()
-		admin, err := r.Keycloak.ClientCredentials(kctx, ep, creds, nil)
-		if err != nil {
-			return &failure{Reason: string(keycloak.ReasonOf(err)), Message: "admin API token: " + err.Error()}
+		ended, f := r.endSession(ctx, obj, a, sessionID, offline)
+		if f != nil {
+			return f
 		}
-		existed, err := r.Keycloak.DeleteSession(kctx, ep, admin.AccessToken, sessionID, offline)
-		if err != nil {
-			return &failure{Reason: string(keycloak.ReasonOf(err)), Message: "checking the session with the admin API: " + err.Error()}
-		}
-		if existed {
-			r.Recorder.Eventf(obj, nil, corev1.EventTypeWarning, "SessionDeleted", "Revoke",
-				"Session %s was still alive after revocation; deleted it through the admin API", sessionID)
-			what = append(what, "session (through the admin API)")
-		} else {
-			what = append(what, "session checked gone with the admin API")
-		}
+		what = append(what, ended)
 	}
 	metrics.Revocation("revoked")
-	r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, "Revoked", "Revoke", "Revoked at Keycloak: %s", strings.Join(what, ", "))
+	r.event(obj, corev1.EventTypeNormal, "Revoked", "Revoke", "Revoked at Keycloak: %s", strings.Join(what, ", "))
 	log.FromContext(ctx).Info("Revoked at Keycloak", "what", what, "session", sessionID, "offline", offline)
 	return nil
+}
+
+// endSession makes sure a session is gone through the admin API, with a token of the client's
+// own service account, deleting it if revocation left it alive.
+func (r *MLflowAccessTokenReconciler) endSession(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, a access, sessionID string, offline bool) (string, *failure) {
+	admin, err := r.token(ctx, a, clientCredentials)
+	if err != nil {
+		return "", keycloakFailure(err, "admin API token")
+	}
+	kctx, cancel := context.WithTimeout(ctx, r.KeycloakTimeout)
+	defer cancel()
+	existed, err := r.Keycloak.DeleteSession(kctx, a.Endpoint, admin.AccessToken, sessionID, offline)
+	if err != nil {
+		return "", keycloakFailure(err, "checking the session with the admin API")
+	}
+	if existed {
+		r.event(obj, corev1.EventTypeWarning, "SessionDeleted", "Revoke", "Session %s was still alive after revocation; deleted it through the admin API", sessionID)
+		return "session (through the admin API)", nil
+	}
+	return "session checked gone with the admin API", nil
 }

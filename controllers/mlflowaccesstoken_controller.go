@@ -1,10 +1,22 @@
 // Package controllers holds the MLflowAccessToken reconciler.
+//
+// Where to look:
+//   - mlflowaccesstoken_controller.go: Reconcile (get → finalizer → delete or normal → one status
+//     write), wiring and watches;
+//   - normal.go: the normal path (decide, check, obtain, write, report); obtain.go: asking
+//     Keycloak for a token; chain.go: the refresh chain of the RefreshToken and Password grants;
+//   - delete.go: revocation on deletion;
+//   - secrets.go: the one writer of the operator's Secrets; inputs.go: reading what the user
+//     gives (endpoint, credentials, CA);
+//   - status.go: conditions, events and their wording; errors.go: classifying failures.
+//
+// Every timing rule (when to renew, when to retry, what to do with a chain, when to give up
+// revoking) is a pure function in internal/policy; this package gathers the facts and acts.
 package controllers
 
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -12,6 +24,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -20,39 +35,23 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
-	"github.com/mlflow-token-operator/mlflow-token-operator/internal/renewal"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/policy"
 )
 
-// Finalizer makes deletion wait until the token is revoked and the Secret deleted.
-const Finalizer = "auth.mlflow-token-operator.io/revoke"
-
-// Defaults of the Reconciler's tunables.
-const (
-	DefaultKeycloakTimeout     = 15 * time.Second
-	DefaultRevocationTimeout   = 5 * time.Minute
-	DefaultOfflineIdleTimeout  = 30 * 24 * time.Hour
-	DefaultRefreshChainWarning = 72 * time.Hour
-)
-
-// MLflowAccessTokenReconciler keeps each MLflowAccessToken's Secret filled with a valid token.
-type MLflowAccessTokenReconciler struct {
-	// Client reads from the cache (which holds only Secrets labelled as ours) and writes.
-	client.Client
-	// APIReader reads uncached: the user's client secret, and Secrets the cache cannot see.
-	APIReader client.Reader
-	Recorder  events.EventRecorder
-	Keycloak  keycloak.Client
-	Clock     clock.PassiveClock
-	// Rand returns a number in [0,1) for jitter; nil means math/rand.
-	Rand func() float64
-
-	Backoff renewal.Backoff
+// Config are the reconciler's tunables. DefaultConfig is the one place their defaults live;
+// cmd/main.go's flags start from it.
+type Config struct {
+	// Backoff after failed attempts.
+	Backoff policy.Backoff
 	// KeycloakTimeout bounds one exchange with Keycloak (all its requests).
 	KeycloakTimeout time.Duration
 	// RevocationTimeout is how long after deletion was requested revocation is retried before
@@ -67,13 +66,61 @@ type MLflowAccessTokenReconciler struct {
 	// RefreshChainWarning: RefreshChainExpiring turns True when a RefreshToken grant's chain
 	// ends within this window.
 	RefreshChainWarning time.Duration
+	// Guardrails limit where the operator sends credentials (plain HTTP, allowed hosts).
+	Guardrails Guardrails
+	// ClusterResourceNamespace holds the Secrets and ConfigMaps ClusterKeycloakIssuers reference
+	// (the operator's own namespace).
+	ClusterResourceNamespace string
+	// ServiceAccountTokenLifetime is the lifetime asked for service-account tokens that
+	// authenticate clients (Kubernetes' minimum is 10 minutes, Keycloak's maximum an hour).
+	ServiceAccountTokenLifetime time.Duration
+}
+
+// DefaultConfig returns the defaults of the reconciler's tunables.
+func DefaultConfig() Config {
+	return Config{
+		Backoff:             policy.Backoff{Initial: 2 * time.Second, Max: 5 * time.Minute},
+		KeycloakTimeout:     15 * time.Second,
+		RevocationTimeout:   5 * time.Minute,
+		OfflineIdleTimeout:  30 * 24 * time.Hour,
+		RefreshChainWarning: 72 * time.Hour,
+
+		ServiceAccountTokenLifetime: time.Hour,
+	}
+}
+
+// Watched reads the Secrets and ConfigMaps that issuers reference from watches of them
+// (internal/objectwatch): no API request per rotation.
+type Watched interface {
+	Secret(ctx context.Context, key types.NamespacedName) (*corev1.Secret, error)
+	ConfigMap(ctx context.Context, key types.NamespacedName) (*corev1.ConfigMap, error)
+}
+
+// MLflowAccessTokenReconciler keeps each MLflowAccessToken's Secret filled with a valid token.
+type MLflowAccessTokenReconciler struct {
+	// Client reads from the cache (which holds only Secrets labelled as ours) and writes.
+	client.Client
+	// APIReader reads uncached: the user's client secret, and Secrets the cache cannot see.
+	APIReader client.Reader
+	Recorder  events.EventRecorder
+	Keycloak  keycloak.Client
+	// Clock is the only source of time of the reconciler (nil: the real clock).
+	Clock clock.PassiveClock
+	// Watched reads issuers' credentials and CA bundles.
+	Watched Watched
+	Config
 
 	// unsaved holds refresh chains Keycloak rotated but the API server would not store (it was
 	// down): types.UID → tokensecret.Chain. The next reconcile saves them first.
 	unsaved sync.Map
 	// written: the Secret versions this process wrote last (see ownwrites.go).
 	written ownWrites
+	// saTokens: service-account tokens that authenticate clients (see satoken.go).
+	saTokens saTokens
 }
+
+// clientCredentials is the grant of ClientCredentials resources (and of the admin API token).
+var clientCredentials = keycloak.Grant{Type: keycloak.GrantClientCredentials}
 
 // RBAC, least privilege; docs/security.md says why each rule exists.
 // +kubebuilder:rbac:groups=auth.mlflow-token-operator.io,resources=mlflowaccesstokens,verbs=get;list;watch;patch
@@ -87,12 +134,14 @@ type MLflowAccessTokenReconciler struct {
 func (r *MLflowAccessTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	obj := &authv1alpha1.MLflowAccessToken{}
 	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		if apierrors.IsNotFound(err) {
+			return ctrl.Result{}, r.releaseOrphans(ctx, req.NamespacedName)
+		}
+		return ctrl.Result{}, err
 	}
-
-	if obj.DeletionTimestamp.IsZero() && !controllerutil.ContainsFinalizer(obj, Finalizer) {
+	if obj.DeletionTimestamp.IsZero() && !controllerutil.ContainsFinalizer(obj, authv1alpha1.Finalizer) {
 		patch := client.MergeFrom(obj.DeepCopy())
-		controllerutil.AddFinalizer(obj, Finalizer)
+		controllerutil.AddFinalizer(obj, authv1alpha1.Finalizer)
 		if err := r.Patch(ctx, obj, patch); err != nil {
 			return ctrl.Result{}, client.IgnoreNotFound(err)
 		}
@@ -108,6 +157,7 @@ func (r *MLflowAccessTokenReconciler) Reconcile(ctx context.Context, req ctrl.Re
 		res, gone, err = r.reconcileDelete(ctx, obj)
 	} else {
 		res, err = r.reconcileNormal(ctx, obj)
+		r.reportMLflow(obj)
 	}
 	if gone {
 		metrics.Forget(obj.Namespace, obj.Name)
@@ -158,41 +208,94 @@ func (r *MLflowAccessTokenReconciler) writeStatus(ctx context.Context, before, o
 
 func (r *MLflowAccessTokenReconciler) now() time.Time { return r.Clock.Now() }
 
-func (r *MLflowAccessTokenReconciler) rand() float64 {
-	if r.Rand != nil {
-		return r.Rand()
+// IndexIssuerRef indexes MLflowAccessTokens by the issuer they reference ("<kind>/<namespace>/<name>",
+// the namespace empty for a ClusterKeycloakIssuer).
+const IndexIssuerRef = "spec.issuerRef"
+
+func issuerIndexValue(kind, ns, name string) string { return kind + "/" + ns + "/" + name }
+
+func indexIssuerRef(o client.Object) []string {
+	t, ok := o.(*authv1alpha1.MLflowAccessToken)
+	if !ok || t.Spec.IssuerRef == nil {
+		return nil
 	}
-	return rand.Float64()
+	if t.Spec.IssuerRef.Kind == authv1alpha1.KindClusterKeycloakIssuer {
+		return []string{issuerIndexValue(authv1alpha1.KindClusterKeycloakIssuer, "", t.Spec.IssuerRef.Name)}
+	}
+	return []string{issuerIndexValue(authv1alpha1.KindKeycloakIssuer, t.Namespace, t.Spec.IssuerRef.Name)}
 }
 
 // SetupWithManager registers the controller. Our own status writes do not trigger a reconcile
 // (only spec, annotation, finalizer and deletion changes do); changes to the Secrets we own do,
-// so a Secret deleted or edited by hand is restored.
-func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
+// so a Secret deleted or edited by hand is restored. An issuer that turns Ready (or not), or whose
+// spec changes, and a change of a credential an issuer references (credentialEvents, from the
+// Watched store), bring its tokens back at once: a token waiting for its issuer, or failing with a
+// client secret that was just rotated, recovers within seconds.
+func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options, credentialEvents <-chan event.GenericEvent) error {
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
 	}
-	if r.Backoff == (renewal.Backoff{}) {
-		r.Backoff = renewal.DefaultBackoff
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &authv1alpha1.MLflowAccessToken{}, IndexIssuerRef, indexIssuerRef); err != nil {
+		return err
 	}
-	if r.KeycloakTimeout <= 0 {
-		r.KeycloakTimeout = DefaultKeycloakTimeout
+	tokensOf := func(ctx context.Context, kind string, keys ...types.NamespacedName) []reconcile.Request {
+		var reqs []reconcile.Request
+		for _, k := range keys {
+			var l authv1alpha1.MLflowAccessTokenList
+			if err := r.List(ctx, &l, client.MatchingFields{IndexIssuerRef: issuerIndexValue(kind, k.Namespace, k.Name)}); err != nil {
+				continue
+			}
+			for _, t := range l.Items {
+				reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: t.Namespace, Name: t.Name}})
+			}
+		}
+		return reqs
 	}
-	if r.RevocationTimeout <= 0 {
-		r.RevocationTimeout = DefaultRevocationTimeout
-	}
-	if r.OfflineIdleTimeout <= 0 {
-		r.OfflineIdleTimeout = DefaultOfflineIdleTimeout
-	}
-	if r.RefreshChainWarning <= 0 {
-		r.RefreshChainWarning = DefaultRefreshChainWarning
-	}
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		For(&authv1alpha1.MLflowAccessToken{}, builder.WithPredicates(specOrMetadataChanged{})).
 		Owns(&corev1.Secret{}, builder.WithPredicates(notOwnWrite{&r.written})).
+		Watches(&authv1alpha1.KeycloakIssuer{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+			return tokensOf(ctx, authv1alpha1.KindKeycloakIssuer, client.ObjectKeyFromObject(o))
+		}), builder.WithPredicates(issuerReadinessChanged{})).
+		Watches(&authv1alpha1.ClusterKeycloakIssuer{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+			return tokensOf(ctx, authv1alpha1.KindClusterKeycloakIssuer, client.ObjectKeyFromObject(o))
+		}), builder.WithPredicates(issuerReadinessChanged{})).
 		WithOptions(opts).
-		Named("mlflowaccesstoken").
-		Complete(r)
+		Named("mlflowaccesstoken")
+	if credentialEvents != nil {
+		b = b.WatchesRawSource(source.Channel(credentialEvents, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
+			ns, cluster := issuersUsing(ctx, r.Client, r.ClusterResourceNamespace, client.ObjectKeyFromObject(o))
+			return append(tokensOf(ctx, authv1alpha1.KindKeycloakIssuer, ns...), tokensOf(ctx, authv1alpha1.KindClusterKeycloakIssuer, cluster...)...)
+		})))
+	}
+	return b.Complete(r)
+}
+
+// issuerReadinessChanged passes issuer updates that change its spec or its Ready condition (not
+// its periodic re-checks, which only move lastCheckTime).
+type issuerReadinessChanged struct{ predicate.Funcs }
+
+func (issuerReadinessChanged) Update(e event.UpdateEvent) bool {
+	if e.ObjectOld == nil || e.ObjectNew == nil {
+		return true
+	}
+	if e.ObjectOld.GetGeneration() != e.ObjectNew.GetGeneration() {
+		return true
+	}
+	ready := func(o client.Object) string {
+		var conds []metav1.Condition
+		switch v := o.(type) {
+		case *authv1alpha1.KeycloakIssuer:
+			conds = v.Status.Conditions
+		case *authv1alpha1.ClusterKeycloakIssuer:
+			conds = v.Status.Conditions
+		}
+		if c := meta.FindStatusCondition(conds, authv1alpha1.ConditionReady); c != nil {
+			return string(c.Status) + "/" + c.Reason + "/" + c.Message
+		}
+		return ""
+	}
+	return ready(e.ObjectOld) != ready(e.ObjectNew)
 }
 
 // specOrMetadataChanged passes updates that change the spec (generation), annotations,
@@ -214,6 +317,6 @@ func (specOrMetadataChanged) Update(e event.UpdateEvent) bool {
 // that goes on to issue the token; reconciling again for it would only race that reconcile's
 // status write. Anyone removing the finalizer, or any other change, still passes.
 func onlyAddedOurFinalizer(o, n client.Object) bool {
-	return !controllerutil.ContainsFinalizer(o, Finalizer) && controllerutil.ContainsFinalizer(n, Finalizer) &&
-		equality.Semantic.DeepEqual(append(slices.Clone(o.GetFinalizers()), Finalizer), n.GetFinalizers())
+	return !controllerutil.ContainsFinalizer(o, authv1alpha1.Finalizer) && controllerutil.ContainsFinalizer(n, authv1alpha1.Finalizer) &&
+		equality.Semantic.DeepEqual(append(slices.Clone(o.GetFinalizers()), authv1alpha1.Finalizer), n.GetFinalizers())
 }

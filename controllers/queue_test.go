@@ -122,13 +122,13 @@ func TestSpecOrMetadataChanged(t *testing.T) {
 		{"status only", base(nil), base(func(o *authv1alpha1.MLflowAccessToken) { o.Status.Rotations = 3 }), false},
 		{"spec change", base(nil), base(func(o *authv1alpha1.MLflowAccessToken) { o.Generation = 2 }), true},
 		{"annotation (renew request)", base(nil), base(func(o *authv1alpha1.MLflowAccessToken) { o.Annotations = map[string]string{"x": "y"} }), true},
-		{"our own finalizer added", base(nil), base(withFinalizers(Finalizer)), false},
-		{"our finalizer added next to another", base(withFinalizers("other")), base(withFinalizers("other", Finalizer)), false},
-		{"our finalizer removed by someone", base(withFinalizers(Finalizer)), base(nil), true},
+		{"our own finalizer added", base(nil), base(withFinalizers(authv1alpha1.Finalizer)), false},
+		{"our finalizer added next to another", base(withFinalizers("other")), base(withFinalizers("other", authv1alpha1.Finalizer)), false},
+		{"our finalizer removed by someone", base(withFinalizers(authv1alpha1.Finalizer)), base(nil), true},
 		{"another finalizer added", base(nil), base(withFinalizers("other")), true},
-		{"ours and another added at once", base(nil), base(withFinalizers("other", Finalizer)), true},
-		{"deletion", base(withFinalizers(Finalizer)), base(func(o *authv1alpha1.MLflowAccessToken) {
-			o.Finalizers = []string{Finalizer}
+		{"ours and another added at once", base(nil), base(withFinalizers("other", authv1alpha1.Finalizer)), true},
+		{"deletion", base(withFinalizers(authv1alpha1.Finalizer)), base(func(o *authv1alpha1.MLflowAccessToken) {
+			o.Finalizers = []string{authv1alpha1.Finalizer}
 			o.DeletionTimestamp = &metav1.Time{Time: time.Now()}
 		}), true},
 	} {

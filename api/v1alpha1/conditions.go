@@ -10,7 +10,20 @@ const (
 	// ConditionRefreshChainExpiring is True when the refresh chain will end before it can be
 	// renewed for long (RefreshToken grant: a person must bootstrap a new token soon).
 	ConditionRefreshChainExpiring = "RefreshChainExpiring"
+	// ConditionReconciling is present (True) while the operator works towards the spec: no valid
+	// token yet, or a token for an older spec, and the failures so far are ones that can pass on
+	// their own (Keycloak down, timeouts). kstatus, Flux and Argo CD read it as "in progress".
+	ConditionReconciling = "Reconciling"
+	// ConditionStalled is present (True) when the last attempt failed for a reason only a change
+	// can fix (wrong credentials, a missing Secret, an unknown realm, an invalid template).
+	// kstatus reads it as Failed, so `flux`/`kubectl wait` pipelines fail fast instead of timing
+	// out. The operator keeps retrying with backoff, so a fix elsewhere (a Secret created, a client
+	// enabled in Keycloak) is picked up without an edit of the resource.
+	ConditionStalled = "Stalled"
 )
+
+// Finalizer makes deletion wait until the token is revoked and the Secrets are deleted.
+const Finalizer = "auth.mlflow-token-operator.io/revoke"
 
 // Condition reasons. Each is documented in docs/troubleshooting.md with its cause and fix.
 const (
@@ -20,8 +33,11 @@ const (
 	ReasonRenewalFailing = "RenewalFailing"
 	// ReasonRenewalSucceeded: RenewalFailing=False after a successful attempt.
 	ReasonRenewalSucceeded = "RenewalSucceeded"
-	// ReasonIssuing: no token yet, first attempt pending.
+	// ReasonIssuing: no token yet, first attempt pending (also Reconciling's reason then).
 	ReasonIssuing = "Issuing"
+	// ReasonReissuing: Reconciling=True while a token for the current spec (another Keycloak,
+	// client or grant) replaces the one in the Secret.
+	ReasonReissuing = "Reissuing"
 	// ReasonTokenExpired: the token in the Secret expired and no new one could be obtained.
 	ReasonTokenExpired = "TokenExpired"
 
@@ -73,6 +89,46 @@ const (
 	ReasonChainHealthy = "ChainHealthy"
 	// ReasonSecretConflict: a Secret with the target name exists and is not owned by this resource.
 	ReasonSecretConflict = "SecretConflict"
+	// ReasonInvalidSecretTemplate: spec.secretTemplate holds labels or annotations the API server
+	// would refuse on a Secret; no token is requested until it is fixed.
+	ReasonInvalidSecretTemplate = "InvalidSecretTemplate"
+	// ReasonSecretRejected: the API server refused to write the Secret (422: invalid, or a
+	// validating admission policy or webhook said no). No token is requested until a dry run of
+	// the write passes.
+	ReasonSecretRejected = "SecretRejected"
+	// ReasonSecretForbidden: the operator may not write Secrets in this namespace (RBAC, or the
+	// namespace is not among those it watches).
+	ReasonSecretForbidden = "SecretForbidden"
+	// ReasonIssuerNotFound: the KeycloakIssuer or ClusterKeycloakIssuer named by spec.issuerRef
+	// does not exist.
+	ReasonIssuerNotFound = "IssuerNotFound"
+	// ReasonIssuerNotAllowed: the ClusterKeycloakIssuer does not admit the resource's namespace
+	// (its namespaceSelector), or the resource asks for a client the issuer does not give it.
+	ReasonIssuerNotAllowed = "IssuerNotAllowed"
+	// ReasonIssuerNotReady: the issuer's realm did not answer its last check, or its credentials
+	// are missing; the message quotes the issuer's own condition.
+	ReasonIssuerNotReady = "IssuerNotReady"
+	// ReasonInsecureURL: the Keycloak URL is plain http:// and the platform does not allow it
+	// (operator flag --allow-insecure-http, or allowInsecureHTTP on a ClusterKeycloakIssuer).
+	ReasonInsecureURL = "InsecureURL"
+	// ReasonHostNotAllowed: the Keycloak host is not among the operator's --allowed-keycloak-hosts.
+	ReasonHostNotAllowed = "HostNotAllowed"
+	// ReasonURLNotAllowed: the Keycloak URL carries credentials, a query or a fragment.
+	ReasonURLNotAllowed = "URLNotAllowed"
+	// ReasonServiceAccountNotFound: the ServiceAccount whose tokens authenticate the client does
+	// not exist in the resource's namespace.
+	ReasonServiceAccountNotFound = "ServiceAccountNotFound"
+	// ReasonServiceAccountTokenForbidden: the operator may not request tokens of the ServiceAccount.
+	ReasonServiceAccountTokenForbidden = "ServiceAccountTokenForbidden"
+	// ReasonIssuerReady: an issuer's Ready=True: its realm answered and its credentials are in place.
+	ReasonIssuerReady = "RealmAnswered"
+	// ReasonIssuerMismatch: the realm's discovery document states another issuer than the URL
+	// the issuer names (a proxy or Keycloak's hostname setting): tokens would carry that issuer.
+	ReasonIssuerMismatch = "IssuerMismatch"
+
+	// ReasonRenewalWindowAdjusted (Warning event): spec.renewBefore cannot be honoured for a token
+	// of this lifetime; the event says what is done instead.
+	ReasonRenewalWindowAdjusted = "RenewalWindowAdjusted"
 )
 
 // Annotations understood on an MLflowAccessToken.

@@ -21,12 +21,44 @@ const (
 )
 
 // MLflowAccessTokenSpec says where to get a token and where to put it.
-// +kubebuilder:validation:XValidation:rule="!has(self.renewBefore) || duration(self.renewBefore) > duration('0s')",message="renewBefore must be a positive duration such as 90s or 2m"
-// +kubebuilder:validation:XValidation:rule="!has(self.renewBefore) || duration(self.renewBefore) <= duration('8760h')",message="renewBefore must not exceed 8760h (one year)"
+// The duration rules apply only to values that are durations at all: for anything else the
+// pattern's message is the one a person needs (CEL's own would be a type conversion error).
+// +kubebuilder:validation:XValidation:rule="!has(self.renewBefore) || !self.renewBefore.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$') || duration(self.renewBefore) > duration('0s')",message="renewBefore must be a positive duration such as 90s or 2m"
+// +kubebuilder:validation:XValidation:rule="!has(self.renewBefore) || !self.renewBefore.matches('^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$') || duration(self.renewBefore) <= duration('8760h')",message="renewBefore must not exceed 8760h (one year)"
 // +kubebuilder:validation:XValidation:rule="!has(self.secretName) || !self.secretName.endsWith('-refresh-state')",message="secretName must not end with -refresh-state: that name is reserved for the operator's state Secret"
+// +kubebuilder:validation:XValidation:rule="has(self.keycloak) != has(self.issuerRef)",message="set exactly one of issuerRef (a KeycloakIssuer or ClusterKeycloakIssuer the platform keeps) or keycloak (an inline Keycloak, for one-off use)"
+// +kubebuilder:validation:XValidation:rule="!has(self.clientID) || has(self.issuerRef)",message="clientID names the client at an issuer (issuerRef); with an inline keycloak, set keycloak.clientID"
+// +kubebuilder:validation:XValidation:rule="!has(self.serviceAccountName) || has(self.issuerRef)",message="serviceAccountName goes with an issuer that authenticates with service accounts (issuerRef); with an inline keycloak, set keycloak.serviceAccountName"
 type MLflowAccessTokenSpec struct {
-	// Keycloak says which Keycloak, realm and client issue the token.
-	Keycloak KeycloakSpec `json:"keycloak"`
+	// IssuerRef names the KeycloakIssuer (in this namespace) or ClusterKeycloakIssuer that issues
+	// the token: the Keycloak, realm, trust and client authentication the platform keeps. Set
+	// this or keycloak.
+	// +optional
+	IssuerRef *IssuerRef `json:"issuerRef,omitempty"`
+
+	// ClientID is the Keycloak client of this token at its issuer, when the issuer authenticates
+	// clients with service accounts and each namespace has its own client (default: the issuer's
+	// clientAuth.clientID).
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=255
+	// +kubebuilder:validation:Pattern=`^[\x21-\x7E]+$`
+	ClientID string `json:"clientID,omitempty"`
+
+	// ServiceAccountName is the ServiceAccount of this namespace whose tokens authenticate the
+	// client, when the issuer authenticates clients with service accounts (default: the
+	// issuer's clientAuth.serviceAccount.name).
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	ServiceAccountName string `json:"serviceAccountName,omitempty"`
+
+	// Keycloak says which Keycloak, realm and client issue the token, inline: for one-off use.
+	// Platforms that run this operator for many teams use issuerRef instead. Set this or
+	// issuerRef.
+	// +optional
+	Keycloak *KeycloakSpec `json:"keycloak,omitempty"`
 
 	// Grant says how the token is obtained.
 	Grant GrantSpec `json:"grant"`
@@ -74,15 +106,32 @@ type RevocationSpec struct {
 	VerifySessionWithAdminAPI bool `json:"verifySessionWithAdminAPI,omitempty"`
 }
 
+// IssuerRef names an issuer.
+type IssuerRef struct {
+	// Kind is KeycloakIssuer (in the token's namespace, the default) or ClusterKeycloakIssuer.
+	// +optional
+	// +kubebuilder:default=KeycloakIssuer
+	// +kubebuilder:validation:Enum=KeycloakIssuer;ClusterKeycloakIssuer
+	Kind string `json:"kind,omitempty"`
+	// Name of the issuer.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+}
+
 // KeycloakSpec names the Keycloak realm and client.
 // +kubebuilder:validation:XValidation:rule="!(has(self.caBundle) && has(self.caConfigMapRef))",message="set caBundle or caConfigMapRef, not both"
+// +kubebuilder:validation:XValidation:rule="has(self.clientSecretRef) != has(self.serviceAccountName)",message="set exactly one of clientSecretRef (a client secret) or serviceAccountName (Kubernetes service-account tokens, no secret)"
 type KeycloakSpec struct {
 	// URL is Keycloak's base URL, for example https://keycloak.example.com (without /realms/...).
 	// Use exactly the host name that MLflow's OIDC configuration uses: Keycloak writes the
 	// URL a token was requested through into its `iss` claim.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=2048
+	// Plain http:// is refused unless the platform allows it (operator flag --allow-insecure-http).
 	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''",message="url must be an absolute http:// or https:// URL such as https://keycloak.example.com"
+	// +kubebuilder:validation:XValidation:rule="!self.contains('@')",message="url must not carry a user name or password (user:password@host): the client's credentials go in clientSecretRef"
 	// +kubebuilder:validation:XValidation:rule="!self.contains('/realms/')",message="url must be Keycloak's base URL, without the /realms/<realm> path; put the realm in keycloak.realm"
 	// +kubebuilder:validation:XValidation:rule="!self.contains('?') && !self.contains('#')",message="url must not carry a query or fragment"
 	URL string `json:"url"`
@@ -102,7 +151,19 @@ type KeycloakSpec struct {
 
 	// ClientSecretRef points at the client's secret in a Secret of the resource's own namespace.
 	// There is no namespace field on purpose: a resource can only read Secrets of its namespace.
-	ClientSecretRef SecretKeyRef `json:"clientSecretRef"`
+	// Set this or serviceAccountName.
+	// +optional
+	ClientSecretRef *SecretKeyRef `json:"clientSecretRef,omitempty"`
+
+	// ServiceAccountName makes the client authenticate with a token of this ServiceAccount of the
+	// resource's namespace (Keycloak's federated client authentication, no client secret). Set
+	// this or clientSecretRef.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	// +kubebuilder:validation:XValidation:rule="self != 'default'",message="the default ServiceAccount is shared by every pod of a namespace: name a ServiceAccount of its own"
+	ServiceAccountName string `json:"serviceAccountName,omitempty"`
 
 	// CABundle is a PEM bundle of the CAs that Keycloak's HTTPS certificate must chain to, for a
 	// Keycloak behind a private CA. Without it (and without caConfigMapRef) the system's roots
@@ -230,18 +291,33 @@ type GrantSpec struct {
 	Scopes []string `json:"scopes,omitempty"`
 }
 
-// SecretTemplate holds metadata for the generated Secret.
+// SecretTemplate holds metadata for the generated Secret. Admission checks keys and values the
+// way the API server will check them on the Secret, so that a template that could never be
+// written is refused here rather than at every renewal.
 type SecretTemplate struct {
-	// Labels to put on the Secret. The operator's own managed-by label always wins.
+	// Labels to put on the Secret. The operator's own managed-by label always wins. Keys are
+	// [prefix/]name (a DNS subdomain prefix, a name of at most 63 characters: alphanumerics, '-',
+	// '_', '.'); values at most 63 such characters, beginning and ending alphanumeric.
 	// +optional
 	// +kubebuilder:validation:MaxProperties=64
-	Labels map[string]string `json:"labels,omitempty"`
+	// +kubebuilder:validation:XValidation:rule="self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))",message="label keys must be [prefix/]name: an optional DNS subdomain prefix and a name of at most 63 alphanumerics, '-', '_' or '.', beginning and ending alphanumeric (for example team or example.com/team)"
+	// +kubebuilder:validation:XValidation:rule="!self.exists(k, k.startsWith('auth.mlflow-token-operator.io/'))",message="keys under auth.mlflow-token-operator.io/ are reserved for the operator"
+	Labels map[string]LabelValue `json:"labels,omitempty"`
 
-	// Annotations to put on the Secret.
+	// Annotations to put on the Secret. Keys are [prefix/]name as for labels; values are free.
 	// +optional
 	// +kubebuilder:validation:MaxProperties=64
+	// +kubebuilder:validation:XValidation:rule="self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))",message="annotation keys must be [prefix/]name: an optional DNS subdomain prefix and a name of at most 63 alphanumerics, '-', '_' or '.', beginning and ending alphanumeric"
+	// +kubebuilder:validation:XValidation:rule="!self.exists(k, k.startsWith('auth.mlflow-token-operator.io/'))",message="keys under auth.mlflow-token-operator.io/ are reserved for the operator"
 	Annotations map[string]string `json:"annotations,omitempty"`
 }
+
+// LabelValue is the value of a label: at most 63 alphanumerics, '-', '_' or '.', beginning and
+// ending alphanumeric (or empty). A type of its own so that the schema can bound it without a CEL
+// rule over every value of the map (whose estimated cost the API server refuses).
+// +kubebuilder:validation:MaxLength=63
+// +kubebuilder:validation:Pattern=`^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$`
+type LabelValue string
 
 // MLflowSpec holds MLflow settings for the consumer.
 type MLflowSpec struct {
@@ -249,6 +325,8 @@ type MLflowSpec struct {
 	// +optional
 	// +kubebuilder:validation:MaxLength=2048
 	// +kubebuilder:validation:XValidation:rule="isURL(self) && url(self).getScheme() in ['http', 'https']",message="trackingURI must be an absolute http:// or https:// URL such as https://mlflow.example.com"
+	// +kubebuilder:validation:XValidation:rule="!self.contains('@')",message="trackingURI must not carry a user name or password (user:password@host): MLflow is called with the token"
+	// +kubebuilder:validation:XValidation:rule="!self.contains('?') && !self.contains('#')",message="trackingURI must not carry a query or fragment"
 	TrackingURI string `json:"trackingURI,omitempty"`
 }
 
@@ -375,7 +453,12 @@ type MLflowAccessToken struct {
 	metav1.ObjectMeta `json:"metadata,omitempty"`
 
 	// +required
-	Spec   MLflowAccessTokenSpec   `json:"spec"`
+	Spec MLflowAccessTokenSpec `json:"spec"`
+	// Status is written by the operator. Until it first does, the API server shows
+	// observedGeneration -1, so that kstatus-based tools (Flux, kstatus waits) read a resource the
+	// operator has not reconciled yet (operator down, or not watching the namespace) as in
+	// progress rather than as current.
+	// +kubebuilder:default={"observedGeneration":-1}
 	Status MLflowAccessTokenStatus `json:"status,omitempty"`
 }
 
@@ -390,6 +473,18 @@ type MLflowAccessTokenList struct {
 
 func init() {
 	SchemeBuilder.Register(&MLflowAccessToken{}, &MLflowAccessTokenList{})
+}
+
+// LabelMap returns the template's labels as plain strings (nil when t is nil).
+func (t *SecretTemplate) LabelMap() map[string]string {
+	if t == nil || t.Labels == nil {
+		return nil
+	}
+	m := make(map[string]string, len(t.Labels))
+	for k, v := range t.Labels {
+		m[k] = string(v)
+	}
+	return m
 }
 
 // SecretNameOrDefault is the name of the Secret the token goes to.

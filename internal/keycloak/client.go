@@ -1,6 +1,22 @@
-// Package keycloak obtains and revokes tokens at a Keycloak realm. It hides gocloak behind a
-// small interface so that the controller can be tested, and it turns Keycloak's answers into
-// errors a person can act on (see Error and its Reason).
+// Package keycloak obtains, revokes and checks tokens at a Keycloak realm, behind the small
+// Client interface, and turns Keycloak's answers into errors a person can act on (see Error and
+// its Reason).
+//
+// What gocloak (github.com/Nerzal/gocloak/v13) is used for: its resty client, its base requests
+// (GetRequest, GetRequestWithBearerAuth) and its decoding of token responses (gocloak.JWT) and of
+// OAuth error bodies (gocloak.HTTPErrorResponse). Its higher-level calls are not used, and every
+// request is built here, because each of them falls short in a way that matters to an operator:
+//   - GetToken/LoginClient send the client credentials in a Basic header without URL-encoding them,
+//     so secrets with '%', '+', '&' fail with a misleading "invalid client credentials"; here the
+//     credentials go in the form body (client_secret_post), or a signed JWT goes there
+//     (client_assertion, for a client that authenticates with a Kubernetes service-account token);
+//   - LoginClient uses only the first scope string;
+//   - RevokeToken has no token_type_hint, and RetrospectToken sends an RPT hint and drops the
+//     fields of the answer;
+//   - LogoutUserSession has no isOffline, so it cannot end an offline session.
+//
+// Rate limiting is an http.RoundTripper (Limits), so it applies to every request whatever its
+// kind; metrics hook in through Options.Observe after each call, when its outcome is classified.
 package keycloak
 
 import (
@@ -9,9 +25,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -34,10 +48,42 @@ type Endpoint struct {
 	CABundle []byte
 }
 
-// Credentials authenticate a confidential client.
-type Credentials struct {
-	ClientID     string
-	ClientSecret string
+// IssuerURL is the realm's issuer: the `iss` of its tokens, and the audience a client assertion
+// must carry.
+func (ep Endpoint) IssuerURL() string {
+	return strings.TrimRight(ep.URL, "/") + "/realms/" + url.PathEscape(ep.Realm)
+}
+
+// ClientAuth authenticates a confidential client: with its secret, or with a signed JWT (a
+// Kubernetes service-account token, for a client whose authenticator is "Signed JWT -
+// Federated"). It holds secrets: never log it.
+type ClientAuth struct {
+	ClientID string
+	// Secret is the client secret (client_secret_post).
+	Secret string
+	// Assertion is a JWT sent as client_assertion (jwt-bearer) instead of a secret.
+	Assertion string
+}
+
+// GrantType is an OAuth 2.0 grant of the token endpoint.
+type GrantType string
+
+// Grants.
+const (
+	GrantClientCredentials GrantType = "client_credentials"
+	GrantRefreshToken      GrantType = "refresh_token"
+	GrantPassword          GrantType = "password"
+)
+
+// Grant is what the token endpoint is asked for. It holds secrets: never log it.
+type Grant struct {
+	Type GrantType
+	// RefreshToken is redeemed by GrantRefreshToken.
+	RefreshToken string
+	// Username and Password log a user in with GrantPassword.
+	Username, Password string
+	// Scopes are requested as one space-separated scope parameter.
+	Scopes []string
 }
 
 // Token is what Keycloak's token endpoint returned. It holds secrets: never log it.
@@ -52,25 +98,25 @@ type Token struct {
 
 // Client talks to Keycloak for the controller.
 type Client interface {
-	// ClientCredentials obtains a token for the client's service account.
-	ClientCredentials(ctx context.Context, ep Endpoint, creds Credentials, scopes []string) (*Token, error)
-	// Refresh redeems a refresh (or offline) token.
-	Refresh(ctx context.Context, ep Endpoint, creds Credentials, refreshToken string, scopes []string) (*Token, error)
-	// Password logs a user in (resource owner password credentials).
-	Password(ctx context.Context, ep Endpoint, creds Credentials, user UserCredentials, scopes []string) (*Token, error)
+	// Token asks the token endpoint for a token with the given grant.
+	Token(ctx context.Context, ep Endpoint, auth ClientAuth, g Grant) (*Token, error)
 	// Revoke revokes a token (RFC 7009). tokenTypeHint is "access_token" or "refresh_token".
-	Revoke(ctx context.Context, ep Endpoint, creds Credentials, token, tokenTypeHint string) error
+	// Keycloak answers 200 also for unknown or already revoked tokens: revoking twice is harmless.
+	Revoke(ctx context.Context, ep Endpoint, auth ClientAuth, token, tokenTypeHint string) error
 	// Introspect reports whether Keycloak considers a token active (RFC 7662), without using it.
-	Introspect(ctx context.Context, ep Endpoint, creds Credentials, token, tokenTypeHint string) (bool, error)
+	Introspect(ctx context.Context, ep Endpoint, auth ClientAuth, token, tokenTypeHint string) (bool, error)
 	// DeleteSession ends a user session through the admin API, authenticated with adminToken.
 	// It reports whether the session still existed (false: it was already gone).
 	DeleteSession(ctx context.Context, ep Endpoint, adminToken, sessionID string, offline bool) (bool, error)
+	// Discover reads the realm's OIDC discovery document and returns the issuer it states.
+	Discover(ctx context.Context, ep Endpoint) (issuer string, err error)
 }
 
-// UserCredentials are a user's name and password. Never log them.
-type UserCredentials struct {
-	Username string
-	Password string
+// Op names a call for metrics: the grant (or token type hint) and the endpoint, and the realm.
+type Op struct {
+	Grant    string
+	Endpoint string
+	Realm    string
 }
 
 // Options configure the HTTP side of the client.
@@ -81,6 +127,10 @@ type Options struct {
 	MaxResponseBytes int
 	// TLSConfig, when set, is used for https (nil: system roots).
 	TLSConfig *tls.Config
+	// Limits bound the request rate to Keycloak (zero: unlimited).
+	Limits Limits
+	// Observe, when set, is called after every call with its outcome (nil error: success).
+	Observe func(op Op, took time.Duration, err error)
 }
 
 // DefaultOptions are used for zero fields of Options.
@@ -88,9 +138,11 @@ var DefaultOptions = Options{Timeout: 10 * time.Second, MaxResponseBytes: 1 << 2
 
 // GoCloak implements Client with gocloak. It keeps one gocloak client per base URL and CA
 // bundle; those without a CA bundle share one resty client and so one pool of keep-alive
-// connections, and each distinct CA bundle gets a resty client of its own.
+// connections, and each distinct CA bundle gets a resty client of its own. All of them share
+// one rate limiter.
 type GoCloak struct {
 	opts    Options
+	limiter *limiter
 	resty   *resty.Client
 	mu      sync.Mutex
 	clients map[string]*gocloak.GoCloak
@@ -107,20 +159,22 @@ func NewGoCloak(opts Options) *GoCloak {
 	if opts.MaxResponseBytes <= 0 {
 		opts.MaxResponseBytes = DefaultOptions.MaxResponseBytes
 	}
-	return &GoCloak{opts: opts, resty: newResty(opts, opts.TLSConfig), clients: map[string]*gocloak.GoCloak{}, byCA: map[string]*resty.Client{}}
+	g := &GoCloak{opts: opts, limiter: newLimiter(opts.Limits), clients: map[string]*gocloak.GoCloak{}, byCA: map[string]*resty.Client{}}
+	g.resty = g.newResty(opts.TLSConfig)
+	return g
 }
 
-func newResty(opts Options, tlsConfig *tls.Config) *resty.Client {
+func (g *GoCloak) newResty(tlsConfig *tls.Config) *resty.Client {
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = 64
-	transport.ResponseHeaderTimeout = opts.Timeout
+	transport.ResponseHeaderTimeout = g.opts.Timeout
 	if tlsConfig != nil {
 		transport.TLSClientConfig = tlsConfig
 	}
 	return resty.New().
-		SetTransport(transport).
-		SetTimeout(opts.Timeout).
-		SetResponseBodyLimit(opts.MaxResponseBytes).
+		SetTransport(g.limiter.wrap(transport)).
+		SetTimeout(g.opts.Timeout).
+		SetResponseBodyLimit(g.opts.MaxResponseBytes).
 		SetRedirectPolicy(resty.NoRedirectPolicy())
 }
 
@@ -141,7 +195,7 @@ func (g *GoCloak) client(ep Endpoint) *gocloak.GoCloak {
 			if r, ok = g.byCA[caKey]; !ok {
 				pool := x509.NewCertPool()
 				pool.AppendCertsFromPEM(ep.CABundle)
-				r = newResty(g.opts, &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
+				r = g.newResty(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
 				g.byCA[caKey] = r
 			}
 		}
@@ -152,95 +206,125 @@ func (g *GoCloak) client(ep Endpoint) *gocloak.GoCloak {
 	return c
 }
 
-func realmURL(ep Endpoint, path string) string {
-	return strings.TrimRight(ep.URL, "/") + "/realms/" + url.PathEscape(ep.Realm) + path
+func (g *GoCloak) observe(op Op, start time.Time, err error) {
+	if g.opts.Observe != nil {
+		g.opts.Observe(op, time.Since(start), err)
+	}
 }
 
-// ClientCredentials implements Client.
-func (g *GoCloak) ClientCredentials(ctx context.Context, ep Endpoint, creds Credentials, scopes []string) (*Token, error) {
-	return g.token(ctx, ep, creds, map[string]string{"grant_type": "client_credentials"}, scopes)
+// authForm puts the client's authentication into a form: the secret (client_secret_post, not a
+// Basic header: see the package doc) or the signed JWT (client_assertion).
+func authForm(auth ClientAuth, form map[string]string) map[string]string {
+	form["client_id"] = auth.ClientID
+	switch {
+	case auth.Assertion != "":
+		form["client_assertion_type"] = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+		form["client_assertion"] = auth.Assertion
+	case auth.Secret != "":
+		form["client_secret"] = auth.Secret
+	}
+	return form
 }
 
-// Refresh implements Client.
-func (g *GoCloak) Refresh(ctx context.Context, ep Endpoint, creds Credentials, refreshToken string, scopes []string) (*Token, error) {
-	return g.token(ctx, ep, creds, map[string]string{"grant_type": "refresh_token", "refresh_token": refreshToken}, scopes)
+// Token implements Client.
+func (g *GoCloak) Token(ctx context.Context, ep Endpoint, auth ClientAuth, gr Grant) (tok *Token, err error) {
+	defer func(start time.Time) {
+		g.observe(Op{Grant: string(gr.Type), Endpoint: "token", Realm: ep.Realm}, start, err)
+	}(time.Now())
+	form := map[string]string{"grant_type": string(gr.Type)}
+	switch gr.Type {
+	case GrantClientCredentials:
+	case GrantRefreshToken:
+		form["refresh_token"] = gr.RefreshToken
+	case GrantPassword:
+		form["username"], form["password"] = gr.Username, gr.Password
+	default:
+		return nil, &Error{Reason: ReasonUnsupportedGrant, Message: fmt.Sprintf("grant type %q is not supported", gr.Type)}
+	}
+	if len(gr.Scopes) > 0 {
+		form["scope"] = strings.Join(gr.Scopes, " ")
+	}
+	var jwt gocloak.JWT
+	resp, herr := g.client(ep).GetRequest(ctx).
+		SetFormData(authForm(auth, form)).
+		SetResult(&jwt).
+		Post(ep.IssuerURL() + "/protocol/openid-connect/token")
+	if err = classify(ctx, resp, herr, "token request"); err != nil {
+		return nil, err
+	}
+	tok, err = tokenFrom(&jwt)
+	return tok, err
 }
 
-// Password implements Client.
-func (g *GoCloak) Password(ctx context.Context, ep Endpoint, creds Credentials, user UserCredentials, scopes []string) (*Token, error) {
-	return g.token(ctx, ep, creds, map[string]string{"grant_type": "password", "username": user.Username, "password": user.Password}, scopes)
+// Revoke implements Client.
+func (g *GoCloak) Revoke(ctx context.Context, ep Endpoint, auth ClientAuth, token, tokenTypeHint string) (err error) {
+	defer func(start time.Time) {
+		g.observe(Op{Grant: tokenTypeHint, Endpoint: "revoke", Realm: ep.Realm}, start, err)
+	}(time.Now())
+	form := map[string]string{"token": token}
+	if tokenTypeHint != "" {
+		form["token_type_hint"] = tokenTypeHint
+	}
+	resp, herr := g.client(ep).GetRequest(ctx).
+		SetFormData(authForm(auth, form)).
+		Post(ep.IssuerURL() + "/protocol/openid-connect/revoke")
+	err = classify(ctx, resp, herr, "revocation")
+	return err
 }
 
-// Introspect implements Client. gocloak's RetrospectToken sends an RPT hint and drops fields,
-// so the request is built on gocloak's base request.
-func (g *GoCloak) Introspect(ctx context.Context, ep Endpoint, creds Credentials, token, tokenTypeHint string) (bool, error) {
-	form := map[string]string{"client_id": creds.ClientID, "client_secret": creds.ClientSecret, "token": token}
+// Introspect implements Client.
+func (g *GoCloak) Introspect(ctx context.Context, ep Endpoint, auth ClientAuth, token, tokenTypeHint string) (active bool, err error) {
+	defer func(start time.Time) {
+		g.observe(Op{Grant: tokenTypeHint, Endpoint: "introspect", Realm: ep.Realm}, start, err)
+	}(time.Now())
+	form := map[string]string{"token": token}
 	if tokenTypeHint != "" {
 		form["token_type_hint"] = tokenTypeHint
 	}
 	var res struct {
 		Active bool `json:"active"`
 	}
-	resp, err := g.client(ep).GetRequest(ctx).SetFormData(form).SetResult(&res).
-		Post(realmURL(ep, "/protocol/openid-connect/token/introspect"))
-	if err := classify(ctx, resp, err, "introspection"); err != nil {
+	resp, herr := g.client(ep).GetRequest(ctx).SetFormData(authForm(auth, form)).SetResult(&res).
+		Post(ep.IssuerURL() + "/protocol/openid-connect/token/introspect")
+	if err = classify(ctx, resp, herr, "introspection"); err != nil {
 		return false, err
 	}
 	return res.Active, nil
 }
 
-// DeleteSession implements Client. gocloak's LogoutUserSession has no isOffline parameter, so
-// the request is built on gocloak's authenticated request.
-func (g *GoCloak) DeleteSession(ctx context.Context, ep Endpoint, adminToken, sessionID string, offline bool) (bool, error) {
+// DeleteSession implements Client.
+func (g *GoCloak) DeleteSession(ctx context.Context, ep Endpoint, adminToken, sessionID string, offline bool) (existed bool, err error) {
+	defer func(start time.Time) { g.observe(Op{Grant: "admin", Endpoint: "session", Realm: ep.Realm}, start, err) }(time.Now())
 	u := strings.TrimRight(ep.URL, "/") + "/admin/realms/" + url.PathEscape(ep.Realm) + "/sessions/" + url.PathEscape(sessionID)
 	if offline {
 		u += "?isOffline=true"
 	}
-	resp, err := g.client(ep).GetRequestWithBearerAuth(ctx, adminToken).Delete(u)
-	if err == nil && resp != nil && resp.StatusCode() == http.StatusNotFound {
+	resp, herr := g.client(ep).GetRequestWithBearerAuth(ctx, adminToken).Delete(u)
+	if herr == nil && resp != nil && resp.StatusCode() == http.StatusNotFound {
 		return false, nil
 	}
-	if err := classify(ctx, resp, err, "session deletion"); err != nil {
+	if err = classify(ctx, resp, herr, "session deletion"); err != nil {
 		return false, err
 	}
 	return true, nil
 }
 
-// token posts a grant to the token endpoint. The client's credentials travel in the form body
-// (client_secret_post), not in a Basic header: gocloak does not URL-encode Basic credentials,
-// so secrets with '%', '+', '&' ... would fail with a misleading "invalid client credentials".
-func (g *GoCloak) token(ctx context.Context, ep Endpoint, creds Credentials, form map[string]string, scopes []string) (*Token, error) {
-	form["client_id"] = creds.ClientID
-	form["client_secret"] = creds.ClientSecret
-	if len(scopes) > 0 {
-		form["scope"] = strings.Join(scopes, " ")
+// Discover implements Client.
+func (g *GoCloak) Discover(ctx context.Context, ep Endpoint) (issuer string, err error) {
+	defer func(start time.Time) { g.observe(Op{Grant: "discovery", Endpoint: "discovery", Realm: ep.Realm}, start, err) }(time.Now())
+	var doc struct {
+		Issuer        string `json:"issuer"`
+		TokenEndpoint string `json:"token_endpoint"`
 	}
-	var jwt gocloak.JWT
-	resp, err := g.client(ep).GetRequest(ctx).
-		SetFormData(form).
-		SetResult(&jwt).
-		Post(realmURL(ep, "/protocol/openid-connect/token"))
-	if err := classify(ctx, resp, err, "token request"); err != nil {
-		return nil, err
+	resp, herr := g.client(ep).GetRequest(ctx).SetResult(&doc).Get(ep.IssuerURL() + "/.well-known/openid-configuration")
+	if err = classify(ctx, resp, herr, "realm discovery"); err != nil {
+		return "", err
 	}
-	return tokenFrom(&jwt)
-}
-
-// Revoke implements Client. Keycloak answers 200 also for unknown or already revoked tokens,
-// so revoking twice is harmless.
-func (g *GoCloak) Revoke(ctx context.Context, ep Endpoint, creds Credentials, token, tokenTypeHint string) error {
-	form := map[string]string{
-		"client_id":     creds.ClientID,
-		"client_secret": creds.ClientSecret,
-		"token":         token,
+	if doc.Issuer == "" || doc.TokenEndpoint == "" {
+		err = &Error{Reason: ReasonInvalidResponse, Message: "realm discovery: the answer is not an OpenID Connect discovery document (no issuer or token_endpoint)"}
+		return "", err
 	}
-	if tokenTypeHint != "" {
-		form["token_type_hint"] = tokenTypeHint
-	}
-	resp, err := g.client(ep).GetRequest(ctx).
-		SetFormData(form).
-		Post(realmURL(ep, "/protocol/openid-connect/revoke"))
-	return classify(ctx, resp, err, "revocation")
+	return doc.Issuer, nil
 }
 
 // maxExpiresIn bounds what we believe of expires_in: a token claiming to live longer than a
@@ -277,138 +361,4 @@ func tokenFrom(j *gocloak.JWT) (*Token, error) {
 		Scope:            j.Scope,
 		SessionState:     j.SessionState,
 	}, nil
-}
-
-// Reason classifies a failure; the controller maps it onto a condition reason.
-type Reason string
-
-// Failure reasons.
-const (
-	ReasonInvalidClientCredentials Reason = "InvalidClientCredentials"
-	ReasonUnauthorizedClient       Reason = "UnauthorizedClient"
-	ReasonInvalidScope             Reason = "InvalidScope"
-	ReasonRealmNotFound            Reason = "RealmNotFound"
-	ReasonUnreachable              Reason = "KeycloakUnreachable"
-	ReasonTimeout                  Reason = "KeycloakTimeout"
-	ReasonTLS                      Reason = "KeycloakTLSError"
-	ReasonServerError              Reason = "KeycloakError"
-	ReasonInvalidResponse          Reason = "InvalidTokenResponse"
-	// ReasonInvalidGrant: Keycloak rejected the grant itself (invalid_grant): a refresh token that
-	// expired, was revoked or reused, or a wrong user name or password.
-	ReasonInvalidGrant Reason = "InvalidGrant"
-)
-
-// Error is a classified Keycloak failure. Its message never contains credentials or tokens.
-type Error struct {
-	Reason Reason
-	// StatusCode is the HTTP status, 0 for transport failures.
-	StatusCode int
-	Message    string
-}
-
-func (e *Error) Error() string { return e.Message }
-
-// ReasonOf returns the Reason of a Keycloak error, or ReasonServerError for others.
-func ReasonOf(err error) Reason {
-	var ke *Error
-	if errors.As(err, &ke) {
-		return ke.Reason
-	}
-	return ReasonServerError
-}
-
-func classify(ctx context.Context, resp *resty.Response, err error, what string) error {
-	if err != nil {
-		switch {
-		case errors.Is(err, resty.ErrResponseBodyTooLarge):
-			return &Error{Reason: ReasonInvalidResponse, Message: what + ": Keycloak's response is larger than the size limit"}
-		case resp != nil && resp.RawResponse != nil && resp.StatusCode() >= 200 && resp.StatusCode() < 300:
-			// An answer arrived but could not be decoded (truncated or not JSON).
-			return &Error{Reason: ReasonInvalidResponse, StatusCode: resp.StatusCode(),
-				Message: fmt.Sprintf("%s: Keycloak's answer is not a valid token response (%s)", what, truncate(err.Error(), 120))}
-		}
-		return transportError(ctx, err, what)
-	}
-	if resp == nil {
-		return &Error{Reason: ReasonServerError, Message: what + ": no response from Keycloak"}
-	}
-	code := resp.StatusCode()
-	if code >= 200 && code < 300 {
-		return nil
-	}
-	var oauthErr, desc string
-	if e, ok := resp.Error().(*gocloak.HTTPErrorResponse); ok && e != nil {
-		oauthErr = truncate(e.Error, 64)
-		desc = truncate(firstNonEmpty(e.Description, e.Message), 200)
-	}
-	detail := resp.Status()
-	if oauthErr != "" || desc != "" {
-		detail = fmt.Sprintf("%d %s", code, strings.TrimSpace(oauthErr+": "+desc))
-	}
-	switch {
-	case code == http.StatusNotFound:
-		return &Error{Reason: ReasonRealmNotFound, StatusCode: code,
-			Message: fmt.Sprintf("%s: Keycloak answered %s: the realm does not exist or the URL is not Keycloak's base URL", what, detail)}
-	case oauthErr == "invalid_grant":
-		return &Error{Reason: ReasonInvalidGrant, StatusCode: code,
-			Message: fmt.Sprintf("%s: Keycloak rejected the grant (%s)", what, detail)}
-	case oauthErr == "invalid_scope":
-		return &Error{Reason: ReasonInvalidScope, StatusCode: code,
-			Message: fmt.Sprintf("%s: Keycloak rejected the requested scopes (%s)", what, detail)}
-	case oauthErr == "invalid_client" || (code == http.StatusUnauthorized && strings.Contains(strings.ToLower(desc), "invalid client")):
-		return &Error{Reason: ReasonInvalidClientCredentials, StatusCode: code,
-			Message: fmt.Sprintf("%s: Keycloak rejected the client ID or secret (%s)", what, detail)}
-	case oauthErr == "unauthorized_client" || code == http.StatusUnauthorized || code == http.StatusForbidden:
-		return &Error{Reason: ReasonUnauthorizedClient, StatusCode: code,
-			Message: fmt.Sprintf("%s: the client may not use this grant (%s); for client credentials enable \"Service accounts roles\" on the client", what, detail)}
-	case code >= 500:
-		return &Error{Reason: ReasonServerError, StatusCode: code,
-			Message: fmt.Sprintf("%s: Keycloak failed with %s", what, detail)}
-	default:
-		return &Error{Reason: ReasonServerError, StatusCode: code,
-			Message: fmt.Sprintf("%s: unexpected answer from Keycloak: %s", what, detail)}
-	}
-}
-
-func transportError(ctx context.Context, err error, what string) error {
-	var netErr net.Error
-	var unknownCA x509.UnknownAuthorityError
-	var hostErr x509.HostnameError
-	var invalidCert x509.CertificateInvalidError
-	var verifyErr *tls.CertificateVerificationError
-	switch {
-	case errors.As(err, &unknownCA) || errors.As(err, &hostErr) || errors.As(err, &invalidCert) || errors.As(err, &verifyErr):
-		return &Error{Reason: ReasonTLS, Message: fmt.Sprintf("%s: Keycloak's TLS certificate could not be verified (%s); set keycloak.caBundle or keycloak.caConfigMapRef to the CA that issued it", what, describeTransport(err))}
-	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()):
-		return &Error{Reason: ReasonTimeout, Message: fmt.Sprintf("%s: Keycloak did not answer in time", what)}
-	case ctx.Err() != nil:
-		return &Error{Reason: ReasonTimeout, Message: fmt.Sprintf("%s: cancelled: %v", what, ctx.Err())}
-	}
-	return &Error{Reason: ReasonUnreachable, Message: fmt.Sprintf("%s: cannot reach Keycloak: %s", what, describeTransport(err))}
-}
-
-// describeTransport renders a transport error without the request's form data (Go's url.Error
-// carries only method and URL, and our URLs hold no credentials).
-func describeTransport(err error) string {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return truncate(ue.Err.Error(), 300)
-	}
-	return truncate(err.Error(), 300)
-}
-
-func firstNonEmpty(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
 }

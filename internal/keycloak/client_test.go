@@ -38,7 +38,7 @@ func jsonReply(code int, body string) http.HandlerFunc {
 	}
 }
 
-var creds = Credentials{ClientID: "mlflow-operator", ClientSecret: "p%+&=s ecret"}
+var creds = ClientAuth{ClientID: "mlflow-operator", Secret: "p%+&=s ecret"}
 
 func TestClientCredentialsSendsFormCredentials(t *testing.T) {
 	ep := serve(t, func(w http.ResponseWriter, r *http.Request) {
@@ -49,13 +49,13 @@ func TestClientCredentialsSendsFormCredentials(t *testing.T) {
 			t.Error("credentials sent in an Authorization header; they must travel in the form body")
 		}
 		_ = r.ParseForm()
-		if r.PostForm.Get("client_secret") != creds.ClientSecret || r.PostForm.Get("client_id") != creds.ClientID ||
+		if r.PostForm.Get("client_secret") != creds.Secret || r.PostForm.Get("client_id") != creds.ClientID ||
 			r.PostForm.Get("grant_type") != "client_credentials" || r.PostForm.Get("scope") != "openid profile" {
 			t.Errorf("form = %v", r.PostForm)
 		}
 		jsonReply(200, `{"access_token":"`+jwtWith(map[string]any{"azp": "x"})+`","expires_in":300,"token_type":"Bearer","scope":"openid profile"}`)(w, r)
 	})
-	tok, err := NewGoCloak(Options{}).ClientCredentials(context.Background(), ep, creds, []string{"openid", "profile"})
+	tok, err := NewGoCloak(Options{}).Token(context.Background(), ep, creds, Grant{Type: GrantClientCredentials, Scopes: []string{"openid", "profile"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestClassification(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := NewGoCloak(Options{}).ClientCredentials(context.Background(), serve(t, tt.h), creds, nil)
+			_, err := NewGoCloak(Options{}).Token(context.Background(), serve(t, tt.h), creds, Grant{Type: GrantClientCredentials})
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -107,7 +107,7 @@ func TestClassification(t *testing.T) {
 			if !strings.Contains(err.Error(), tt.wantMsg) {
 				t.Errorf("message %q lacks %q", err.Error(), tt.wantMsg)
 			}
-			if strings.Contains(err.Error(), creds.ClientSecret) {
+			if strings.Contains(err.Error(), creds.Secret) {
 				t.Errorf("message leaks the client secret: %q", err.Error())
 			}
 		})
@@ -119,7 +119,7 @@ func TestTimeoutAndUnreachable(t *testing.T) {
 	defer close(block)
 	slow := serve(t, func(w http.ResponseWriter, r *http.Request) { <-block })
 	start := time.Now()
-	_, err := NewGoCloak(Options{Timeout: 300 * time.Millisecond}).ClientCredentials(context.Background(), slow, creds, nil)
+	_, err := NewGoCloak(Options{Timeout: 300 * time.Millisecond}).Token(context.Background(), slow, creds, Grant{Type: GrantClientCredentials})
 	if ReasonOf(err) != ReasonTimeout {
 		t.Errorf("slow server: reason %s (%v)", ReasonOf(err), err)
 	}
@@ -130,7 +130,7 @@ func TestTimeoutAndUnreachable(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
-	_, err = NewGoCloak(Options{}).ClientCredentials(context.Background(), Endpoint{URL: "http://" + addr, Realm: "r"}, creds, nil)
+	_, err = NewGoCloak(Options{}).Token(context.Background(), Endpoint{URL: "http://" + addr, Realm: "r"}, creds, Grant{Type: GrantClientCredentials})
 	if ReasonOf(err) != ReasonUnreachable || !strings.Contains(err.Error(), "refused") {
 		t.Errorf("closed port: reason %s (%v)", ReasonOf(err), err)
 	}
@@ -140,7 +140,7 @@ func TestTimeoutAndUnreachable(t *testing.T) {
 		c, _, _ := hj.Hijack()
 		c.Close()
 	})
-	_, err = NewGoCloak(Options{}).ClientCredentials(context.Background(), reset, creds, nil)
+	_, err = NewGoCloak(Options{}).Token(context.Background(), reset, creds, Grant{Type: GrantClientCredentials})
 	if ReasonOf(err) != ReasonUnreachable {
 		t.Errorf("connection reset: reason %s (%v)", ReasonOf(err), err)
 	}
@@ -170,4 +170,26 @@ func FuzzTokenResponse(f *testing.F) {
 			t.Fatalf("accepted a bad token response: %+v", tok)
 		}
 	})
+}
+
+func TestDiscover(t *testing.T) {
+	ep := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/realms/mlflow/.well-known/openid-configuration" {
+			http.NotFound(w, r)
+			return
+		}
+		jsonReply(200, `{"issuer":"https://kc.example.com/realms/mlflow","token_endpoint":"https://kc.example.com/realms/mlflow/protocol/openid-connect/token"}`)(w, r)
+	})
+	iss, err := NewGoCloak(Options{}).Discover(context.Background(), ep)
+	if err != nil || iss != "https://kc.example.com/realms/mlflow" {
+		t.Fatalf("Discover = %q, %v", iss, err)
+	}
+	_, err = NewGoCloak(Options{}).Discover(context.Background(), Endpoint{URL: ep.URL, Realm: "nope"})
+	if ReasonOf(err) != ReasonRealmNotFound {
+		t.Errorf("unknown realm: %s (%v)", ReasonOf(err), err)
+	}
+	html := serve(t, func(w http.ResponseWriter, r *http.Request) { jsonReply(200, `{"hello":"world"}`)(w, r) })
+	if _, err := NewGoCloak(Options{}).Discover(context.Background(), html); ReasonOf(err) != ReasonInvalidResponse {
+		t.Errorf("not a discovery document: %s (%v)", ReasonOf(err), err)
+	}
 }

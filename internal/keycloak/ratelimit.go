@@ -1,8 +1,8 @@
 package keycloak
 
 import (
-	"context"
 	"fmt"
+	"net/http"
 	"sync"
 
 	"golang.org/x/time/rate"
@@ -11,91 +11,76 @@ import (
 // Limits bound the request rate the operator sends to Keycloak, so that a burst of new
 // resources or a restart never exceeds what Keycloak is meant to take.
 type Limits struct {
-	// QPS and Burst limit all calls together (0: unlimited).
+	// QPS and Burst limit all requests together (0: unlimited).
 	QPS   float64
 	Burst int
-	// PerHostQPS and PerHostBurst limit the calls to each Keycloak base URL (0: unlimited).
+	// PerHostQPS and PerHostBurst limit the requests to each Keycloak host (0: unlimited).
 	PerHostQPS   float64
 	PerHostBurst int
 }
 
-// RateLimited wraps c so that every call waits for its turn under l. A call whose context ends
-// while waiting fails with a timeout and never reaches Keycloak.
-func RateLimited(c Client, l Limits) Client {
-	rl := &rateLimited{Client: c, limits: l, perHost: map[string]*rate.Limiter{}}
-	if l.QPS > 0 {
-		rl.global = rate.NewLimiter(rate.Limit(l.QPS), max(l.Burst, 1))
-	}
-	return rl
-}
-
-type rateLimited struct {
-	Client
+// limiter holds the token buckets; one is shared by every transport of a GoCloak.
+type limiter struct {
 	limits  Limits
 	global  *rate.Limiter
 	mu      sync.Mutex
 	perHost map[string]*rate.Limiter
 }
 
-func (r *rateLimited) wait(ctx context.Context, ep Endpoint) error {
-	if r.limits.PerHostQPS > 0 {
-		r.mu.Lock()
-		l, ok := r.perHost[ep.URL]
-		if !ok {
-			l = rate.NewLimiter(rate.Limit(r.limits.PerHostQPS), max(r.limits.PerHostBurst, 1))
-			r.perHost[ep.URL] = l
+func newLimiter(l Limits) *limiter {
+	lim := &limiter{limits: l, perHost: map[string]*rate.Limiter{}}
+	if l.QPS > 0 {
+		lim.global = rate.NewLimiter(rate.Limit(l.QPS), max(l.Burst, 1))
+	}
+	return lim
+}
+
+// wrap makes every request through next wait for its turn. A request whose context ends while it
+// waits fails with a rateLimitError and never reaches Keycloak.
+func (l *limiter) wrap(next http.RoundTripper) http.RoundTripper {
+	if l.global == nil && l.limits.PerHostQPS <= 0 {
+		return next
+	}
+	return roundTripFunc(func(req *http.Request) (*http.Response, error) {
+		if err := l.wait(req); err != nil {
+			return nil, err
 		}
-		r.mu.Unlock()
-		if err := l.Wait(ctx); err != nil {
-			return &Error{Reason: ReasonTimeout, Message: fmt.Sprintf("waited too long for the per-Keycloak rate limit (%g/s): %v", r.limits.PerHostQPS, err)}
+		return next.RoundTrip(req)
+	})
+}
+
+func (l *limiter) wait(req *http.Request) error {
+	if l.limits.PerHostQPS > 0 {
+		l.mu.Lock()
+		h, ok := l.perHost[req.URL.Host]
+		if !ok {
+			h = rate.NewLimiter(rate.Limit(l.limits.PerHostQPS), max(l.limits.PerHostBurst, 1))
+			l.perHost[req.URL.Host] = h
+		}
+		l.mu.Unlock()
+		if err := h.Wait(req.Context()); err != nil {
+			return &rateLimitError{fmt.Sprintf("the per-Keycloak rate limit (%g/s)", l.limits.PerHostQPS), err}
 		}
 	}
-	if r.global != nil {
-		if err := r.global.Wait(ctx); err != nil {
-			return &Error{Reason: ReasonTimeout, Message: fmt.Sprintf("waited too long for the global Keycloak rate limit (%g/s): %v", r.limits.QPS, err)}
+	if l.global != nil {
+		if err := l.global.Wait(req.Context()); err != nil {
+			return &rateLimitError{fmt.Sprintf("the global Keycloak rate limit (%g/s)", l.limits.QPS), err}
 		}
 	}
 	return nil
 }
 
-func (r *rateLimited) ClientCredentials(ctx context.Context, ep Endpoint, c Credentials, s []string) (*Token, error) {
-	if err := r.wait(ctx, ep); err != nil {
-		return nil, err
-	}
-	return r.Client.ClientCredentials(ctx, ep, c, s)
+// rateLimitError: a request waited longer for its turn than its context allowed.
+type rateLimitError struct {
+	limit string
+	err   error
 }
 
-func (r *rateLimited) Refresh(ctx context.Context, ep Endpoint, c Credentials, rt string, s []string) (*Token, error) {
-	if err := r.wait(ctx, ep); err != nil {
-		return nil, err
-	}
-	return r.Client.Refresh(ctx, ep, c, rt, s)
+func (e *rateLimitError) Error() string {
+	return "waited too long for " + e.limit + ": " + e.err.Error()
 }
+func (e *rateLimitError) Unwrap() error { return e.err }
 
-func (r *rateLimited) Password(ctx context.Context, ep Endpoint, c Credentials, u UserCredentials, s []string) (*Token, error) {
-	if err := r.wait(ctx, ep); err != nil {
-		return nil, err
-	}
-	return r.Client.Password(ctx, ep, c, u, s)
-}
+type roundTripFunc func(*http.Request) (*http.Response, error)
 
-func (r *rateLimited) Revoke(ctx context.Context, ep Endpoint, c Credentials, tok, hint string) error {
-	if err := r.wait(ctx, ep); err != nil {
-		return err
-	}
-	return r.Client.Revoke(ctx, ep, c, tok, hint)
-}
-
-func (r *rateLimited) Introspect(ctx context.Context, ep Endpoint, c Credentials, tok, hint string) (bool, error) {
-	if err := r.wait(ctx, ep); err != nil {
-		return false, err
-	}
-	return r.Client.Introspect(ctx, ep, c, tok, hint)
-}
-
-func (r *rateLimited) DeleteSession(ctx context.Context, ep Endpoint, admin, sid string, offline bool) (bool, error) {
-	if err := r.wait(ctx, ep); err != nil {
-		return false, err
-	}
-	return r.Client.DeleteSession(ctx, ep, admin, sid, offline)
-}
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }

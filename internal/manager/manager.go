@@ -3,17 +3,21 @@
 package manager
 
 import (
+	"os"
+	"strings"
 	"time"
 
-	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -22,7 +26,7 @@ import (
 	"github.com/mlflow-token-operator/mlflow-token-operator/controllers"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
-	"github.com/mlflow-token-operator/mlflow-token-operator/internal/renewal"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/objectwatch"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 )
 
@@ -40,25 +44,20 @@ type Options struct {
 	// QPS and Burst of the Kubernetes client (client-go's defaults of 5/10 throttle fleets).
 	QPS   float32
 	Burst int
-	// KeycloakTimeout bounds one exchange with Keycloak.
-	KeycloakTimeout time.Duration
-	// RevocationTimeout is how long deletion retries revocation.
-	RevocationTimeout time.Duration
-	// Backoff after failures.
-	Backoff renewal.Backoff
-	// VerifySessionRevocation checks with the admin API at every deletion that the session ended.
-	VerifySessionRevocation bool
-	// OfflineIdleTimeout is the realms' offline session idle timeout (Keycloak's default: 30 days).
-	OfflineIdleTimeout time.Duration
-	// RefreshChainWarning is how early RefreshChainExpiring warns before a chain ends.
-	RefreshChainWarning time.Duration
+	// Reconciler are the reconciler's tunables (timeouts, backoff, revocation).
+	Reconciler controllers.Config
 	// Namespaces restricts the operator to these namespaces (empty: all). Then it needs
 	// permissions only there (Roles instead of a ClusterRole).
 	Namespaces []string
+	// IssuerRecheckInterval is how often issuers are checked again (zero: 5 minutes).
+	IssuerRecheckInterval time.Duration
 	// KeycloakLimits bound the request rate to Keycloak.
 	KeycloakLimits keycloak.Limits
-	// Keycloak replaces the gocloak-backed client (tests wrap it to count calls).
+	// Keycloak replaces the gocloak-backed client (tests script it).
 	Keycloak keycloak.Client
+	// KeycloakObserver, when set, sees every call to Keycloak after the metrics do (tests count
+	// calls with it).
+	KeycloakObserver func(op keycloak.Op, took time.Duration, err error)
 	// SkipNameValidation allows several managers in one process (tests that restart the operator).
 	SkipNameValidation bool
 }
@@ -66,17 +65,13 @@ type Options struct {
 // Defaults returns the options cmd/main.go starts from.
 func Defaults() Options {
 	return Options{
-		MetricsAddr:         ":8080",
-		ProbeAddr:           ":8081",
-		Concurrency:         4,
-		QPS:                 50,
-		Burst:               100,
-		KeycloakTimeout:     controllers.DefaultKeycloakTimeout,
-		RevocationTimeout:   controllers.DefaultRevocationTimeout,
-		Backoff:             renewal.DefaultBackoff,
-		KeycloakLimits:      keycloak.Limits{QPS: 100, Burst: 100, PerHostQPS: 50, PerHostBurst: 50},
-		OfflineIdleTimeout:  controllers.DefaultOfflineIdleTimeout,
-		RefreshChainWarning: controllers.DefaultRefreshChainWarning,
+		MetricsAddr:    ":8080",
+		ProbeAddr:      ":8081",
+		Concurrency:    4,
+		QPS:            50,
+		Burst:          100,
+		Reconciler:     controllers.DefaultConfig(),
+		KeycloakLimits: keycloak.Limits{QPS: 100, Burst: 100, PerHostQPS: 50, PerHostBurst: 50},
 	}
 }
 
@@ -103,35 +98,51 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	}
 	kc := o.Keycloak
 	if kc == nil {
-		kc = keycloak.NewGoCloak(keycloak.Options{Timeout: o.KeycloakTimeout})
+		observe := metrics.ObserveKeycloak
+		if extra := o.KeycloakObserver; extra != nil {
+			observe = func(op keycloak.Op, took time.Duration, err error) {
+				metrics.ObserveKeycloak(op, took, err)
+				extra(op, took, err)
+			}
+		}
+		kc = keycloak.NewGoCloak(keycloak.Options{Timeout: o.Reconciler.KeycloakTimeout, Limits: o.KeycloakLimits, Observe: observe})
 	}
-	kc = keycloak.RateLimited(metrics.Instrument(kc), o.KeycloakLimits)
-	r := &controllers.MLflowAccessTokenReconciler{
-		Client:            mgr.GetClient(),
-		APIReader:         mgr.GetAPIReader(),
-		Recorder:          mgr.GetEventRecorder("mlflow-token-operator"),
-		Keycloak:          kc,
-		Backoff:           o.Backoff,
-		KeycloakTimeout:   o.KeycloakTimeout,
-		RevocationTimeout: o.RevocationTimeout,
-
-		VerifySessionRevocation: o.VerifySessionRevocation,
-		OfflineIdleTimeout:      o.OfflineIdleTimeout,
-		RefreshChainWarning:     o.RefreshChainWarning,
+	if o.Reconciler.ClusterResourceNamespace == "" {
+		o.Reconciler.ClusterResourceNamespace = OwnNamespace()
 	}
-	// Errors (API server down, conflicts) retry with controller-runtime's exponential backoff,
-	// but capped at the operator's own retry cap (at most 30 s) instead of the default 1000 s:
-	// after an API server outage, tokens must not expire while their resources wait in the queue.
-	errCap := min(o.Backoff.Max, 30*time.Second)
-	if errCap <= 0 {
-		errCap = 30 * time.Second
-	}
-	limiter := workqueue.NewTypedMaxOfRateLimiter(
-		workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](5*time.Millisecond, errCap),
-		&workqueue.TypedBucketRateLimiter[reconcile.Request]{Limiter: rate.NewLimiter(rate.Limit(10), 100)},
-	)
-	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: o.Concurrency, SkipNameValidation: &o.SkipNameValidation, RateLimiter: limiter}); err != nil {
+	// The credentials and CA bundles issuers reference are watched one by one (no cluster-wide
+	// Secret cache); a change reaches the issuers' and the tokens' controllers as an event.
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
 		return nil, err
+	}
+	watched := objectwatch.New(cs)
+	if err := mgr.Add(watched); err != nil {
+		return nil, err
+	}
+	issuerEvents, clusterIssuerEvents, tokenEvents := fanOut(watched)
+	recorder := mgr.GetEventRecorder("mlflow-token-operator")
+	r := &controllers.MLflowAccessTokenReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  recorder,
+		Keycloak:  kc,
+		Watched:   watched,
+		Config:    o.Reconciler,
+	}
+	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: o.Concurrency, SkipNameValidation: &o.SkipNameValidation, RateLimiter: ErrorRateLimiter()}, tokenEvents); err != nil {
+		return nil, err
+	}
+	for _, cluster := range []bool{false, true} {
+		ir := &controllers.IssuerReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Keycloak: kc,
+			Watched: watched, Cluster: cluster, RecheckInterval: o.IssuerRecheckInterval, Config: o.Reconciler}
+		events := issuerEvents
+		if cluster {
+			events = clusterIssuerEvents
+		}
+		if err := ir.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: 2, SkipNameValidation: &o.SkipNameValidation}, events); err != nil {
+			return nil, err
+		}
 	}
 	if o.ProbeAddr != "" && o.ProbeAddr != "0" {
 		if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
@@ -142,6 +153,51 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		}
 	}
 	return mgr, nil
+}
+
+// fanOut turns the Watched store's notifications into one event stream per controller.
+func fanOut(w *objectwatch.Store) (issuers, clusterIssuers, tokens chan event.GenericEvent) {
+	issuers, clusterIssuers, tokens = make(chan event.GenericEvent, 256), make(chan event.GenericEvent, 256), make(chan event.GenericEvent, 256)
+	w.OnChange(func(k objectwatch.Key) {
+		o := &metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{Namespace: k.Namespace, Name: k.Name}}
+		// Sent from a goroutine: a notification must never block the watch that delivers it.
+		go func() {
+			for _, ch := range []chan event.GenericEvent{issuers, clusterIssuers, tokens} {
+				ch <- event.GenericEvent{Object: o}
+			}
+		}()
+	})
+	return issuers, clusterIssuers, tokens
+}
+
+// OwnNamespace is the namespace the operator runs in: $POD_NAMESPACE (the chart sets it), else the
+// namespace of its service-account token, else mlflow-token-operator-system.
+func OwnNamespace() string {
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		return ns
+	}
+	if b, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil && len(b) > 0 {
+		return strings.TrimSpace(string(b))
+	}
+	return "mlflow-token-operator-system"
+}
+
+// ErrorRateLimiter paces the retries of reconciles that failed with an error: the API server
+// was unavailable, or a write lost a race. (Failures a person must act on are not errors: the
+// reconciler records them and requeues after its own backoff.)
+//
+// It is a per-resource exponential backoff from 250 ms to 5 s, and nothing else. controller-
+// runtime's default adds a queue-wide token bucket (10/s, burst 100), and so did this operator's
+// limiter until it was found to make recovery from an API server outage unbounded: the bucket
+// *reserves* a future slot for every failure, and during an outage each resource fails a dozen
+// times in its first seconds (5 ms, 10 ms, 20 ms ...), so 60 resources reserved the bucket more
+// than a minute ahead; after the API server came back they were still waiting for those slots
+// (50.8 s for the last one after a 37 s outage). Per-resource delays alone bring every resource
+// back within 5 s of the API server's return, whatever the outage's length. The load a fleet of
+// failing resources puts on the API server is bounded by the client's own QPS limit
+// (--kube-api-qps), which is where such a limit belongs.
+func ErrorRateLimiter() workqueue.TypedRateLimiter[reconcile.Request] {
+	return workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](250*time.Millisecond, 5*time.Second)
 }
 
 func nonZero(d time.Duration) *time.Duration {

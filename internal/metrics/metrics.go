@@ -3,7 +3,6 @@
 package metrics
 
 import (
-	"context"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +22,9 @@ const (
 	NameKeycloakRequests = "mlflow_token_keycloak_requests_total"
 	NameKeycloakDuration = "mlflow_token_keycloak_request_duration_seconds"
 	NameRevocations      = "mlflow_token_revocations_total"
+	NameChainExpiry      = "mlflow_token_refresh_chain_expiry_timestamp_seconds"
+	NameSATokenRequests  = "mlflow_token_serviceaccount_token_requests_total"
+	NameIssuerReady      = "mlflow_token_issuer_ready"
 )
 
 var (
@@ -38,12 +40,18 @@ var (
 		Help: "Calls to Keycloak by grant, endpoint and outcome (success or the failure reason)."}, []string{"grant", "endpoint", "outcome"})
 	duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: NameKeycloakDuration,
 		Help: "Latency of calls to Keycloak.", Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 15}}, []string{"grant", "endpoint"})
+	chainExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: NameChainExpiry,
+		Help: "Unix time at which the resource's refresh chain ends unless renewed, by grant: a RefreshToken grant then needs a new bootstrap token from a person; a Password grant logs in again."}, []string{"namespace", "name", "grant"})
+	saTokenRequests = prometheus.NewCounterVec(prometheus.CounterOpts{Name: NameSATokenRequests,
+		Help: "TokenRequests for service-account tokens that authenticate Keycloak clients (federated client authentication), by outcome."}, []string{"outcome"})
+	issuerReady = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: NameIssuerReady,
+		Help: "1 when the issuer's realm answered its last check (condition Ready=True), else 0."}, []string{"kind", "namespace", "name"})
 	revocations = prometheus.NewCounterVec(prometheus.CounterOpts{Name: NameRevocations,
 		Help: "Revocations on deletion by outcome: revoked, skipped, failed (will retry), abandoned (gave up)."}, []string{"outcome"})
 )
 
 func init() {
-	ctrlmetrics.Registry.MustRegister(expiry, renewal, ready, failed, requests, duration, revocations)
+	ctrlmetrics.Registry.MustRegister(expiry, renewal, ready, failed, chainExpiry, saTokenRequests, issuerReady, requests, duration, revocations)
 }
 
 // Observe publishes a resource's status.
@@ -55,6 +63,10 @@ func Observe(obj *authv1alpha1.MLflowAccessToken) {
 	}
 	if s.RenewalTime != nil {
 		renewal.WithLabelValues(ns, name).Set(float64(s.RenewalTime.Unix()))
+	}
+	chainExpiry.DeletePartialMatch(prometheus.Labels{"namespace": ns, "name": name})
+	if s.RefreshChainExpiresAt != nil {
+		chainExpiry.WithLabelValues(ns, name, string(obj.Spec.Grant.Type)).Set(float64(s.RefreshChainExpiresAt.Unix()))
 	}
 	r := 0.0
 	if meta.IsStatusConditionTrue(s.Conditions, authv1alpha1.ConditionReady) {
@@ -69,63 +81,33 @@ func Forget(namespace, name string) {
 	for _, g := range []*prometheus.GaugeVec{expiry, renewal, ready, failed} {
 		g.DeleteLabelValues(namespace, name)
 	}
+	chainExpiry.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "name": name})
 }
 
 // Revocation counts a revocation outcome.
 func Revocation(outcome string) { revocations.WithLabelValues(outcome).Inc() }
 
-// Instrument wraps a Keycloak client so that every call is counted and timed.
-func Instrument(c keycloak.Client) keycloak.Client { return instrumented{c} }
-
-type instrumented struct{ keycloak.Client }
-
-func observe(grant, endpoint string, start time.Time, err error) {
+// ObserveKeycloak counts and times one call to Keycloak; it is keycloak.Options.Observe.
+func ObserveKeycloak(op keycloak.Op, took time.Duration, err error) {
 	outcome := "success"
 	if err != nil {
 		outcome = string(keycloak.ReasonOf(err))
 	}
-	requests.WithLabelValues(grant, endpoint, outcome).Inc()
-	duration.WithLabelValues(grant, endpoint).Observe(time.Since(start).Seconds())
+	requests.WithLabelValues(op.Grant, op.Endpoint, outcome).Inc()
+	duration.WithLabelValues(op.Grant, op.Endpoint).Observe(took.Seconds())
 }
 
-func (i instrumented) ClientCredentials(ctx context.Context, ep keycloak.Endpoint, c keycloak.Credentials, s []string) (*keycloak.Token, error) {
-	start := time.Now()
-	t, err := i.Client.ClientCredentials(ctx, ep, c, s)
-	observe("client_credentials", "token", start, err)
-	return t, err
+// ServiceAccountTokenRequest counts a TokenRequest by outcome (success, error).
+func ServiceAccountTokenRequest(outcome string) { saTokenRequests.WithLabelValues(outcome).Inc() }
+
+// IssuerReady publishes an issuer's readiness (namespace is empty for a ClusterKeycloakIssuer).
+func IssuerReady(kind, namespace, name string, ready bool) {
+	v := 0.0
+	if ready {
+		v = 1
+	}
+	issuerReady.WithLabelValues(kind, namespace, name).Set(v)
 }
 
-func (i instrumented) Refresh(ctx context.Context, ep keycloak.Endpoint, c keycloak.Credentials, rt string, s []string) (*keycloak.Token, error) {
-	start := time.Now()
-	t, err := i.Client.Refresh(ctx, ep, c, rt, s)
-	observe("refresh_token", "token", start, err)
-	return t, err
-}
-
-func (i instrumented) Password(ctx context.Context, ep keycloak.Endpoint, c keycloak.Credentials, u keycloak.UserCredentials, s []string) (*keycloak.Token, error) {
-	start := time.Now()
-	t, err := i.Client.Password(ctx, ep, c, u, s)
-	observe("password", "token", start, err)
-	return t, err
-}
-
-func (i instrumented) Revoke(ctx context.Context, ep keycloak.Endpoint, c keycloak.Credentials, tok, hint string) error {
-	start := time.Now()
-	err := i.Client.Revoke(ctx, ep, c, tok, hint)
-	observe(hint, "revoke", start, err)
-	return err
-}
-
-func (i instrumented) Introspect(ctx context.Context, ep keycloak.Endpoint, c keycloak.Credentials, tok, hint string) (bool, error) {
-	start := time.Now()
-	ok, err := i.Client.Introspect(ctx, ep, c, tok, hint)
-	observe(hint, "introspect", start, err)
-	return ok, err
-}
-
-func (i instrumented) DeleteSession(ctx context.Context, ep keycloak.Endpoint, admin, sid string, offline bool) (bool, error) {
-	start := time.Now()
-	ok, err := i.Client.DeleteSession(ctx, ep, admin, sid, offline)
-	observe("admin", "session", start, err)
-	return ok, err
-}
+// ForgetIssuer removes a deleted issuer's series.
+func ForgetIssuer(kind, namespace, name string) { issuerReady.DeleteLabelValues(kind, namespace, name) }

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -91,9 +92,30 @@ func ApplyChain(s *corev1.Secret, c Chain) bool {
 	set(annEnded, c.Ended)
 	s.Annotations = ann
 	s.Type = corev1.SecretTypeOpaque
-	s.Data = map[string][]byte{KeyRefreshToken: []byte(c.RefreshToken)}
+	data := maps.Clone(s.Data)
+	if data == nil {
+		data = map[string][]byte{}
+	}
+	data[KeyRefreshToken] = []byte(c.RefreshToken)
+	s.Data = data
+	ensureFinalizer(s)
+	return changed(before, s)
+}
+
+// changed reports whether s differs from before in what the operator writes.
+func changed(before, s *corev1.Secret) bool {
 	return !maps.Equal(before.Labels, s.Labels) || !maps.Equal(before.Annotations, s.Annotations) ||
-		string(before.Data[KeyRefreshToken]) != c.RefreshToken || len(before.Data) != 1
+		before.Type != s.Type || !slices.Equal(before.Finalizers, s.Finalizers) ||
+		!maps.EqualFunc(before.Data, s.Data, func(a, b []byte) bool { return string(a) == string(b) })
+}
+
+// ensureFinalizer puts the operator's finalizer on one of its Secrets: it keeps the Secret, and
+// the token or credentials in it, until the resource's deletion has revoked them, also when a
+// namespace deletion removes the Secrets before the resource.
+func ensureFinalizer(s *corev1.Secret) {
+	if !slices.Contains(s.Finalizers, authv1alpha1.Finalizer) {
+		s.Finalizers = append(slices.Clone(s.Finalizers), authv1alpha1.Finalizer)
+	}
 }
 
 // ReadChain reads the state Secret (nil: no chain yet).

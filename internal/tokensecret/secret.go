@@ -41,27 +41,29 @@ const (
 	AnnotationIssuedFor = annotationPrefix + "issued-for"
 	// AnnotationIssuedAt records when the token was obtained (RFC 3339).
 	AnnotationIssuedAt = annotationPrefix + "issued-at"
-	// AnnotationRenewAt records when the token is due for renewal (RFC 3339).
+	// AnnotationRenewAt reports when the token is due for renewal (RFC 3339); never read back.
 	AnnotationRenewAt = annotationPrefix + "renew-at"
 	// AnnotationTokenHash records a short SHA-256 of the token, to notice a hand-edited Secret.
 	// It reveals nothing the Secret's own data does not.
 	AnnotationTokenHash = annotationPrefix + "token-sha256"
 )
 
-// State describes the token in a Secret. It holds the token: never log it.
+// State describes the token in a Secret: facts recorded when it was obtained. It holds the
+// token: never log it.
 type State struct {
 	AccessToken string
 	IssuedAt    time.Time
 	ExpiresAt   time.Time
-	RenewAt     time.Time
 	// IssuedFor is the hash of the spec fields the token was issued for.
 	IssuedFor string
 }
 
 // Apply writes the desired labels, annotations, type and data onto s, keeping labels and
 // annotations that others (a GitOps tool, a person) put there. It returns whether anything
-// changed. The resource's own labels and annotations are never copied.
-func Apply(s *corev1.Secret, owner *authv1alpha1.MLflowAccessToken, st State) bool {
+// changed. trackingURI is written as MLFLOW_TRACKING_URI when set. The resource's own labels and annotations are never copied. renewAt is reported in
+// an annotation for people reading the Secret; the operator never reads it back (it computes the
+// renewal time from the facts each time).
+func Apply(s *corev1.Secret, owner *authv1alpha1.MLflowAccessToken, st State, renewAt time.Time, trackingURI string) bool {
 	before := s.DeepCopy()
 
 	labels := map[string]string{}
@@ -69,13 +71,13 @@ func Apply(s *corev1.Secret, owner *authv1alpha1.MLflowAccessToken, st State) bo
 	maps.Copy(labels, s.Labels)
 	maps.Copy(annotations, s.Annotations)
 	if t := owner.Spec.SecretTemplate; t != nil {
-		maps.Copy(labels, t.Labels)
+		maps.Copy(labels, t.LabelMap())
 		maps.Copy(annotations, t.Annotations)
 	}
 	labels[LabelManagedBy] = ManagedByValue
 	annotations[AnnotationIssuedFor] = st.IssuedFor
 	annotations[AnnotationIssuedAt] = formatTime(st.IssuedAt)
-	annotations[AnnotationRenewAt] = formatTime(st.RenewAt)
+	annotations[AnnotationRenewAt] = formatTime(renewAt)
 	annotations[AnnotationTokenHash] = tokenHash(st.AccessToken)
 	s.Labels, s.Annotations = labels, annotations
 
@@ -87,14 +89,13 @@ func Apply(s *corev1.Secret, owner *authv1alpha1.MLflowAccessToken, st State) bo
 		KeyTrackingToken: []byte(st.AccessToken),
 		KeyExpiresAt:     []byte(formatTime(st.ExpiresAt)),
 	}
-	if m := owner.Spec.MLflow; m != nil && m.TrackingURI != "" {
-		data[KeyTrackingURI] = []byte(m.TrackingURI)
+	if trackingURI != "" {
+		data[KeyTrackingURI] = []byte(trackingURI)
 	}
 	s.Data = data
 	s.StringData = nil
-
-	return !maps.Equal(before.Labels, s.Labels) || !maps.Equal(before.Annotations, s.Annotations) ||
-		before.Type != s.Type || !maps.EqualFunc(before.Data, s.Data, func(a, b []byte) bool { return string(a) == string(b) })
+	ensureFinalizer(s)
+	return changed(before, s)
 }
 
 // Read returns the token state recorded in s. ok is false when s is nil, lacks a piece, or
@@ -105,10 +106,9 @@ func Read(s *corev1.Secret) (st State, ok bool) {
 	}
 	st.AccessToken = string(s.Data[KeyToken])
 	st.IssuedFor = s.Annotations[AnnotationIssuedFor]
-	var errs [3]error
+	var errs [2]error
 	st.IssuedAt, errs[0] = time.Parse(time.RFC3339, s.Annotations[AnnotationIssuedAt])
-	st.RenewAt, errs[1] = time.Parse(time.RFC3339, s.Annotations[AnnotationRenewAt])
-	st.ExpiresAt, errs[2] = time.Parse(time.RFC3339, string(s.Data[KeyExpiresAt]))
+	st.ExpiresAt, errs[1] = time.Parse(time.RFC3339, string(s.Data[KeyExpiresAt]))
 	for _, err := range errs {
 		if err != nil {
 			return st, false

@@ -53,8 +53,8 @@ func newToken(ns, name, kcURL string, lifespan time.Duration) *authv1alpha1.MLfl
 			// here measures revocation.
 			Annotations: map[string]string{annSkipRevoke: "true"}},
 		Spec: authv1alpha1.MLflowAccessTokenSpec{
-			Keycloak: authv1alpha1.KeycloakSpec{URL: kcURL, Realm: realm, ClientID: clientID,
-				ClientSecretRef: authv1alpha1.SecretKeyRef{Name: inputSecret, Key: key}},
+			Keycloak: &authv1alpha1.KeycloakSpec{URL: kcURL, Realm: realm, ClientID: clientID,
+				ClientSecretRef: &authv1alpha1.SecretKeyRef{Name: inputSecret, Key: key}},
 			Grant: authv1alpha1.GrantSpec{Type: authv1alpha1.GrantClientCredentials},
 		},
 	}

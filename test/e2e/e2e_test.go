@@ -65,9 +65,9 @@ func TestTrainingJobAcrossRotations(t *testing.T) {
 	obj := &authv1alpha1.MLflowAccessToken{
 		ObjectMeta: metav1.ObjectMeta{Name: "training", Namespace: ns},
 		Spec: authv1alpha1.MLflowAccessTokenSpec{
-			Keycloak: authv1alpha1.KeycloakSpec{
+			Keycloak: &authv1alpha1.KeycloakSpec{
 				URL: kcServer.URL(), Realm: realm, ClientID: clientID,
-				ClientSecretRef: authv1alpha1.SecretKeyRef{Name: "kc-client", Key: "client-secret"},
+				ClientSecretRef: &authv1alpha1.SecretKeyRef{Name: "kc-client", Key: "client-secret"},
 			},
 			Grant:  authv1alpha1.GrantSpec{Type: authv1alpha1.GrantClientCredentials},
 			MLflow: &authv1alpha1.MLflowSpec{TrackingURI: mlflowSrv.URL},

@@ -48,9 +48,9 @@ func ccToken(ns, name string) *authv1alpha1.MLflowAccessToken {
 	return &authv1alpha1.MLflowAccessToken{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: authv1alpha1.MLflowAccessTokenSpec{
-			Keycloak: authv1alpha1.KeycloakSpec{
+			Keycloak: &authv1alpha1.KeycloakSpec{
 				URL: proxy.URL(), Realm: realm, ClientID: clientID,
-				ClientSecretRef: authv1alpha1.SecretKeyRef{Name: "kc-client", Key: "client-secret"},
+				ClientSecretRef: &authv1alpha1.SecretKeyRef{Name: "kc-client", Key: "client-secret"},
 			},
 			Grant: authv1alpha1.GrantSpec{Type: authv1alpha1.GrantClientCredentials},
 		},

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mlflow-token-operator/mlflow-token-operator/internal/renewal"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/policy"
 )
 
 // attemptBound is the most attempts one resource may make in a window of length d when every
@@ -14,7 +14,7 @@ import (
 // with the jitter always at its shortest, starting with a token that still has the full
 // lifetime left (the quarter-of-remaining-life cap then shortens the waits most): an upper bound.
 func attemptBound(d time.Duration) int {
-	b := renewal.Backoff{Initial: minRetry, Max: maxRetry}
+	b := policy.Backoff{Initial: minRetry, Max: maxRetry}
 	start := time.Unix(1_000_000, 0)
 	exp := start.Add(tokenLifespan)
 	n := 0

@@ -80,6 +80,12 @@ func TestAdmissionRejectsBadResources(t *testing.T) {
 		}, `unknown field "spec.grant.passwordSecretRef.namespace"`},
 		{"secretName taking the state Secret's name", set("secretName", "x-refresh-state"), "reserved for the operator's state Secret"},
 		{"oversized clientID", set("keycloak.clientID", strings.Repeat("c", 300)), "spec.keycloak.clientID: Too long"},
+		{"renewBefore without a unit", set("renewBefore", "5"), `spec.renewBefore: Invalid value: "5": spec.renewBefore in body should match`},
+		{"template label key with a space", set("secretTemplate.labels", map[string]any{"bad key": "v"}), "label keys must be [prefix/]name"},
+		{"template label value of 70 characters", set("secretTemplate.labels", map[string]any{"team": strings.Repeat("a", 70)}), "spec.secretTemplate.labels.team: Too long: may not be more than 63"},
+		{"template label value with a slash", set("secretTemplate.labels", map[string]any{"team": "a/b"}), "spec.secretTemplate.labels.team in body should match"},
+		{"template annotation key invalid", set("secretTemplate.annotations", map[string]any{"-x": "v"}), "annotation keys must be [prefix/]name"},
+		{"template annotation in the operator's prefix", set("secretTemplate.annotations", map[string]any{"auth.mlflow-token-operator.io/renew-at": "x"}), "reserved for the operator"},
 	}
 	if len(cases) < 10 {
 		t.Fatal("fewer than 10 kinds of mistake")
@@ -101,16 +107,24 @@ func TestAdmissionRejectsBadResources(t *testing.T) {
 			if !strings.Contains(err.Error(), tc.wantMsg) {
 				t.Errorf("message %q does not contain %q", err.Error(), tc.wantMsg)
 			}
+			// A person reads these: no CEL internals.
+			for _, internal := range []string{"protobuf", "type conversion", "no such overload"} {
+				if strings.Contains(err.Error(), internal) {
+					t.Errorf("message %q shows CEL internals (%q)", err.Error(), internal)
+				}
+			}
 		})
 	}
 
-	// And the valid one is accepted, with the key defaulted.
+	// And the valid one is accepted, with the key defaulted; a valid template too.
 	u := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "auth.mlflow-token-operator.io/v1alpha1", "kind": "MLflowAccessToken",
 		"metadata": map[string]any{"name": "good", "namespace": ns},
 		"spec":     validSpec(),
 	}}
 	set("keycloak.clientSecretRef.key", nil)(u.Object["spec"].(map[string]any))
+	set("secretTemplate", map[string]any{"labels": map[string]any{"team": "a", "example.com/app": "x-1.2_3"},
+		"annotations": map[string]any{"example.com/note": "any text / even with slashes"}})(u.Object["spec"].(map[string]any))
 	if err := k8s.Create(context.Background(), u, client.FieldValidation("Strict"), client.DryRunAll); err != nil {
 		t.Fatalf("valid resource rejected: %v", err)
 	}

@@ -1,61 +1,35 @@
 package integration
 
 import (
-	"context"
 	"sync"
+	"time"
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
 )
 
-// countingKeycloak counts the operator's calls to Keycloak per realm and kind, to report the
-// number of Keycloak calls per rotation.
-type countingKeycloak struct {
-	keycloak.Client
+// callCounter counts the operator's calls to Keycloak per realm and kind (the grant for the
+// token endpoint: client_credentials, refresh_token, password; else the endpoint: revoke,
+// introspect, session), to report and check the number of Keycloak calls per rotation.
+type callCounter struct {
 	mu sync.Mutex
 	n  map[string]int
 }
 
-func (c *countingKeycloak) inc(realmName, kind string) {
+func (c *callCounter) observe(op keycloak.Op, _ time.Duration, _ error) {
+	kind := op.Endpoint
+	if kind == "token" {
+		kind = op.Grant
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.n[realmName+"/"+kind]++
+	c.n[op.Realm+"/"+kind]++
 }
 
-func (c *countingKeycloak) count(realmName, kind string) int {
+func (c *callCounter) count(realmName, kind string) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.n[realmName+"/"+kind]
 }
 
-func (c *countingKeycloak) ClientCredentials(ctx context.Context, ep keycloak.Endpoint, cr keycloak.Credentials, s []string) (*keycloak.Token, error) {
-	c.inc(ep.Realm, "client_credentials")
-	return c.Client.ClientCredentials(ctx, ep, cr, s)
-}
-
-func (c *countingKeycloak) Refresh(ctx context.Context, ep keycloak.Endpoint, cr keycloak.Credentials, rt string, s []string) (*keycloak.Token, error) {
-	c.inc(ep.Realm, "refresh")
-	return c.Client.Refresh(ctx, ep, cr, rt, s)
-}
-
-func (c *countingKeycloak) Password(ctx context.Context, ep keycloak.Endpoint, cr keycloak.Credentials, u keycloak.UserCredentials, s []string) (*keycloak.Token, error) {
-	c.inc(ep.Realm, "password")
-	return c.Client.Password(ctx, ep, cr, u, s)
-}
-
-func (c *countingKeycloak) Revoke(ctx context.Context, ep keycloak.Endpoint, cr keycloak.Credentials, tok, hint string) error {
-	c.inc(ep.Realm, "revoke")
-	return c.Client.Revoke(ctx, ep, cr, tok, hint)
-}
-
-func (c *countingKeycloak) Introspect(ctx context.Context, ep keycloak.Endpoint, cr keycloak.Credentials, tok, hint string) (bool, error) {
-	c.inc(ep.Realm, "introspect")
-	return c.Client.Introspect(ctx, ep, cr, tok, hint)
-}
-
-func (c *countingKeycloak) DeleteSession(ctx context.Context, ep keycloak.Endpoint, admin, sid string, offline bool) (bool, error) {
-	c.inc(ep.Realm, "delete_session")
-	return c.Client.DeleteSession(ctx, ep, admin, sid, offline)
-}
-
 // kcCalls counts every Keycloak call the in-process operator makes.
-var kcCalls = &countingKeycloak{Client: keycloak.NewGoCloak(keycloak.Options{}), n: map[string]int{}}
+var kcCalls = &callCounter{n: map[string]int{}}

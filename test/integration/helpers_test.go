@@ -38,9 +38,9 @@ func newToken(ns, name string, mutate ...func(*authv1alpha1.MLflowAccessToken)) 
 	obj := &authv1alpha1.MLflowAccessToken{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
 		Spec: authv1alpha1.MLflowAccessTokenSpec{
-			Keycloak: authv1alpha1.KeycloakSpec{
+			Keycloak: &authv1alpha1.KeycloakSpec{
 				URL: kcServer.URL(), Realm: realm, ClientID: clientID,
-				ClientSecretRef: authv1alpha1.SecretKeyRef{Name: "kc-client", Key: "client-secret"},
+				ClientSecretRef: &authv1alpha1.SecretKeyRef{Name: "kc-client", Key: "client-secret"},
 			},
 			Grant: authv1alpha1.GrantSpec{Type: authv1alpha1.GrantClientCredentials},
 		},
@@ -118,6 +118,17 @@ func secretToken(s *corev1.Secret) string {
 
 func cond(obj *authv1alpha1.MLflowAccessToken, typ string) *metav1.Condition {
 	return meta.FindStatusCondition(obj.Status.Conditions, typ)
+}
+
+// condMessage is the message of a condition the test expects to be there; a missing one fails
+// the test with what the status holds instead.
+func condMessage(t *testing.T, obj *authv1alpha1.MLflowAccessToken, typ string) string {
+	t.Helper()
+	c := cond(obj, typ)
+	if c == nil {
+		t.Fatalf("%s/%s has no %s condition; conditions: %+v", obj.Namespace, obj.Name, typ, obj.Status.Conditions)
+	}
+	return c.Message
 }
 
 // eventually polls f until it reports true, failing the test with f's last description.

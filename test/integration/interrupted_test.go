@@ -92,7 +92,7 @@ func TestInterruptedRedemption(t *testing.T) {
 	if secretToken(getSecret(t, ns, "reached")) == "" {
 		t.Error("the consumer Secret lost its token")
 	}
-	t.Logf("after the consumed redemption: %s", cond(o2, authv1alpha1.ConditionRenewalFailing).Message)
+	t.Logf("after the consumed redemption: %s", condMessage(t, o2, authv1alpha1.ConditionRenewalFailing))
 	deleteAndWait(t, get(t, ns, "notreached"), 30*time.Second)
 	deleteAndWait(t, get(t, ns, "reached"), 30*time.Second)
 }

@@ -114,13 +114,13 @@ func TestPasswordGrantOfflineSession(t *testing.T) {
 	assertNoRefreshTokenInConsumerSecret(t, obj)
 
 	// Two rotations through the offline token: same session, no new login.
-	refreshBefore, loginBefore, rotBefore := kcCalls.count(strictRealm, "refresh"), kcCalls.count(strictRealm, "password"), obj.Status.Rotations
+	refreshBefore, loginBefore, rotBefore := kcCalls.count(strictRealm, "refresh_token"), kcCalls.count(strictRealm, "password"), obj.Status.Rotations
 	eventually(t, 2*waitForRotation, "two rotations", func() (bool, string) {
 		o := get(t, ns, "offline")
 		return o.Status.Rotations >= 3, "rotations " + itoa(o.Status.Rotations)
 	})
 	if o := get(t, ns, "offline"); o.Status.Rotations > rotBefore {
-		t.Logf("Password grant: %.2f refresh and %.2f password calls per rotation", float64(kcCalls.count(strictRealm, "refresh")-refreshBefore)/float64(o.Status.Rotations-rotBefore),
+		t.Logf("Password grant: %.2f refresh and %.2f password calls per rotation", float64(kcCalls.count(strictRealm, "refresh_token")-refreshBefore)/float64(o.Status.Rotations-rotBefore),
 			float64(kcCalls.count(strictRealm, "password")-loginBefore)/float64(o.Status.Rotations-rotBefore))
 	}
 	if o := get(t, ns, "offline"); o.Status.SessionID != obj.Status.SessionID {
@@ -197,14 +197,14 @@ func TestRefreshTokenChainUnderStrictRotation(t *testing.T) {
 		})
 	}
 	watchRotations(3)
-	refreshesBefore, rotationsBefore := kcCalls.count(strictRealm, "refresh"), get(t, ns, "chain").Status.Rotations
+	refreshesBefore, rotationsBefore := kcCalls.count(strictRealm, "refresh_token"), get(t, ns, "chain").Status.Rotations
 	restartOperator(t)
 	t.Log("operator restarted after rotation 3")
 	watchRotations(6)
 
 	obj = get(t, ns, "chain")
 	t.Logf("Keycloak refresh calls per rotation (rotations %d→%d, across the restart): %.2f", rotationsBefore, obj.Status.Rotations,
-		float64(kcCalls.count(strictRealm, "refresh")-refreshesBefore)/float64(obj.Status.Rotations-rotationsBefore))
+		float64(kcCalls.count(strictRealm, "refresh_token")-refreshesBefore)/float64(obj.Status.Rotations-rotationsBefore))
 	if obj.Status.SessionID != session {
 		t.Errorf("session changed %s → %s: the chain was broken", session, obj.Status.SessionID)
 	}
@@ -232,7 +232,7 @@ func TestInvalidBootstrapToken(t *testing.T) {
 		Type: authv1alpha1.GrantRefreshToken, RefreshTokenSecretRef: &authv1alpha1.RefreshTokenRef{Name: "junk-bootstrap"},
 	}))
 	obj := waitReason(t, ns, "junk", authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonRefreshTokenInvalid, 30*time.Second)
-	if msg := cond(obj, authv1alpha1.ConditionReady).Message; !strings.Contains(msg, `Secret "junk-bootstrap"`) {
+	if msg := condMessage(t, obj, authv1alpha1.ConditionReady); !strings.Contains(msg, `Secret "junk-bootstrap"`) {
 		t.Errorf("message does not say where to put a new token: %q", msg)
 	}
 	if getSecret(t, ns, obj.SecretNameOrDefault()) != nil {
@@ -328,7 +328,7 @@ func TestChangedPassword(t *testing.T) {
 	if s := getSecret(t, ns, "carl"); s == nil || (secretToken(s) != before && time.Now().Before(obj.Status.ExpiresAt.Time)) {
 		t.Error("the Secret's valid token was lost when re-login failed")
 	}
-	if msg := cond(obj, authv1alpha1.ConditionRenewalFailing).Message; !strings.Contains(msg, `Secret "carl-login"`) {
+	if msg := condMessage(t, obj, authv1alpha1.ConditionRenewalFailing); !strings.Contains(msg, `Secret "carl-login"`) {
 		t.Errorf("message does not name the credentials Secret: %q", msg)
 	}
 

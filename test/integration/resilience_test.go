@@ -21,7 +21,7 @@ func TestCrossNamespaceIsolation(t *testing.T) {
 	create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "victim", Namespace: b}, StringData: map[string]string{"x": "y"}})
 	create(t, newToken(a, "intruder", func(o *authv1alpha1.MLflowAccessToken) { o.Spec.SecretName = "victim" }))
 	obj := waitReason(t, a, "intruder", authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonClientSecretNotFound, 30*time.Second)
-	if msg := cond(obj, authv1alpha1.ConditionReady).Message; !strings.Contains(msg, "namespace "+a) {
+	if msg := condMessage(t, obj, authv1alpha1.ConditionReady); !strings.Contains(msg, "namespace "+a) {
 		t.Errorf("message should name the resource's namespace: %q", msg)
 	}
 	if v := getSecret(t, b, "victim"); v == nil || string(v.Data["x"]) != "y" || len(v.Data) != 1 {

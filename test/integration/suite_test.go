@@ -143,7 +143,7 @@ func run(m *testing.M) int {
 func startOperator(ctx context.Context, cfg *rest.Config) (func(), error) {
 	o := testenv.OperatorOptions()
 	o.MetricsAddr = metricsAddr
-	o.Keycloak = kcCalls
+	o.KeycloakObserver = kcCalls.observe
 	o.SkipNameValidation = true // restartOperator runs a second manager in this process
 	return testenv.StartOperator(ctx, cfg, o)
 }

@@ -21,7 +21,7 @@ func TestKeycloakOverTLS(t *testing.T) {
 
 	create(t, newToken(ns, "noca", https))
 	obj := waitReason(t, ns, "noca", authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonKeycloakTLSError, 30*time.Second)
-	if msg := cond(obj, authv1alpha1.ConditionReady).Message; !strings.Contains(msg, "caBundle") {
+	if msg := condMessage(t, obj, authv1alpha1.ConditionReady); !strings.Contains(msg, "caBundle") {
 		t.Errorf("message does not say how to fix it: %q", msg)
 	}
 

@@ -2,13 +2,10 @@ package packaging
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,49 +16,31 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/clock"
+	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
+
 	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak/keycloaktest"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/manager"
-	"github.com/mlflow-token-operator/mlflow-token-operator/internal/renewal"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/policy"
 )
 
-// scriptedKeycloak stands in for Keycloak by client id: "good" always issues, "bad" is always
-// rejected, "flaky" issues once and then Keycloak is unreachable. Methods the test does not
-// script are left to the embedded nil interface (a call would panic and fail the test).
-type scriptedKeycloak struct {
-	keycloak.Client
-	lifetime time.Duration
-	calls    sync.Map // client id -> *atomic.Int32
-}
-
-func (k *scriptedKeycloak) ClientCredentials(_ context.Context, _ keycloak.Endpoint, c keycloak.Credentials, _ []string) (*keycloak.Token, error) {
-	n, _ := k.calls.LoadOrStore(c.ClientID, new(atomic.Int32))
-	call := n.(*atomic.Int32).Add(1)
-	switch {
-	case c.ClientID == "bad":
-		return nil, &keycloak.Error{Reason: keycloak.ReasonInvalidClientCredentials, StatusCode: 401, Message: "Keycloak rejected the client credentials (invalid_client)"}
-	case c.ClientID == "flaky" && call > 1:
-		return nil, &keycloak.Error{Reason: keycloak.ReasonUnreachable, Message: "dial tcp 127.0.0.1:1: connect: connection refused"}
-	}
-	now := time.Now()
-	claims, _ := json.Marshal(map[string]any{"jti": fmt.Sprintf("%s-%d", c.ClientID, call), "iss": "https://keycloak.example.com/realms/mlflow",
-		"sub": "sa-" + c.ClientID, "preferred_username": "service-account-" + c.ClientID, "azp": c.ClientID, "aud": "mlflow",
-		"iat": now.Unix(), "exp": now.Add(k.lifetime).Unix(), "typ": "Bearer"})
-	enc := base64.RawURLEncoding.EncodeToString
-	return &keycloak.Token{AccessToken: enc([]byte(`{"alg":"none"}`)) + "." + enc(claims) + ".c2ln", ExpiresIn: k.lifetime}, nil
-}
-
-func (k *scriptedKeycloak) Revoke(context.Context, keycloak.Endpoint, keycloak.Credentials, string, string) error {
-	return nil
-}
-
 // TestArgoCDHealthOfLiveOperator runs the operator (internal/manager, wired as cmd/main.go wires
-// it) against a real API server with a scripted Keycloak, records every status the operator
-// writes for a healthy, a misconfigured and a flaky token over several rotations, and runs the
-// Argo CD health check over each recorded object. A healthy token must stay Healthy through its
-// rotations; a flaky one is Healthy with a "renewal failing" message while its token is valid and
-// Degraded once it expired; a misconfigured one is Degraded.
+// it) against a real API server with an in-memory Keycloak (keycloaktest), records every status
+// the operator writes for a healthy, a misconfigured and a flaky token over several rotations,
+// and runs the Argo CD health check and kstatus (what Flux and kstatus-based waits use) over each
+// recorded object:
+//
+//	                                      Argo CD       kstatus
+//	before the operator's first status    Progressing   InProgress
+//	healthy, at every rotation            Healthy       Current
+//	misconfigured (client rejected)       Degraded      Failed (Stalled)
+//	flaky, renewal failing, token valid   Healthy       Current
+//	flaky, token expired, still retrying  Degraded      InProgress (Reconciling)
 func TestArgoCDHealthOfLiveOperator(t *testing.T) {
 	tool(t, "argocd-lua")
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
@@ -79,12 +58,23 @@ func TestArgoCDHealthOfLiveOperator(t *testing.T) {
 	}
 	defer func() { _ = env.Stop() }()
 
-	kc := &scriptedKeycloak{lifetime: 6 * time.Second}
+	// "good" and "flaky" are clients Keycloak knows, "bad" is not; the flaky one's Keycloak (its
+	// own realm) answers once and is unreachable after that.
+	kc := keycloaktest.New(clock.RealClock{}, "good", "not-a-real-secret")
+	kc.SetClientSecret("flaky", "not-a-real-secret")
+	kc.AccessLifetime = 6 * time.Second
+	var flakyCalls atomic.Int32
+	kc.Fail = func(op keycloak.Op) error {
+		if op.Realm == "flaky" && op.Endpoint == "token" && flakyCalls.Add(1) > 1 {
+			return keycloaktest.Unreachable(op)
+		}
+		return nil
+	}
 	o := manager.Defaults()
 	o.MetricsAddr, o.ProbeAddr = "0", "0"
 	o.Keycloak = kc
-	o.Backoff = renewal.Backoff{Initial: 500 * time.Millisecond, Max: time.Second}
-	o.RevocationTimeout = 2 * time.Second
+	o.Reconciler.Backoff = policy.Backoff{Initial: 500 * time.Millisecond, Max: time.Second}
+	o.Reconciler.RevocationTimeout = 2 * time.Second
 	o.SkipNameValidation = true
 	mgr, err := manager.New(cfg, o)
 	if err != nil {
@@ -113,8 +103,8 @@ func TestArgoCDHealthOfLiveOperator(t *testing.T) {
 		must(c.Create(ctx, &authv1alpha1.MLflowAccessToken{
 			ObjectMeta: metav1.ObjectMeta{Name: id, Namespace: ns},
 			Spec: authv1alpha1.MLflowAccessTokenSpec{
-				Keycloak: authv1alpha1.KeycloakSpec{URL: "https://keycloak.example.com", Realm: "mlflow", ClientID: id,
-					ClientSecretRef: authv1alpha1.SecretKeyRef{Name: "kc-client"}},
+				Keycloak: &authv1alpha1.KeycloakSpec{URL: "https://keycloak.example.com", Realm: realmOf(id), ClientID: id,
+					ClientSecretRef: &authv1alpha1.SecretKeyRef{Name: "kc-client"}},
 				Grant: authv1alpha1.GrantSpec{Type: authv1alpha1.GrantClientCredentials},
 			},
 		}))
@@ -155,6 +145,7 @@ func TestArgoCDHealthOfLiveOperator(t *testing.T) {
 	}
 
 	results := argoHealth(t, recorded)
+	var kstatusSeen = map[string]bool{}
 	var flakyFailingHealthy, flakyDegraded, badDegraded, goodHealthy int
 	for i, h := range results {
 		o := recorded[i]
@@ -164,34 +155,38 @@ func TestArgoCDHealthOfLiveOperator(t *testing.T) {
 			t.Errorf("%s: the script failed: %s", desc, h.Error)
 			continue
 		}
-		// Before the operator's first status write the object has no status: Progressing.
+		ks := kstatusOf(t, o)
+		kstatusSeen[o.Name+"/"+ks] = true
+		// Before the operator's first status write the object has only the defaulted
+		// observedGeneration -1: Progressing, and InProgress for kstatus (not Current, which would
+		// let a Flux or kstatus wait pass before the operator did anything).
 		if ready == nil {
-			if h.Status != "Progressing" {
-				t.Errorf("%s: %s, want Progressing before the first status", desc, h.Status)
+			if h.Status != "Progressing" || ks != "InProgress" {
+				t.Errorf("%s: %s / kstatus %s, want Progressing / InProgress before the first status", desc, h.Status, ks)
 			}
 			continue
 		}
 		switch o.Name {
 		case "good":
-			if h.Status != "Healthy" {
-				t.Errorf("%s: %s %q, want Healthy at every rotation", desc, h.Status, h.Message)
+			if h.Status != "Healthy" || ks != "Current" {
+				t.Errorf("%s: %s %q / kstatus %s, want Healthy / Current at every rotation", desc, h.Status, h.Message, ks)
 			}
 			goodHealthy++
 		case "bad":
-			if h.Status != "Degraded" || !strings.Contains(h.Message, authv1alpha1.ReasonInvalidClientCredentials) {
-				t.Errorf("%s: %s %q, want Degraded with the reason", desc, h.Status, h.Message)
+			if h.Status != "Degraded" || !strings.Contains(h.Message, authv1alpha1.ReasonInvalidClientCredentials) || ks != "Failed" {
+				t.Errorf("%s: %s %q / kstatus %s, want Degraded with the reason / Failed", desc, h.Status, h.Message, ks)
 			}
 			badDegraded++
 		case "flaky":
 			switch {
 			case ready.Status == metav1.ConditionTrue && ready.Reason == authv1alpha1.ReasonRenewalFailing:
-				if h.Status != "Healthy" || !strings.Contains(h.Message, "renewal failing") {
-					t.Errorf("%s: %s %q, want Healthy saying renewal is failing", desc, h.Status, h.Message)
+				if h.Status != "Healthy" || !strings.Contains(h.Message, "renewal failing") || ks != "Current" {
+					t.Errorf("%s: %s %q / kstatus %s, want Healthy saying renewal is failing / Current", desc, h.Status, h.Message, ks)
 				}
 				flakyFailingHealthy++
 			case ready.Status == metav1.ConditionFalse:
-				if h.Status != "Degraded" {
-					t.Errorf("%s: %s %q, want Degraded once the token expired", desc, h.Status, h.Message)
+				if h.Status != "Degraded" || ks != "InProgress" {
+					t.Errorf("%s: %s %q / kstatus %s, want Degraded / InProgress once the token expired (the operator keeps trying)", desc, h.Status, h.Message, ks)
 				}
 				flakyDegraded++
 			}
@@ -201,5 +196,26 @@ func TestArgoCDHealthOfLiveOperator(t *testing.T) {
 		t.Errorf("not every state was seen: good Healthy %d, bad Degraded %d, flaky Healthy-while-failing %d, flaky Degraded %d",
 			goodHealthy, badDegraded, flakyFailingHealthy, flakyDegraded)
 	}
-	t.Logf("checked %d recorded objects", len(recorded))
+	t.Logf("checked %d recorded objects; kstatus seen: %v", len(recorded), kstatusSeen)
+}
+
+func realmOf(clientID string) string {
+	if clientID == "flaky" {
+		return "flaky"
+	}
+	return "mlflow"
+}
+
+// kstatusOf computes the kstatus of a recorded object, as Flux and kstatus-based waits do.
+func kstatusOf(t *testing.T, o *authv1alpha1.MLflowAccessToken) string {
+	t.Helper()
+	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := kstatus.Compute(&unstructured.Unstructured{Object: m})
+	if err != nil {
+		t.Fatalf("kstatus of %s: %v", o.Name, err)
+	}
+	return res.Status.String()
 }

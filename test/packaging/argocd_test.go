@@ -58,8 +58,8 @@ func newToken(generation int64) *tokenAt {
 		ObjectMeta: metav1.ObjectMeta{Name: "training-token", Namespace: "team-a", Generation: generation,
 			CreationTimestamp: metav1.NewTime(now.Add(-time.Hour))},
 		Spec: authv1alpha1.MLflowAccessTokenSpec{
-			Keycloak: authv1alpha1.KeycloakSpec{URL: "https://keycloak.example.com", Realm: "mlflow", ClientID: "mlflow-training",
-				ClientSecretRef: authv1alpha1.SecretKeyRef{Name: "mlflow-training-client", Key: "client-secret"}},
+			Keycloak: &authv1alpha1.KeycloakSpec{URL: "https://keycloak.example.com", Realm: "mlflow", ClientID: "mlflow-training",
+				ClientSecretRef: &authv1alpha1.SecretKeyRef{Name: "mlflow-training-client", Key: "client-secret"}},
 			Grant: authv1alpha1.GrantSpec{Type: authv1alpha1.GrantClientCredentials},
 		},
 	}}

@@ -71,34 +71,52 @@ func generatedRules(t testing.TB) []string {
 }
 
 var (
+	buildOnce sync.Once
+	buildDir  string
+	binPath   string
+	buildErr  error
 	flagsOnce sync.Once
 	flagSet   map[string]bool
 	flagsErr  error
 )
 
-// operatorFlags builds cmd/ and lists the flags its -h prints, so that a manifest passing a flag
-// the operator does not have fails here rather than in a crash-looping pod.
-func operatorFlags(t testing.TB) map[string]bool {
+// managerBinary builds cmd/ once per test binary (removed by TestMain).
+func managerBinary(t testing.TB) string {
 	t.Helper()
-	flagsOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "packaging-manager")
-		if err != nil {
-			flagsErr = err
+	buildOnce.Do(func() {
+		if buildDir, buildErr = os.MkdirTemp("", "packaging-manager"); buildErr != nil {
 			return
 		}
-		defer os.RemoveAll(dir)
-		bin := filepath.Join(dir, "manager")
-		build := exec.Command("go", "build", "-o", bin, "./cmd")
+		binPath = filepath.Join(buildDir, "manager")
+		build := exec.Command("go", "build", "-o", binPath, "./cmd")
 		build.Dir = repoRoot(t)
 		if out, err := build.CombinedOutput(); err != nil {
-			flagsErr = fmt.Errorf("building ./cmd: %v\n%s", err, out)
-			return
+			buildErr = fmt.Errorf("building ./cmd: %v\n%s", err, out)
 		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// parseFlags reads flag names from a Go flag package's usage text.
+func parseFlags(usage string) map[string]bool {
+	out := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^\s+-([a-z0-9-]+)`).FindAllStringSubmatch(usage, -1) {
+		out[m[1]] = true
+	}
+	return out
+}
+
+// operatorFlags lists the flags the operator's -h prints, so that a manifest passing a flag the
+// operator does not have fails here rather than in a crash-looping pod.
+func operatorFlags(t testing.TB) map[string]bool {
+	t.Helper()
+	bin := managerBinary(t)
+	flagsOnce.Do(func() {
 		out, _ := exec.Command(bin, "-h").CombinedOutput() // -h exits non-zero on some Go versions
-		flagSet = map[string]bool{}
-		for _, m := range regexp.MustCompile(`(?m)^\s+-([a-z0-9-]+)`).FindAllStringSubmatch(string(out), -1) {
-			flagSet[m[1]] = true
-		}
+		flagSet = parseFlags(string(out))
 		if !flagSet["metrics-bind-address"] {
 			flagsErr = fmt.Errorf("could not read the operator's flags from -h:\n%s", out)
 		}
@@ -210,20 +228,29 @@ func deployment(t *testing.T, objs []*unstructured.Unstructured) *appsv1.Deploym
 // deliberately non-compliant copy must be rejected, or the check would prove nothing.
 func podSecurityAdmits(t *testing.T, d *appsv1.Deployment, nsName string) {
 	t.Helper()
+	podSpecAdmitted(t, "operator", d.Spec.Template.Labels, d.Spec.Template.Spec, nsName)
+}
+
+// podSpecAdmitted is podSecurityAdmits for any pod (the chart's hook and test pods too).
+func podSpecAdmitted(t *testing.T, name string, labels map[string]string, spec corev1.PodSpec, nsName string) {
+	t.Helper()
 	c := apiServer(t)
 	ctx := context.Background()
 	ensureNamespace(t, c, nsName, map[string]string{
 		"pod-security.kubernetes.io/enforce":         "restricted",
 		"pod-security.kubernetes.io/enforce-version": "latest",
 	})
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: d.Spec.Template.Spec.ServiceAccountName, Namespace: nsName}}
+	saName := spec.ServiceAccountName
+	if saName == "" {
+		saName = "default" // envtest runs no controller that would create it
+	}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: saName, Namespace: nsName}}
 	if err := c.Create(ctx, sa); err != nil && !strings.Contains(err.Error(), "already exists") {
 		t.Fatal(err)
 	}
-	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "operator", Namespace: nsName, Labels: d.Spec.Template.Labels},
-		Spec: *d.Spec.Template.Spec.DeepCopy()}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: nsName, Labels: labels}, Spec: *spec.DeepCopy()}
 	if err := c.Create(ctx, pod, client.DryRunAll); err != nil {
-		t.Errorf("the operator's pod is rejected in a namespace enforcing the restricted Pod Security Standard: %v", err)
+		t.Errorf("pod %s is rejected in a namespace enforcing the restricted Pod Security Standard: %v", name, err)
 	}
 	bad := pod.DeepCopy()
 	bad.Spec.Containers[0].SecurityContext = nil

@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -41,10 +42,25 @@ func TestInstaller(t *testing.T) {
 		}
 	}
 
-	crd := only(t, objs, "CustomResourceDefinition")
-	gen := decodeObjects(t, mustRead(t, "config/crd/bases/auth.mlflow-token-operator.io_mlflowaccesstokens.yaml"))[0]
-	if !reflect.DeepEqual(crd.Object, gen.Object) {
-		t.Error("the CRD in install.yaml differs from config/crd/bases")
+	// Every generated CRD, as generated.
+	bases, err := filepath.Glob(filepath.Join(repoRoot(t), "config", "crd", "bases", "*.yaml"))
+	if err != nil || len(bases) == 0 {
+		t.Fatalf("no generated CRDs: %v", err)
+	}
+	crds := map[string]map[string]any{}
+	for _, o := range objs {
+		if o.GetKind() == "CustomResourceDefinition" {
+			crds[o.GetName()] = o.Object
+		}
+	}
+	if len(crds) != len(bases) {
+		t.Errorf("install.yaml has %d CRDs, config/crd/bases %d", len(crds), len(bases))
+	}
+	for _, b := range bases {
+		gen := decodeObjects(t, mustRead(t, strings.TrimPrefix(b, repoRoot(t)+"/")))[0]
+		if !reflect.DeepEqual(crds[gen.GetName()], gen.Object) {
+			t.Errorf("the CRD %s in install.yaml differs from config/crd/bases", gen.GetName())
+		}
 	}
 	role := convert[rbacv1.ClusterRole](t, only(t, objs, "ClusterRole"))
 	if got, want := ruleSet(role.Rules), generatedRules(t); !reflect.DeepEqual(got, want) {

@@ -18,7 +18,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/manager"
-	"github.com/mlflow-token-operator/mlflow-token-operator/internal/renewal"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/policy"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
 )
 
@@ -146,9 +146,9 @@ func (s *Servers) Stop() {
 func OperatorOptions() manager.Options {
 	o := manager.Defaults()
 	o.MetricsAddr, o.ProbeAddr = "0", "0"
-	o.KeycloakTimeout = 5 * time.Second
-	o.RevocationTimeout = 20 * time.Second
-	o.Backoff = renewal.Backoff{Initial: time.Second, Max: 3 * time.Second}
+	o.Reconciler.KeycloakTimeout = 5 * time.Second
+	o.Reconciler.RevocationTimeout = 20 * time.Second
+	o.Reconciler.Backoff = policy.Backoff{Initial: time.Second, Max: 3 * time.Second}
 	return o
 }
 

@@ -52,3 +52,49 @@ test/packaging fails when the copy is stale.
 {{- if not $role.rules }}{{ fail "files/manager-role.yaml has no rules: run make helm-sync" }}{{ end }}
 {{- toYaml $role.rules }}
 {{- end }}
+
+{{/* The operator image: pinned by digest when one is given, else by tag (default: appVersion). */}}
+{{- define "mto.image" -}}
+{{- if .Values.image.digest -}}
+{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end }}
+
+{{/* Name of the metrics Service. */}}
+{{- define "mto.metricsServiceName" -}}
+{{- printf "%s-controller-manager-metrics-service" (include "mto.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Label matchers of the operator's scrape target in the alerts about the operator itself: the
+ServiceMonitor's job (jobLabel app.kubernetes.io/name) in the release namespace, unless set.
+*/}}
+{{- define "mto.operatorSelector" -}}
+{{- .Values.prometheusRule.operatorSelector | default (printf "job=%q,namespace=%q" (include "mto.name" .) .Release.Namespace) }}
+{{- end }}
+
+{{/*
+Scheduling and security of the chart's short-lived pods (uninstall hook, helm test): the
+operator's, so that they run wherever the operator may.
+*/}}
+{{- define "mto.auxPodSpec" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end }}

@@ -1,10 +1,8 @@
-package renewal
+package policy
 
 import (
 	"testing"
 	"time"
-
-	clocktesting "k8s.io/utils/clock/testing"
 )
 
 var t0 = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
@@ -71,53 +69,6 @@ func TestRenewalTimeJitterBounds(t *testing.T) {
 		if lifetime >= 5*time.Minute && len(seen) < 10 {
 			t.Errorf("lifetime %s: jitter produced only %d distinct times", lifetime, len(seen))
 		}
-	}
-}
-
-func TestBackoffDelay(t *testing.T) {
-	b := Backoff{Initial: 2 * time.Second, Max: time.Minute}
-	far := t0.Add(time.Hour)
-	tests := []struct {
-		failures int32
-		exp      *time.Time
-		rnd      float64
-		want     time.Duration
-	}{
-		{failures: 0, want: 2 * time.Second},
-		{failures: 1, want: 2 * time.Second},
-		{failures: 2, want: 4 * time.Second},
-		{failures: 5, want: 32 * time.Second},
-		{failures: 6, want: time.Minute},
-		{failures: 1000, want: time.Minute},
-		{failures: 6, exp: &far, want: time.Minute},
-		{failures: 3, rnd: 0.999, want: 6 * time.Second}, // 8s * (1 - 0.25*0.999) = 6.0s, truncated
-	}
-	for _, tt := range tests {
-		if got := b.Delay(tt.failures, t0, tt.exp, tt.rnd); got != tt.want {
-			t.Errorf("Delay(%d, rnd %v) = %s, want %s", tt.failures, tt.rnd, got, tt.want)
-		}
-	}
-}
-
-// The cap keeps several retries inside the remaining life of a still-valid token.
-func TestBackoffCappedByRemainingLifetime(t *testing.T) {
-	b := DefaultBackoff
-	clk := clocktesting.NewFakeClock(t0)
-	exp := t0.Add(40 * time.Second)
-	attempts := 0
-	for f := int32(1); clk.Now().Before(exp); f++ {
-		d := b.Delay(f, clk.Now(), &exp, 0.5)
-		if d < MinRetry {
-			t.Fatalf("delay %s below the minimum", d)
-		}
-		clk.Step(d)
-		attempts++
-	}
-	if attempts < 4 {
-		t.Errorf("only %d attempts before expiry, want at least 4", attempts)
-	}
-	if d := b.Delay(3, t0, &exp, 0); d > 10*time.Second {
-		t.Errorf("delay %s exceeds a quarter of the remaining 40s", d)
 	}
 }
 

@@ -1,9 +1,22 @@
-// Package renewal decides when a token is renewed and how long to wait after a failure.
-// Everything here is a pure function of its inputs: time and randomness are passed in,
-// so the decisions can be tested with a fake clock and fixed random numbers.
-package renewal
+// Package policy owns every timing rule of the operator, as pure functions of their inputs:
+// when a token is renewed (RenewalTime), how long to wait after failures (Backoff, RetryAt),
+// whether a token must be obtained now (Decide), what to do with a refresh chain (NextChainStep,
+// ChainEnd), and how long deletion waits for revocation (Revocation). Time and randomness are
+// passed in: jitter is derived from the token's identity (Jitter), so the same facts always give
+// the same decision.
+//
+// The controller feeds these functions facts only: what the Secret holds (issue time, expiry, the
+// inputs the token was issued for), the failure record in status (when the last attempt failed,
+// how many failed in a row, at which generation), the spec and the clock. What a function returns
+// (a renewal time, a retry time) is reported in status and annotations, and never read back as an
+// input of the next decision: a stored decision that is read back outlives the facts it came from
+// (a retry time rewritten by an unrelated update, a renewBefore change that waits for the next
+// rotation).
+package policy
 
 import (
+	"hash/fnv"
+
 	"time"
 )
 
@@ -18,8 +31,8 @@ const (
 	ExpiryFloor = 5 * time.Second
 )
 
-// Schedule is the renewal plan for one token.
-type Schedule struct {
+// Plan is the renewal plan for one token.
+type Plan struct {
 	// RenewAt is when to renew, truncated to whole seconds (status times round-trip at
 	// second precision; an untruncated time would requeue a moment too early).
 	RenewAt time.Time
@@ -29,20 +42,20 @@ type Schedule struct {
 
 // RenewalTime computes when a token issued at issuedAt and expiring at expiresAt is renewed.
 // renewBefore is the user's setting (nil for the default of two thirds of the lifetime).
-// rnd is a random number in [0,1) that selects the jitter; it is rolled once per token
-// and the result is stored, never re-rolled on later reconciles.
-func RenewalTime(issuedAt, expiresAt time.Time, renewBefore *time.Duration, rnd float64) Schedule {
+// rnd in [0,1) selects the jitter; callers pass Jitter of the token's identity, so the same
+// token always gets the same renewal time, however often it is computed.
+func RenewalTime(issuedAt, expiresAt time.Time, renewBefore *time.Duration, rnd float64) Plan {
 	lifetime := expiresAt.Sub(issuedAt)
 	if lifetime <= 0 {
 		// Already expired on arrival (clock skew or a broken server): renew now.
-		return Schedule{RenewAt: issuedAt.Truncate(time.Second), Note: "token lifetime is not positive"}
+		return Plan{RenewAt: issuedAt.Truncate(time.Second), Note: "token lifetime is not positive"}
 	}
 	if rnd < 0 || rnd >= 1 {
 		rnd = 0
 	}
 	jitter := time.Duration(rnd * JitterFraction * float64(lifetime))
 
-	var s Schedule
+	var s Plan
 	switch {
 	case renewBefore == nil:
 		s.RenewAt = issuedAt.Add(time.Duration(DefaultFraction * float64(lifetime)))
@@ -71,47 +84,15 @@ func RenewalTime(issuedAt, expiresAt time.Time, renewBefore *time.Duration, rnd 
 	return s
 }
 
-// Backoff configures retries after a failed attempt.
-type Backoff struct {
-	// Initial is the delay after the first failure.
-	Initial time.Duration
-	// Max caps the delay.
-	Max time.Duration
-}
-
-// DefaultBackoff starts at 2s and doubles up to 5 minutes.
-var DefaultBackoff = Backoff{Initial: 2 * time.Second, Max: 5 * time.Minute}
-
-// MinRetry is the shortest delay between two attempts for one resource.
-const MinRetry = time.Second
-
-// Delay returns how long to wait after the given number of consecutive failures (1 for the
-// first). The exponential delay is capped by b.Max and, while the current token is still
-// valid, by a quarter of its remaining life, so that several retries happen before it
-// expires. rnd in [0,1) spreads the delay over [75%, 100%] of its value (jitter), so
-// resources that failed together do not retry together.
-func (b Backoff) Delay(failures int32, now time.Time, expiresAt *time.Time, rnd float64) time.Duration {
-	if failures < 1 {
-		failures = 1
+// Jitter maps the parts (a UID, an issue time, a failure count ...) to a number in [0,1) that is
+// the same for the same parts and spread evenly across different ones: randomness that a restart,
+// a second replica or a re-computation on the next reconcile all agree on.
+func Jitter(parts ...string) float64 {
+	h := fnv.New64a()
+	for _, p := range parts {
+		_, _ = h.Write([]byte(p))
+		_, _ = h.Write([]byte{0})
 	}
-	d := b.Initial
-	for i := int32(1); i < failures && d < b.Max; i++ {
-		d *= 2
-	}
-	if d > b.Max {
-		d = b.Max
-	}
-	if expiresAt != nil {
-		if remaining := expiresAt.Sub(now); remaining > 0 && d > remaining/4 {
-			d = remaining / 4
-		}
-	}
-	if rnd < 0 || rnd >= 1 {
-		rnd = 0
-	}
-	d = time.Duration(float64(d) * (1 - 0.25*rnd))
-	if d < MinRetry {
-		d = MinRetry
-	}
-	return d.Truncate(time.Second)
+	// 53 bits: the float64 mantissa; the result is in [0,1).
+	return float64(h.Sum64()>>11) / (1 << 53)
 }

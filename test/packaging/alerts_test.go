@@ -1,0 +1,403 @@
+package packaging
+
+import (
+	"math"
+	"strings"
+	"testing"
+
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
+)
+
+// end is the last evaluation of every scenario ("now").
+const end = 1_800_000_000.0
+
+const (
+	minute = 60.0
+	hour   = 3600.0
+)
+
+func always(float64) bool { return true }
+
+// downBetween is a Keycloak that does not answer from from to to.
+func downBetween(from, to float64) func(float64) bool {
+	return func(t float64) bool { return t < from || t >= to }
+}
+
+// fleet returns n tokens of one lifetime whose renewals are spread over a renewal period, with
+// jitters spread over 0-10%, created from start on, all talking to the same Keycloak.
+func fleet(prefix string, n int, lifetime, start float64, kc func(float64) bool) []simToken {
+	var out []simToken
+	for i := range n {
+		out = append(out, simToken{namespace: "team-a", name: prefix + "-" + string(rune('a'+i%26)) + strings.Repeat("x", i/26),
+			lifetime: lifetime, jitter: 0.1 * float64(i) / float64(n), created: start + float64(i)*(2*lifetime/3)/float64(n), keycloakUp: kc})
+	}
+	return out
+}
+
+// TestPrometheusAlertsFire evaluates the alerts of config/prometheus/rules.yaml with
+// Prometheus' own alerting rules (pending, `for`, templates) every 30 s over simulated timelines
+// scraped every 30 s, and checks that each alert fires for exactly the tokens or operators it is
+// meant for, when it is meant to, and that a healthy fleet, a Keycloak restart and a leader
+// failover fire nothing.
+func TestPrometheusAlertsFire(t *testing.T) {
+	tool(t, "promql-check")
+	leader := operator{pod: "mlflow-token-operator-controller-manager-7d9f-a"}
+
+	t.Run("fleet with one problem of each kind", func(t *testing.T) {
+		start := end - 3*hour
+		tl := newTimeline(start, end)
+		tl.addOperator(leader)
+		keycloakB := downBetween(end-70*minute, math.Inf(1)) // one team's Keycloak went down and stays down
+		tokens := []simToken{
+			{namespace: "team-a", name: "healthy-5m", lifetime: 300, jitter: 0.05, created: start},
+			{namespace: "team-a", name: "healthy-1h", lifetime: hour, jitter: 0.02, created: start},
+			{namespace: "team-a", name: "healthy-60s", lifetime: 60, jitter: 0.07, created: start},
+			{namespace: "team-a", name: "healthy-12s", lifetime: 12, created: start},
+			{namespace: "team-a", name: "misconfigured", lifetime: 300, created: end - 30*minute, misconfigured: true},
+			{namespace: "team-b", name: "keycloak-down-5m", lifetime: 300, jitter: 0.05, created: start, keycloakUp: keycloakB},
+			{namespace: "team-b", name: "keycloak-down-1h", lifetime: hour, created: start, keycloakUp: keycloakB},
+			{namespace: "team-a", name: "stuck", lifetime: 300, jitter: 0.03, created: start, stuckAt: end - 30*minute},
+			{namespace: "team-a", name: "chain-rt-48h", lifetime: 300, created: start},
+			{namespace: "team-a", name: "chain-rt-12h", lifetime: 300, created: start},
+			{namespace: "team-a", name: "chain-pw-12h", lifetime: 300, created: start},
+			{namespace: "team-a", name: "chain-offline-29d", lifetime: 300, created: start},
+		}
+		tl.addTokens(leader, false, tokens...)
+		for _, c := range []struct {
+			name, grant string
+			in          float64
+		}{
+			{"chain-rt-48h", "RefreshToken", 48 * hour},
+			{"chain-rt-12h", "RefreshToken", 12 * hour},
+			{"chain-pw-12h", "Password", 12 * hour}, // logs in again by itself: no alert
+			{"chain-offline-29d", "RefreshToken", 29 * 24 * hour},
+		} {
+			tl.add(scrapedLabels(chainExpiryMetric, leader.pod, "namespace", "team-a", "name", c.name, "grant", c.grant),
+				func(float64) (float64, bool) { return end + c.in, true })
+		}
+		evals := tl.evaluate(t)
+
+		want := []string{
+			"MLflowTokenNotReady[critical] team-a/misconfigured",
+			"MLflowTokenNotReady[critical] team-b/keycloak-down-5m",
+			"MLflowTokenNotReady[critical] team-b/keycloak-down-1h",
+			"MLflowTokenRenewalFailing[warning] team-a/misconfigured",
+			"MLflowTokenRenewalFailing[warning] team-b/keycloak-down-5m",
+			"MLflowTokenRenewalFailing[warning] team-b/keycloak-down-1h",
+			"MLflowTokenRenewalOverdue[critical] team-a/stuck",
+			"MLflowTokenRefreshChainExpiring[warning] team-a/chain-rt-48h",
+			"MLflowTokenRefreshChainExpiring[warning] team-a/chain-rt-12h",
+			"MLflowTokenRefreshChainExpiring[critical] team-a/chain-rt-12h",
+		}
+		expectAt(t, evals, end, want...)
+		cover(want...)
+		for _, f := range evals {
+			for _, n := range f.names() {
+				if strings.Contains(n, "/healthy-") {
+					t.Errorf("at %.0fs: %s fires for a healthy token", f.Time-end, n)
+				}
+			}
+		}
+
+		// The tokens whose Keycloak went down: ExpiringWhileRenewalFails warns before they
+		// expire (after 90 s of failures, within the last 10 minutes), and resolves once they
+		// have expired, when NotReady takes over.
+		for _, name := range []string{"keycloak-down-5m", "keycloak-down-1h"} {
+			var tk simToken
+			for _, x := range tokens {
+				if x.name == name {
+					tk = x
+				}
+			}
+			expiry, failingSince := lastValidToken(tk, end)
+			id := "MLflowTokenExpiringWhileRenewalFails[critical] team-b/" + name
+			fired := firstFiring(evals, id)
+			cover(id)
+			switch {
+			case math.IsNaN(fired):
+				t.Errorf("%s never fired (token expired at %.0fs, failing since %.0fs)", id, expiry-end, failingSince-end)
+			case fired >= expiry:
+				t.Errorf("%s fired %.0fs after the token expired, want before", id, fired-expiry)
+			case fired-math.Max(failingSince, expiry-600) < 90:
+				t.Errorf("%s fired %.0fs after the failures began and %.0fs before expiry: sooner than its 90 s", id, fired-failingSince, expiry-fired)
+			default:
+				t.Logf("%s fired %.0fs before the token expired (failing for %.0fs)", id, expiry-fired, fired-failingSince)
+			}
+			if name == "keycloak-down-1h" && expiry-fired < 8*minute {
+				t.Errorf("%s: a one-hour token should be warned about at least 8 minutes before expiry, got %.0fs", id, expiry-fired)
+			}
+			if firstFiring(evals, "MLflowTokenNotReady[critical] team-b/"+name) < expiry+5*minute {
+				t.Errorf("NotReady for %s fired before the token had been expired for 5 minutes", name)
+			}
+		}
+
+		// The stuck token: RenewalOverdue fires after half of the margin between the planned
+		// renewal and the expiry, before the token expires.
+		var stuck simToken
+		for _, x := range tokens {
+			if x.name == "stuck" {
+				stuck = x
+			}
+		}
+		changes, _ := stuck.simulate(end)
+		last := changes[len(changes)-1].s
+		fired := firstFiring(evals, "MLflowTokenRenewalOverdue[critical] team-a/stuck")
+		margin := last.expiry - last.renewal
+		switch {
+		case math.IsNaN(fired) || fired >= last.expiry:
+			t.Errorf("RenewalOverdue fired at %.0fs, want before the stuck token's expiry at %.0fs", fired-end, last.expiry-end)
+		case fired-last.renewal < math.Max(margin/2, 60):
+			t.Errorf("RenewalOverdue fired %.0fs after the missed renewal, sooner than half the %.0fs margin", fired-last.renewal, margin)
+		default:
+			t.Logf("RenewalOverdue fired %.0fs after the missed renewal, %.0fs before expiry", fired-last.renewal, last.expiry-fired)
+		}
+	})
+
+	t.Run("Keycloak restarted for 60 s: nothing fires", func(t *testing.T) {
+		start := end - 2*hour
+		outage := end - 60*minute
+		kc := downBetween(outage, outage+60)
+		var tokens []simToken
+		tokens = append(tokens, fleet("five-minute", 60, 300, start, kc)...)
+		tokens = append(tokens, fleet("one-hour", 10, hour, start, kc)...)
+		// Not here: tokens of a minute or less. Their 20 s margin cannot ride out a minute
+		// without Keycloak, they expire, and the backoff they reached by then (up to 5 min)
+		// keeps them broken after Keycloak is back: RenewalFailing and NotReady fire, rightly.
+		tl := newTimeline(start, end)
+		tl.addOperator(leader)
+		calls := tl.addTokens(leader, true, tokens...)
+		// A resource deleted during the restart: revocation fails three times, then succeeds.
+		tl.add(scrapedLabels(metrics.NameRevocations, leader.pod, "outcome", "failed"), func(ts float64) (float64, bool) {
+			return float64(countBefore(ts, outage+5, outage+9, outage+17)), true
+		})
+		tl.add(scrapedLabels(metrics.NameRevocations, leader.pod, "outcome", "revoked"), func(ts float64) (float64, bool) {
+			return float64(countBefore(ts, outage+65)), true
+		})
+		expectNothingFires(t, tl.evaluate(t))
+
+		// The scenario must have hurt: many tokens failed during the restart, some several times.
+		failedTokens, maxFailures, expired := restartImpact(tokens, end, outage, outage+60)
+		unreachable := 0
+		for _, c := range calls {
+			if c.outcome == "KeycloakUnreachable" {
+				unreachable++
+			}
+		}
+		t.Logf("during the restart: %d tokens failed (up to %d times in a row), %d expired, %d calls to Keycloak failed",
+			failedTokens, maxFailures, expired, unreachable)
+		if failedTokens < 15 || maxFailures < 4 || expired != 0 {
+			t.Errorf("the simulated restart should make many tokens fail several times and none expire (failed tokens %d, max failures %d, expired %d)", failedTokens, maxFailures, expired)
+		}
+	})
+
+	t.Run("Keycloak down for 15 minutes: the same fleet alerts", func(t *testing.T) {
+		// The control of the restart case: the same fleet, a longer outage.
+		start := end - 2*hour
+		outage := end - 60*minute
+		kc := downBetween(outage, outage+15*minute)
+		var tokens []simToken
+		tokens = append(tokens, fleet("five-minute", 60, 300, start, kc)...)
+		tokens = append(tokens, fleet("one-hour", 10, hour, start, kc)...)
+		tl := newTimeline(start, end)
+		tl.addOperator(leader)
+		tl.addTokens(leader, true, tokens...)
+		evals := tl.evaluate(t)
+		for _, want := range []string{
+			"MLflowTokenExpiringWhileRenewalFails[critical] team-a/five-minute-a",
+			"MLflowTokenNotReady[critical] team-a/five-minute-a",
+			"MLflowTokenRenewalFailing[warning] team-a/five-minute-a",
+			"MLflowTokenKeycloakErrors[warning] token",
+		} {
+			if fired := firstFiring(evals, want); math.IsNaN(fired) {
+				t.Errorf("%s never fired during a 15-minute Keycloak outage", want)
+			} else {
+				t.Logf("%s fired %.0fs into the outage", want, fired-outage)
+				cover(want)
+			}
+		}
+		// And everything resolves after Keycloak is back.
+		expectAt(t, evals, end)
+	})
+
+	t.Run("operator gone", func(t *testing.T) {
+		start := end - hour
+		gone := end - 20*minute
+		op := operator{pod: leader.pod, alive: func(ts float64) bool { return ts < gone }}
+		tl := newTimeline(start, end)
+		tl.addOperator(op)
+		tl.addTokens(op, true, fleet("tok", 5, 300, start, always)...)
+		evals := tl.evaluate(t)
+		expectAt(t, evals, gone+4*minute+30)
+		want := "MLflowTokenOperatorAbsent[critical] mlflow-token-operator"
+		expectAt(t, evals, end, want)
+		if fired := firstFiring(evals, want); fired < gone+5*minute || fired > gone+6*minute+30 {
+			t.Errorf("OperatorAbsent fired %.0fs after the operator went, want 5-6 min", fired-gone)
+		}
+		cover(want)
+	})
+
+	t.Run("operator running but not answering scrapes", func(t *testing.T) {
+		start := end - hour
+		hung := end - 20*minute
+		tl := newTimeline(start, end)
+		// The target stays (the pod exists) but scrapes fail: up is 0 and the operator's own
+		// series go stale.
+		tl.add(scrapedLabels("up", leader.pod), func(ts float64) (float64, bool) {
+			if ts < hung {
+				return 1, true
+			}
+			return 0, true
+		})
+		op := operator{pod: leader.pod, alive: func(ts float64) bool { return ts < hung }}
+		tl.add(scrapedLabels("leader_election_master_status", leader.pod, "name", leaseName), func(ts float64) (float64, bool) { return 1, op.isAlive(ts) })
+		tl.addTokens(op, false, fleet("tok", 5, 300, start, always)...)
+		expectAt(t, tl.evaluate(t), end, "MLflowTokenOperatorAbsent[critical] mlflow-token-operator@"+operatorNS)
+	})
+
+	t.Run("one of two replicas gone: nothing fires", func(t *testing.T) {
+		start := end - hour
+		standby := operator{pod: "mlflow-token-operator-controller-manager-7d9f-b", alive: func(ts float64) bool { return ts < end-40*minute },
+			leader: func(float64) bool { return false }}
+		tl := newTimeline(start, end)
+		tl.addOperator(leader)
+		tl.addOperator(standby)
+		tl.addTokens(leader, true, fleet("tok", 5, 300, start, always)...)
+		expectNothingFires(t, tl.evaluate(t))
+	})
+
+	t.Run("no leader", func(t *testing.T) {
+		start := end - hour
+		lost := end - 20*minute
+		a := operator{pod: leader.pod, leader: func(ts float64) bool { return ts < lost }}
+		b := operator{pod: "mlflow-token-operator-controller-manager-7d9f-b", leader: func(float64) bool { return false }}
+		tl := newTimeline(start, end)
+		tl.addOperator(a)
+		tl.addOperator(b)
+		tl.addTokens(a, true, fleet("tok", 5, 300, start, always)...)
+		evals := tl.evaluate(t)
+		want := "MLflowTokenOperatorNoLeader[critical] " + operatorJob + "@" + operatorNS
+		expectAt(t, evals, end, want)
+		if fired := firstFiring(evals, want); fired < lost+5*minute {
+			t.Errorf("NoLeader fired %.0fs after the leader was lost, want at least 5 min", fired-lost)
+		}
+		cover(want)
+	})
+
+	t.Run("leader failover: nothing fires", func(t *testing.T) {
+		start := end - hour
+		lost := end - 20*minute
+		// a dies; b takes the Lease 20 s later and re-exports every token.
+		a := operator{pod: leader.pod, alive: func(ts float64) bool { return ts < lost }}
+		b := operator{pod: "mlflow-token-operator-controller-manager-7d9f-b", leader: func(ts float64) bool { return ts >= lost+20 }}
+		tl := newTimeline(start, end)
+		tl.addOperator(a)
+		tl.addOperator(b)
+		tokens := fleet("tok", 5, 300, start, always)
+		tl.addTokens(a, true, tokens...)
+		tl.addTokens(b, false, tokens...)
+		expectNothingFires(t, tl.evaluate(t))
+	})
+
+	t.Run("Keycloak errors, slowness and abandoned revocations", func(t *testing.T) {
+		start := end - hour
+		tl := newTimeline(start, end)
+		tl.addOperator(leader)
+		tl.addTokens(leader, false, fleet("tok", 3, 300, start, always)...)
+		perMinute := func(rate float64) func(float64) (float64, bool) {
+			return func(ts float64) (float64, bool) { return (ts - start) / 60 * rate, true }
+		}
+		calls := func(endpoint, outcome string, rate float64) {
+			tl.add(scrapedLabels(metrics.NameKeycloakRequests, leader.pod, "grant", "client_credentials", "endpoint", endpoint, "outcome", outcome), perMinute(rate))
+		}
+		// The token endpoint fails a third of the time (unreachable); the revocation endpoint
+		// answers, but a third of the calls carry a wrong secret: a configuration error, not
+		// Keycloak's fault.
+		calls("token", "success", 10)
+		calls("token", "KeycloakUnreachable", 5)
+		calls("revoke", "success", 50)
+		calls("revoke", "InvalidClientCredentials", 20)
+		// Token calls take 5-10 s, revocations under 100 ms.
+		for _, le := range []string{"0.1", "1", "5", "10", "15", "+Inf"} {
+			tokenCount, revokeCount := 0.0, 70.0
+			if le == "10" || le == "15" || le == "+Inf" {
+				tokenCount = 15
+			}
+			tl.add(scrapedLabels(metrics.NameKeycloakDuration+"_bucket", leader.pod, "grant", "client_credentials", "endpoint", "token", "le", le), perMinute(tokenCount))
+			tl.add(scrapedLabels(metrics.NameKeycloakDuration+"_bucket", leader.pod, "grant", "client_credentials", "endpoint", "revoke", "le", le), perMinute(revokeCount))
+		}
+		// One revocation abandoned five minutes ago, after failed attempts.
+		tl.add(scrapedLabels(metrics.NameRevocations, leader.pod, "outcome", "abandoned"), func(ts float64) (float64, bool) {
+			return float64(countBefore(ts, end-5*minute)), true
+		})
+		tl.add(scrapedLabels(metrics.NameRevocations, leader.pod, "outcome", "failed"), func(ts float64) (float64, bool) {
+			return float64(countBefore(ts, end-10*minute, end-9*minute, end-7*minute)), true
+		})
+		tl.add(scrapedLabels(metrics.NameRevocations, leader.pod, "outcome", "revoked"), perMinute(2))
+		evals := tl.evaluate(t)
+		want := []string{
+			"MLflowTokenKeycloakErrors[warning] token",
+			"MLflowTokenKeycloakSlow[info] token",
+			"MLflowTokenRevocationAbandoned[warning] abandoned",
+		}
+		expectAt(t, evals, end, want...)
+		cover(want...)
+		// Abandoned revocations are news for 15 minutes, then resolve.
+		expectAt(t, evals, end-5*minute-30, "MLflowTokenKeycloakErrors[warning] token", "MLflowTokenKeycloakSlow[info] token")
+	})
+
+	// Every alert of rules.yaml was shown to fire in some scenario.
+	for _, r := range alertRules(t) {
+		if !covered[r.Alert] {
+			t.Errorf("alert %s is never shown to fire: add a scenario", r.Alert)
+		}
+	}
+}
+
+// countBefore counts the events at or before ts.
+func countBefore(ts float64, events ...float64) int {
+	n := 0
+	for _, e := range events {
+		if e <= ts {
+			n++
+		}
+	}
+	return n
+}
+
+// lastValidToken returns the expiry of the token's last successful issue before end, and when
+// the failures that followed it began.
+func lastValidToken(tk simToken, end float64) (expiry, failingSince float64) {
+	changes, _ := tk.simulate(end)
+	failingSince = math.NaN()
+	for _, c := range changes {
+		if c.s.failed == 0 {
+			expiry, failingSince = c.s.expiry, math.NaN()
+		} else if math.IsNaN(failingSince) {
+			failingSince = c.t
+		}
+	}
+	return expiry, failingSince
+}
+
+// restartImpact counts, for an outage from..to, the tokens with a failed attempt in it, the
+// longest run of failures, and the tokens that were left without a valid token for a while.
+func restartImpact(tokens []simToken, end, from, to float64) (failedTokens, maxFailures, expired int) {
+	for _, tk := range tokens {
+		changes, _ := tk.simulate(end)
+		failed, wasExpired := false, false
+		for _, c := range changes {
+			if c.t >= from && c.t < to+5*minute {
+				failed = failed || c.s.failed > 0
+				wasExpired = wasExpired || (c.s.issued && c.s.ready == 0)
+				maxFailures = max(maxFailures, int(c.s.failed))
+			}
+		}
+		if failed {
+			failedTokens++
+		}
+		if wasExpired {
+			expired++
+		}
+	}
+	return failedTokens, maxFailures, expired
+}
