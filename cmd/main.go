@@ -6,6 +6,9 @@ import (
 	"os"
 	"time"
 
+	// Mozilla's CA roots, used only when the system has none: the operator image has no
+	// /etc/ssl, and the operator talks HTTPS to Keycloak.
+	_ "golang.org/x/crypto/x509roots/fallback"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
