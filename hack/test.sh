@@ -41,6 +41,14 @@ echo "==> node binaries (kubelet, kube-controller-manager, kube-scheduler, kube-
 hack/build-envtest.sh node   # not tailed: a cold build prints its progress every minute
 # --- end of the node block ---------------------------------------------------------------------
 
+# --- images: bin/images/{operator,pause,training-job}.tar (hack/images.sh, hack/tools/image) ---
+# Cached by stamps (instant when nothing changed); cold: the operator 3-9 min (two platforms),
+# training-job 2-4 min (debootstrap, pip; root). Not tailed: it prints progress every 30 s.
+# test/node uses bin/images/pause.tar; the cluster suites use all three.
+echo "==> images (operator, pause, training-job)"
+hack/images.sh all
+# --- end of the images block -------------------------------------------------------------------
+
 echo "==> go vet"
 go vet ./...
 
@@ -52,4 +60,6 @@ go test -p 1 -count=1 -timeout 60m $(go list ./... | grep -v '/test/node$') "$@"
 # Verbose, so that its figures print (node start time, Secret volume propagation); about 2-3 min.
 echo "==> the single-node suite (test/node)"
 go test -count=1 -timeout 20m -v ./test/node/ "$@" | grep -vE '^=== (RUN|PAUSE|CONT)'
+echo "==> image tests (hack/tools/image: its own module, which ./... skips)"
+(cd hack/tools/image && GOWORK=off go test -count=1 -timeout 30m ./...)
 echo "==> all tests passed in $(( $(date +%s) - start ))s"
