@@ -56,6 +56,7 @@ func run(m *testing.M) int {
 	servers, err = testenv.Start(ctx, testenv.Options{
 		Keycloak:             keycloak.Options{RealmFiles: []string{filepath.Join("..", "keycloak", "realm-federated.json")}},
 		ServiceAccountIssuer: true,
+		NamespaceController:  true,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)

@@ -59,6 +59,10 @@ type Options struct {
 	// also its --service-account-issuer, with OIDC discovery and the JWKS readable anonymously,
 	// and Keycloak's truststore holds the API server's CA. Servers.IssuerURL is the issuer.
 	ServiceAccountIssuer bool
+	// NamespaceController runs kube-controller-manager's namespace controller and garbage
+	// collector against the API server, so that a deleted namespace is emptied and goes, as in a
+	// cluster (envtest alone leaves it Terminating forever).
+	NamespaceController bool
 }
 
 // Servers are the running servers.
@@ -72,6 +76,7 @@ type Servers struct {
 	IssuerURL, IssuerCAFile string
 
 	issuer *issuer
+	kcm    *namespaceController
 }
 
 // Start starts everything side by side and returns when all is up, or stops what did start and
@@ -147,6 +152,11 @@ func Start(ctx context.Context, o Options) (*Servers, error) {
 				errs = append(errs, err)
 			}
 		}
+		if o.NamespaceController {
+			if s.kcm, err = startNamespaceController(s.Env.KubeConfig); err != nil {
+				errs = append(errs, fmt.Errorf("starting the namespace controller: %w", err))
+			}
+		}
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
@@ -156,8 +166,12 @@ func Start(ctx context.Context, o Options) (*Servers, error) {
 	return s, nil
 }
 
+// HasNamespaceController reports whether the namespace controller runs (Options.NamespaceController).
+func (s *Servers) HasNamespaceController() bool { return s.kcm != nil }
+
 // Stop stops the servers that run.
 func (s *Servers) Stop() {
+	s.kcm.stop()
 	if s.Keycloak != nil {
 		s.Keycloak.Close()
 	}

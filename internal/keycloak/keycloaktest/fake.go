@@ -32,6 +32,9 @@ type Fake struct {
 	// ClientRefreshTokens makes client-credentials grants open a session with a refresh token
 	// (the client attribute client_credentials.use_refresh_token).
 	ClientRefreshTokens bool
+	// DiscoveredIssuer, when set, is the issuer discovery states (else the realm's URL), as a
+	// Keycloak behind a proxy or with a hostname setting would.
+	DiscoveredIssuer string
 	// Fail, when set, is asked before every call; a non-nil error fails the call with it
 	// (e.g. &keycloak.Error{Reason: keycloak.ReasonUnreachable, ...}).
 	Fail func(op keycloak.Op) error
@@ -315,6 +318,9 @@ func (f *Fake) Discover(_ context.Context, ep keycloak.Endpoint) (string, error)
 	defer f.mu.Unlock()
 	if err := f.count(keycloak.Op{Grant: "discovery", Endpoint: "discovery", Realm: ep.Realm}); err != nil {
 		return "", err
+	}
+	if f.DiscoveredIssuer != "" {
+		return f.DiscoveredIssuer, nil
 	}
 	return ep.IssuerURL(), nil
 }
