@@ -218,6 +218,7 @@ func (e *Env) startOperator(ctx context.Context, name, namespace string, f Opera
 	o := &Operator{MetricsAddr: addr, LogPath: filepath.Join(e.Work, "operator-"+name+".log"), done: make(chan struct{})}
 	o.Args = append([]string{
 		"--kubeconfig=" + e.Kubeconfig,
+		"--allow-insecure-http", // the benchmark's Keycloak serves plain HTTP on 127.0.0.1
 		"--metrics-bind-address=" + addr,
 		"--health-probe-bind-address=0",
 		"--namespaces=" + namespace,
