@@ -32,8 +32,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
@@ -90,6 +92,12 @@ type MLflowAccessTokenReconciler struct {
 	unsaved sync.Map
 	// written: the Secret versions this process wrote last (see ownwrites.go).
 	written ownWrites
+
+	// --- MLflow acceptance check (issue 11 part 5; see mlflow.go) ---
+	// MLflow checks whether MLflow accepts new tokens (nil: no checks, no MLflowAccepted).
+	MLflow        MLflowChecker
+	mlflowResults mlflowResults
+	// --- end MLflow acceptance check ---
 }
 
 // clientCredentials is the grant of ClientCredentials resources (and of the admin API token).
@@ -131,6 +139,7 @@ func (r *MLflowAccessTokenReconciler) Reconcile(ctx context.Context, req ctrl.Re
 	}
 	if gone {
 		metrics.Forget(obj.Namespace, obj.Name)
+		r.forgetMLflow(req.NamespacedName) // MLflow acceptance check (issue 11 part 5)
 		return res, err
 	}
 	res, err = r.writeStatus(ctx, before, obj, res, err)
@@ -185,10 +194,15 @@ func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, opts co
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		For(&authv1alpha1.MLflowAccessToken{}, builder.WithPredicates(specOrMetadataChanged{})).
-		Owns(&corev1.Secret{}, builder.WithPredicates(notOwnWrite{&r.written})).
-		WithOptions(opts).
+		Owns(&corev1.Secret{}, builder.WithPredicates(notOwnWrite{&r.written}))
+	// --- MLflow acceptance check (issue 11 part 5): a result reconciles its resource ---
+	if r.MLflow != nil {
+		b = b.WatchesRawSource(source.Channel(r.mlflowResults.channel(), &handler.EnqueueRequestForObject{}))
+	}
+	// --- end MLflow acceptance check ---
+	return b.WithOptions(opts).
 		Named("mlflowaccesstoken").
 		Complete(r)
 }
