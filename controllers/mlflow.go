@@ -109,6 +109,10 @@ func (r *MLflowAccessTokenReconciler) reportMLflow(obj *authv1alpha1.MLflowAcces
 			fmt.Sprintf("No token to show MLflow at %s yet", uri))
 	case last != nil && last.TokenID == id:
 		r.reportMLflowResult(obj, prev, last)
+	case pending == id && prev != nil && prev.Status != metav1.ConditionUnknown && prev.ObservedGeneration == obj.Generation:
+		// The new token is being checked: the last answer stands until the new one is in, so
+		// that a token MLflow keeps rejecting reads False throughout, not False, Unknown, False
+		// at every rotation (a transition, an event and two status writes each time).
 	case pending == id:
 		setMLflowCondition(obj, metav1.ConditionUnknown, authv1alpha1.ReasonMLflowPending,
 			fmt.Sprintf("Asking MLflow at %s whether it accepts the token", uri))
