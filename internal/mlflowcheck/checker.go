@@ -76,12 +76,12 @@ type Result struct {
 	CheckedAt time.Time
 }
 
-// Options tune a Checker. Zero values take the defaults of DefaultOptions.
+// Options tune a Checker. Zero values take the defaults of DefaultOptions, except QPS.
 type Options struct {
 	// Workers is how many checks run at once.
 	Workers int
-	// QPS and Burst bound the rate of requests to MLflow servers, all together (QPS < 0:
-	// unlimited).
+	// QPS and Burst bound the rate of requests to MLflow servers, all together (QPS 0:
+	// unlimited, as for Keycloak; DefaultOptions has 5/s).
 	QPS   float64
 	Burst int
 	// Timeout bounds one request to MLflow.
@@ -138,9 +138,6 @@ func New(o Options, notify Notify) *Checker {
 	if o.Workers <= 0 {
 		o.Workers = d.Workers
 	}
-	if o.QPS == 0 {
-		o.QPS = d.QPS
-	}
 	if o.Burst <= 0 {
 		o.Burst = d.Burst
 	}
@@ -171,7 +168,7 @@ func New(o Options, notify Notify) *Checker {
 	if c.log.GetSink() == nil {
 		c.log = ctrl.Log.WithName("mlflow-check")
 	}
-	if o.QPS < 0 {
+	if o.QPS <= 0 {
 		c.limiter = rate.NewLimiter(rate.Inf, 0)
 	} else {
 		c.limiter = rate.NewLimiter(rate.Limit(o.QPS), o.Burst)

@@ -77,9 +77,6 @@ func newHarness(t *testing.T, o Options, start bool) *harness {
 	if o.Timeout == 0 {
 		o.Timeout = 5 * time.Second
 	}
-	if o.QPS == 0 {
-		o.QPS = -1
-	}
 	h.c = New(o, func(ctx context.Context, key types.NamespacedName) {
 		select {
 		case h.done <- key:

@@ -183,7 +183,7 @@ func checkHealthy(t *testing.T, ns, name string, metric float64) {
 // token from the test Keycloak.
 func TestMLflowCheckAnswers(t *testing.T) {
 	dumpOnFailure(t)
-	checker := mlflowcheck.New(mlflowcheck.Options{QPS: -1, Timeout: 20 * time.Second}, nil)
+	checker := mlflowcheck.New(mlflowcheck.Options{Timeout: 20 * time.Second}, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	done := make(chan struct{})
