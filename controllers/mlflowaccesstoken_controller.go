@@ -120,6 +120,12 @@ type MLflowAccessTokenReconciler struct {
 	// credentialChanges: when this process last saw each watched issuer credential change
 	// (types.NamespacedName → time.Time); a failure older than a change is not waited out.
 	credentialChanges sync.Map
+
+	// --- MLflow acceptance check (issue 11 part 5; see mlflow.go) ---
+	// MLflow checks whether MLflow accepts new tokens (nil: no checks, no MLflowAccepted).
+	MLflow        MLflowChecker
+	mlflowResults mlflowResults
+	// --- end MLflow acceptance check ---
 }
 
 // clientCredentials is the grant of ClientCredentials resources (and of the admin API token).
@@ -163,10 +169,11 @@ func (r *MLflowAccessTokenReconciler) Reconcile(ctx context.Context, req ctrl.Re
 		res, gone, err = r.reconcileDelete(ctx, obj)
 	} else {
 		res, err = r.reconcileNormal(ctx, obj)
-		r.reportMLflow(obj)
+		r.reportMLflow(ctx, obj)
 	}
 	if gone {
 		metrics.Forget(obj.Namespace, obj.Name)
+		r.forgetMLflow(req.NamespacedName) // MLflow acceptance check (issue 11 part 5)
 		return res, err
 	}
 	res, err = r.writeStatus(ctx, before, obj, res, err)
@@ -268,6 +275,10 @@ func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, opts co
 		}), builder.WithPredicates(issuerReadinessChanged{})).
 		WithOptions(opts).
 		Named("mlflowaccesstoken")
+	// A result of the MLflow acceptance check reconciles its resource.
+	if r.MLflow != nil {
+		b = b.WatchesRawSource(source.Channel(r.mlflowResults.channel(), &handler.EnqueueRequestForObject{}))
+	}
 	if credentialEvents != nil {
 		b = b.WatchesRawSource(source.Channel(credentialEvents, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 			r.noteCredentialChange(client.ObjectKeyFromObject(o))
