@@ -1,6 +1,7 @@
-# Image built by `make docker-build` (no Docker engine runs in CI; the Dockerfile's build
-# stage commands are exercised by `make docker-build-stage`).
-IMG ?= mlflow-token-operator:dev
+# The version (VERSION file) and the operator's image reference. `make image` builds the image
+# under this name without Docker; `make docker-build` builds the same with a Docker engine.
+VERSION ?= $(shell cat VERSION)
+IMG ?= ghcr.io/mlflow-token-operator/mlflow-token-operator:v$(VERSION)
 
 LOCALBIN ?= $(shell pwd)/bin
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
@@ -61,13 +62,26 @@ build: manifests generate ## Build the manager binary.
 run: manifests generate ## Run the controller against the cluster in ~/.kube/config.
 	go run ./cmd
 
+.PHONY: image
+image: ## Build the operator image (linux/amd64 + linux/arm64, OCI index) into bin/images/operator.tar, without Docker (cached).
+	VERSION=$(VERSION) IMG=$(IMG) hack/images.sh operator
+
+.PHONY: images
+images: ## Build all images into bin/images/: operator.tar, pause.tar, training-job.tar (the last needs root) (cached).
+	VERSION=$(VERSION) IMG=$(IMG) hack/images.sh all
+
+.PHONY: test-images
+test-images: ## Build all images, then test them (reproducible digest, contents, registry push/pull, ctr import, docker load; needs root).
+	VERSION=$(VERSION) IMG=$(IMG) hack/images.sh all
+	cd hack/tools/image && GOWORK=off go test -count=1 -timeout 30m ./... $(ARGS)
+
 .PHONY: docker-build
-docker-build: ## Build the container image (needs a Docker engine).
-	docker build -t $(IMG) .
+docker-build: ## Build the container image with a Docker engine (the same image as `make image`, one platform).
+	docker build --build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) -t $(IMG) .
 
 .PHONY: docker-build-stage
 docker-build-stage: ## Run the Dockerfile's build-stage command without Docker (static binary).
-	CGO_ENABLED=0 GOOS=linux go build -trimpath -ldflags="-s -w" -o bin/manager-static ./cmd
+	CGO_ENABLED=0 GOOS=linux go build -trimpath -buildvcs=false -ldflags="-s -w" -o bin/manager-static ./cmd
 
 ##@ Packaging
 
@@ -81,7 +95,7 @@ CHART ?= charts/mlflow-token-operator
 build-installer: kustomize ## Render dist/install.yaml (CRD, RBAC, Deployment, metrics Service) for image IMG (DIST= to change the folder).
 	@mkdir -p $(DIST) $(LOCALBIN)/installer
 	@img='$(IMG)'; case "$${img##*/}" in *:*) name="$${img%:*}"; tag="$${img##*:}";; *) name="$$img"; tag=latest;; esac; \
-		printf 'resources:\n- ../../config/default\nimages:\n- name: mlflow-token-operator\n  newName: %s\n  newTag: %s\n' \
+		printf 'resources:\n- ../../config/default\nimages:\n- name: ghcr.io/mlflow-token-operator/mlflow-token-operator\n  newName: %s\n  newTag: %s\n' \
 		"$$name" "$$tag" > $(LOCALBIN)/installer/kustomization.yaml
 	$(KUSTOMIZE) build $(LOCALBIN)/installer > $(DIST)/install.yaml
 	@echo "Wrote $(DIST)/install.yaml"

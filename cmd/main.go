@@ -6,6 +6,9 @@ import (
 	"os"
 	"time"
 
+	// Mozilla's CA roots, used only when the system has none: the operator image has no
+	// /etc/ssl, and the operator talks HTTPS to Keycloak.
+	_ "golang.org/x/crypto/x509roots/fallback"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
@@ -38,6 +41,7 @@ func main() {
 	flag.DurationVar(&o.Reconciler.RevocationTimeout, "revocation-timeout", o.Reconciler.RevocationTimeout, "How long deletion retries revocation before it finishes without it (with a Warning event).")
 	flag.DurationVar(&o.Reconciler.Backoff.Initial, "min-retry-interval", o.Reconciler.Backoff.Initial, "Wait after the first failed attempt for a resource; doubles per failure.")
 	flag.DurationVar(&o.Reconciler.Backoff.Max, "max-retry-interval", o.Reconciler.Backoff.Max, "Longest wait between two failed attempts for one resource.")
+	flag.DurationVar(&o.Reconciler.Backoff.MaxTransient, "max-retry-interval-without-token", o.Reconciler.Backoff.MaxTransient, "Longest wait between two attempts that failed for a reason that can pass on its own (Keycloak unreachable, a timeout) while the resource has no valid token: it recovers this soon after Keycloak is back.")
 	flag.BoolVar(&o.Reconciler.VerifySessionRevocation, "verify-session-revocation", false, "At every deletion, check with Keycloak's admin API that the session ended, and delete it if not (the client's service account needs realm-management view-users and manage-users).")
 	flag.DurationVar(&o.Reconciler.OfflineIdleTimeout, "offline-idle-timeout", o.Reconciler.OfflineIdleTimeout, "The realms' offline session idle timeout: the end of an offline refresh chain when Keycloak reports none.")
 	flag.DurationVar(&o.Reconciler.RefreshChainWarning, "refresh-chain-warning", o.Reconciler.RefreshChainWarning, "RefreshChainExpiring turns True this long before a RefreshToken grant's chain ends.")
@@ -45,6 +49,11 @@ func main() {
 	flag.IntVar(&o.KeycloakLimits.Burst, "keycloak-burst", o.KeycloakLimits.Burst, "Burst above --keycloak-qps.")
 	flag.Float64Var(&o.KeycloakLimits.PerHostQPS, "keycloak-qps-per-host", o.KeycloakLimits.PerHostQPS, "Most requests per second to one Keycloak (base URL) (0: unlimited).")
 	flag.IntVar(&o.KeycloakLimits.PerHostBurst, "keycloak-burst-per-host", o.KeycloakLimits.PerHostBurst, "Burst above --keycloak-qps-per-host.")
+	// MLflow acceptance check (issue 11 part 5).
+	flag.BoolVar(&o.CheckMLflow, "mlflow-check", o.CheckMLflow, "After each new token of a resource with spec.mlflow.trackingURI, ask MLflow whether it accepts it (condition MLflowAccepted); off: no requests to MLflow and no condition.")
+	flag.Float64Var(&o.MLflowCheck.QPS, "mlflow-check-qps", o.MLflowCheck.QPS, "Most requests per second to MLflow servers, all together, for --mlflow-check (0: unlimited).")
+	flag.IntVar(&o.MLflowCheck.Burst, "mlflow-check-burst", o.MLflowCheck.Burst, "Burst above --mlflow-check-qps.")
+	flag.DurationVar(&o.MLflowCheck.Timeout, "mlflow-check-timeout", o.MLflowCheck.Timeout, "Timeout of one request to MLflow for --mlflow-check.")
 	var namespaces, allowedHosts string
 	flag.StringVar(&namespaces, "namespaces", "", "Comma-separated namespaces to watch (default: all). The operator then needs permissions only in these namespaces.")
 	flag.StringVar(&o.Reconciler.ClusterResourceNamespace, "cluster-resource-namespace", "", "Namespace of the Secrets and ConfigMaps that ClusterKeycloakIssuers reference (default: the operator's own, $POD_NAMESPACE).")

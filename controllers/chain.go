@@ -36,7 +36,7 @@ import (
 func (r *MLflowAccessTokenReconciler) obtainByRefresh(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, a access) (*keycloak.Token, *tokensecret.Chain, *corev1.Secret, *failure) {
 	logger := log.FromContext(ctx)
 	password := obj.Spec.Grant.Type == authv1alpha1.GrantPassword
-	stateSecret, chain, f := r.loadChain(ctx, obj)
+	stateSecret, chain, replaced, f := r.loadChain(ctx, obj)
 	if f != nil {
 		return nil, nil, nil, f
 	}
@@ -107,31 +107,42 @@ func (r *MLflowAccessTokenReconciler) obtainByRefresh(ctx context.Context, obj *
 	if err != nil {
 		return nil, nil, nil, asFailure(err)
 	}
+	if replaced != "" {
+		// The chain a new bootstrap token replaced would otherwise stay alive (an offline
+		// session lives up to the realm's idle timeout, 30 days by default).
+		if err := r.revoke(ctx, a, replaced, "refresh_token"); err != nil {
+			logger.Info("Could not end the session of the replaced refresh chain", "error", err.Error())
+		} else {
+			logger.Info("Ended the session of the refresh chain a new bootstrap token replaced")
+		}
+	}
 	return tok, &next, saved, nil
 }
 
 // loadChain reads the chain: a chain Keycloak rotated while the API server was unavailable
 // (kept in memory) is newer than the state Secret's and is saved first; a new bootstrap token
-// (RefreshToken grant) starts a new chain.
-func (r *MLflowAccessTokenReconciler) loadChain(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) (*corev1.Secret, *tokensecret.Chain, *failure) {
+// (RefreshToken grant) starts a new chain, and the refresh token of the chain it replaces is
+// returned for revocation once the new one is established.
+func (r *MLflowAccessTokenReconciler) loadChain(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) (*corev1.Secret, *tokensecret.Chain, string, *failure) {
 	stateSecret, err := r.stateSecret(ctx, obj)
 	if err != nil {
-		return nil, nil, asFailure(err)
+		return nil, nil, "", asFailure(err)
 	}
 	chain := tokensecret.ReadChain(stateSecret)
 	if c, ok := r.unsaved.Load(obj.UID); ok {
 		pending := c.(tokensecret.Chain)
 		if stateSecret, err = r.saveChain(ctx, obj, stateSecret, pending); err != nil {
-			return nil, nil, asFailure(err)
+			return nil, nil, "", asFailure(err)
 		}
 		r.unsaved.Delete(obj.UID)
 		log.FromContext(ctx).Info("Saved the refresh chain kept in memory while the API server was unavailable")
 		chain = &pending
 	}
+	replaced := ""
 	if obj.Spec.Grant.Type == authv1alpha1.GrantRefreshToken {
 		bootstrap, f := r.bootstrapToken(ctx, obj)
 		if f != nil {
-			return nil, nil, f
+			return nil, nil, "", f
 		}
 		if h := tokensecret.Hash(bootstrap); chain == nil || chain.Bootstrap != h {
 			// Keep the marker of the chain it replaces: a redemption of that chain may still be
@@ -139,6 +150,9 @@ func (r *MLflowAccessTokenReconciler) loadChain(ctx context.Context, obj *authv1
 			marker := ""
 			if chain != nil {
 				marker = chain.Redeeming
+				if chain.Ended == "" && chain.RefreshToken != bootstrap {
+					replaced = chain.RefreshToken
+				}
 			}
 			chain = &tokensecret.Chain{RefreshToken: bootstrap, Bootstrap: h, Redeeming: marker}
 		}
@@ -146,7 +160,7 @@ func (r *MLflowAccessTokenReconciler) loadChain(ctx context.Context, obj *authv1
 	if chain == nil {
 		chain = &tokensecret.Chain{}
 	}
-	return stateSecret, chain, nil
+	return stateSecret, chain, replaced, nil
 }
 
 func chainInput(now time.Time, password bool, c *tokensecret.Chain, timeout time.Duration) policy.ChainInput {

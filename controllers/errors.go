@@ -97,24 +97,42 @@ var secretWriteReasons = map[string]bool{
 // the client in Keycloak): the resource reads Stalled, kstatus Failed. Every other reason (Keycloak
 // down or slow, a 5xx, a garbled answer) can pass on its own.
 var stalledReasons = map[string]bool{
-	authv1alpha1.ReasonClientSecretNotFound:     true,
-	authv1alpha1.ReasonInvalidClientSecret:      true,
-	authv1alpha1.ReasonInvalidClientCredentials: true,
-	authv1alpha1.ReasonUnauthorizedClient:       true,
-	authv1alpha1.ReasonInvalidScope:             true,
-	authv1alpha1.ReasonRealmNotFound:            true,
-	authv1alpha1.ReasonKeycloakTLSError:         true,
-	authv1alpha1.ReasonCABundleNotFound:         true,
-	authv1alpha1.ReasonInvalidCABundle:          true,
-	authv1alpha1.ReasonUnsupportedGrant:         true,
-	authv1alpha1.ReasonRefreshTokenNotFound:     true,
-	authv1alpha1.ReasonRefreshTokenInvalid:      true,
-	authv1alpha1.ReasonUserCredentialsNotFound:  true,
-	authv1alpha1.ReasonInvalidUserCredentials:   true,
-	authv1alpha1.ReasonSecretConflict:           true,
-	authv1alpha1.ReasonInvalidSecretTemplate:    true,
-	authv1alpha1.ReasonSecretRejected:           true,
-	authv1alpha1.ReasonSecretForbidden:          true,
+	authv1alpha1.ReasonClientSecretNotFound:         true,
+	authv1alpha1.ReasonInvalidClientSecret:          true,
+	authv1alpha1.ReasonInvalidClientCredentials:     true,
+	authv1alpha1.ReasonUnauthorizedClient:           true,
+	authv1alpha1.ReasonInvalidScope:                 true,
+	authv1alpha1.ReasonRealmNotFound:                true,
+	authv1alpha1.ReasonKeycloakTLSError:             true,
+	authv1alpha1.ReasonCABundleNotFound:             true,
+	authv1alpha1.ReasonInvalidCABundle:              true,
+	authv1alpha1.ReasonUnsupportedGrant:             true,
+	authv1alpha1.ReasonRefreshTokenNotFound:         true,
+	authv1alpha1.ReasonRefreshTokenInvalid:          true,
+	authv1alpha1.ReasonUserCredentialsNotFound:      true,
+	authv1alpha1.ReasonInvalidUserCredentials:       true,
+	authv1alpha1.ReasonSecretConflict:               true,
+	authv1alpha1.ReasonInvalidSecretTemplate:        true,
+	authv1alpha1.ReasonSecretRejected:               true,
+	authv1alpha1.ReasonSecretForbidden:              true,
+	authv1alpha1.ReasonIssuerNotFound:               true,
+	authv1alpha1.ReasonIssuerNotAllowed:             true,
+	authv1alpha1.ReasonInsecureURL:                  true,
+	authv1alpha1.ReasonHostNotAllowed:               true,
+	authv1alpha1.ReasonURLNotAllowed:                true,
+	authv1alpha1.ReasonServiceAccountNotFound:       true,
+	authv1alpha1.ReasonServiceAccountTokenForbidden: true,
+}
+
+// targetReasons are failures of resolving the target (the issuer and the guardrails). Once the
+// target resolves, such a failure is history: the next attempt does not wait out its backoff.
+var targetReasons = map[string]bool{
+	authv1alpha1.ReasonIssuerNotFound:   true,
+	authv1alpha1.ReasonIssuerNotAllowed: true,
+	authv1alpha1.ReasonIssuerNotReady:   true,
+	authv1alpha1.ReasonInsecureURL:      true,
+	authv1alpha1.ReasonHostNotAllowed:   true,
+	authv1alpha1.ReasonURLNotAllowed:    true,
 }
 
 func errMessage(err error) string {

@@ -68,11 +68,12 @@ func (r *IssuerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 		spec      *authv1alpha1.KeycloakIssuerSpec
 		status    *authv1alpha1.KeycloakIssuerStatus
 		credsNS   = req.Namespace
-		allowHTTP bool
+		allowHTTP = func() bool { return false }
 	)
 	if r.Cluster {
 		o := &authv1alpha1.ClusterKeycloakIssuer{}
-		obj, spec, status, credsNS, allowHTTP = o, &o.Spec.KeycloakIssuerSpec, &o.Status, r.ClusterResourceNamespace, o.Spec.AllowInsecureHTTP
+		obj, spec, status, credsNS = o, &o.Spec.KeycloakIssuerSpec, &o.Status, r.ClusterResourceNamespace
+		allowHTTP = func() bool { return o.Spec.AllowInsecureHTTP }
 	} else {
 		o := &authv1alpha1.KeycloakIssuer{}
 		obj, spec, status = o, &o.Spec, &o.Status
@@ -91,7 +92,7 @@ func (r *IssuerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	desc := r.kind() + " " + req.Name
 	now := r.Clock.Now()
 
-	issuer, f := r.check(ctx, *spec, credsNS, allowHTTP, desc)
+	issuer, f := r.check(ctx, *spec, credsNS, allowHTTP(), desc)
 	gen := obj.GetGeneration()
 	set := func(typ string, st bool, reason, msg string) {
 		s := metav1.ConditionFalse

@@ -32,6 +32,11 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 		return r.failed(ctx, obj, cur, "", f)
 	}
 	inputs := inputsHash(obj, t)
+	if r.failureIsHistory(obj, t) {
+		// What the last attempt failed on has changed since (the issuer turned Ready, its client
+		// secret was rotated): try again now rather than after the backoff.
+		obj.Status.FailedAttempts = 0
+	}
 	d := policy.Decide(r.decideInput(obj, now, cur, inputs))
 	if !d.Issue {
 		if cur != nil && cur.IssuedFor == inputs {
@@ -90,10 +95,23 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 	recordSuccess(obj)
 	report(obj, now, &st, policy.Decision{RenewAt: plan.RenewAt}, inputs)
 	r.announce(ctx, obj, d.Why, first, st, plan)
-	r.checkMLflow(ctx, obj, d.Why, st.AccessToken)
+	r.checkMLflow(obj, d.Why, st.AccessToken, trackingURI(obj, t), got.access.Endpoint.CABundle)
 	// A token that is already due when written (a short one, cut off by the end of its session)
 	// still needs a next reconcile: a RequeueAfter ≤ 0 would mean none at all.
 	return ctrl.Result{RequeueAfter: max(plan.RenewAt.Sub(r.now()), minRequeue)}, nil
+}
+
+// failureIsHistory reports whether the recorded failure no longer holds: it was about resolving
+// the target, which resolves now, or one of the issuer credentials it used changed since.
+func (r *MLflowAccessTokenReconciler) failureIsHistory(obj *authv1alpha1.MLflowAccessToken, t *target) bool {
+	f := failureOf(obj)
+	if f == nil {
+		return false
+	}
+	if targetReasons[renewalFailingReason(obj)] {
+		return true
+	}
+	return t.watched && r.credentialsChangedAfter(t, f.At)
 }
 
 // minRequeue is the shortest wait before the next renewal of a token written just now.

@@ -74,9 +74,10 @@ var chainScenarios = []scenario{
 		}
 		e.wantCond(authv1alpha1.ConditionRefreshChainExpiring, "False/ChainHealthy")
 	}},
-	{"refresh chain: a new bootstrap token starts a new chain", func(t *testing.T) {
+	{"refresh chain: a new bootstrap token starts a new chain and ends the old one's session", func(t *testing.T) {
 		e, _ := refreshEnv(t)
 		e.reconcile()
+		oldSession, oldRefresh := e.obj().Status.SessionID, e.chain().RefreshToken
 		second := e.kc.Bootstrap(testClient, "alice", true)
 		s := e.secret(bootstrapSecret)
 		s.Data["refresh-token"] = []byte(second)
@@ -86,6 +87,9 @@ var chainScenarios = []scenario{
 		e.next()
 		if e.chain().Bootstrap != tokensecret.Hash(second) || e.kc.RefreshActive(second) {
 			t.Fatal("the new bootstrap token was not redeemed into a new chain")
+		}
+		if e.kc.SessionAlive(oldSession) || e.kc.RefreshActive(oldRefresh) {
+			t.Fatal("the replaced chain's session is still alive")
 		}
 	}},
 	{"refresh chain: rejected by Keycloak, a person must bootstrap", func(t *testing.T) {

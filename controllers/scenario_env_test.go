@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -58,6 +59,10 @@ type env struct {
 	secretCreate, secretUpdate, statusPatch func(dryRun bool) error
 	uncachedGet                             func(key client.ObjectKey) error
 	sent                                    []string
+	// uncachedReads counts reads through the APIReader (API requests in a real cluster).
+	uncachedReads int
+	// tokenRequests counts service-account TokenRequests.
+	tokenRequests int
 }
 
 func baseResource() *authv1alpha1.MLflowAccessToken {
@@ -91,7 +96,7 @@ func newEnv(t *testing.T, mutate func(*authv1alpha1.MLflowAccessToken), extra ..
 	}
 	objs := append([]client.Object{obj, userSecret(clientSecret, map[string]string{"client-secret": testSecret})}, extra...)
 	e.c = fake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(objs...).
-		WithStatusSubresource(&authv1alpha1.MLflowAccessToken{}).
+		WithStatusSubresource(&authv1alpha1.MLflowAccessToken{}, &authv1alpha1.KeycloakIssuer{}, &authv1alpha1.ClusterKeycloakIssuer{}).
 		WithInterceptorFuncs(interceptor.Funcs{
 			Create: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.CreateOption) error {
 				if _, ok := o.(*corev1.Secret); ok && e.secretCreate != nil {
@@ -111,6 +116,18 @@ func newEnv(t *testing.T, mutate func(*authv1alpha1.MLflowAccessToken), extra ..
 				}
 				return c.Update(ctx, o, opts...)
 			},
+			SubResourceCreate: func(ctx context.Context, c client.Client, sub string, o client.Object, req client.Object, opts ...client.SubResourceCreateOption) error {
+				if tr, ok := req.(*authenticationv1.TokenRequest); ok && sub == "token" {
+					if err := c.Get(ctx, client.ObjectKeyFromObject(o), &corev1.ServiceAccount{}); err != nil {
+						return err
+					}
+					e.tokenRequests++
+					tr.Status.Token = keycloaktest.ServiceAccountJWT(o.GetNamespace(), o.GetName(), e.tokenRequests)
+					tr.Status.ExpirationTimestamp = metav1.NewTime(e.clk.Now().Add(time.Duration(*tr.Spec.ExpirationSeconds) * time.Second))
+					return nil
+				}
+				return c.SubResource(sub).Create(ctx, o, req, opts...)
+			},
 			SubResourcePatch: func(ctx context.Context, c client.Client, sub string, o client.Object, p client.Patch, opts ...client.SubResourcePatchOption) error {
 				if e.statusPatch != nil {
 					if err := e.statusPatch(false); err != nil {
@@ -123,7 +140,8 @@ func newEnv(t *testing.T, mutate func(*authv1alpha1.MLflowAccessToken), extra ..
 	cfg := DefaultConfig()
 	cfg.Backoff = policy.Backoff{Initial: 2 * time.Second, Max: time.Minute}
 	cfg.RevocationTimeout = 2 * time.Minute
-	e.r = &MLflowAccessTokenReconciler{Client: e.c, APIReader: uncached{e}, Recorder: e.rec, Keycloak: e.kc, Clock: e.clk, Config: cfg}
+	cfg.ClusterResourceNamespace = "mto-system"
+	e.r = &MLflowAccessTokenReconciler{Client: e.c, APIReader: uncached{e}, Recorder: e.rec, Keycloak: e.kc, Clock: e.clk, Config: cfg, Watched: watchedStore{e.c}}
 	return e
 }
 
@@ -137,6 +155,7 @@ func isDryRun(opts []client.CreateOption) bool {
 type uncached struct{ e *env }
 
 func (u uncached) Get(ctx context.Context, key client.ObjectKey, o client.Object, opts ...client.GetOption) error {
+	u.e.uncachedReads++
 	if u.e.uncachedGet != nil {
 		if err := u.e.uncachedGet(key); err != nil {
 			return err
@@ -293,4 +312,18 @@ func forbidden() error {
 
 func unavailable() error {
 	return apierrors.NewServiceUnavailable("the API server is shutting down")
+}
+
+// watchedStore stands in for the watches of issuers' credentials: reads from the store, counted
+// as no API request (as the watches are).
+type watchedStore struct{ c client.Client }
+
+func (w watchedStore) Secret(ctx context.Context, key types.NamespacedName) (*corev1.Secret, error) {
+	s := &corev1.Secret{}
+	return s, w.c.Get(ctx, key, s)
+}
+
+func (w watchedStore) ConfigMap(ctx context.Context, key types.NamespacedName) (*corev1.ConfigMap, error) {
+	cm := &corev1.ConfigMap{}
+	return cm, w.c.Get(ctx, key, cm)
 }

@@ -112,11 +112,11 @@ func failureOf(obj *authv1alpha1.MLflowAccessToken) *policy.Failure {
 	if s.FailedAttempts == 0 || s.LastFailureTime == nil {
 		return nil
 	}
-	gen := s.ObservedGeneration
+	gen, transient := s.ObservedGeneration, false
 	if c := meta.FindStatusCondition(s.Conditions, authv1alpha1.ConditionRenewalFailing); c != nil && c.Status == metav1.ConditionTrue {
-		gen = c.ObservedGeneration
+		gen, transient = c.ObservedGeneration, !stalledReasons[c.Reason]
 	}
-	return &policy.Failure{At: s.LastFailureTime.Time, Count: s.FailedAttempts, Generation: gen}
+	return &policy.Failure{At: s.LastFailureTime.Time, Count: s.FailedAttempts, Generation: gen, Transient: transient}
 }
 
 // failureMessage is the RenewalFailing message: the failure and when the next attempt comes.

@@ -37,14 +37,17 @@ hack/packaging-tools.sh | tail -n 5
 # 7 minutes on 2 cores once etcd and kube-apiserver are built). test/node also needs root and the
 # Debian packages containerd, runc, containernetworking-plugins and iptables: it fails in one line
 # naming what is missing.
-echo "==> node binaries (kubelet, kube-controller-manager, kube-scheduler, kube-proxy)"
+echo "==> node binaries (kubelet, kube-controller-manager, kube-scheduler, kube-proxy, coredns)"
 hack/build-envtest.sh node   # not tailed: a cold build prints its progress every minute
-# The images test/cluster runs on the node: bin/images/{operator,pause,training-job}.tar. Cached by
-# stamps over their sources, so the operator image always holds this tree's operator (rebuilt in
-# seconds to a few minutes when its code changed). The training image needs root and debootstrap.
-echo "==> images (operator, pause, training-job)"
-hack/images.sh all   # not tailed: a long step prints a line every 30 s
 # --- end of the node block ---------------------------------------------------------------------
+
+# --- images: bin/images/{operator,pause,training-job}.tar (hack/images.sh, hack/tools/image) ---
+# Cached by stamps (instant when nothing changed); cold: the operator 3-9 min (two platforms),
+# training-job 2-4 min (debootstrap, pip; root). Not tailed: it prints progress every 30 s.
+# test/node uses bin/images/pause.tar; the cluster suites use all three.
+echo "==> images (operator, pause, training-job)"
+hack/images.sh all
+# --- end of the images block -------------------------------------------------------------------
 
 echo "==> go vet"
 go vet ./...
@@ -62,4 +65,6 @@ go test -count=1 -timeout 20m -v ./test/node/ "$@" | grep -vE '^=== (RUN|PAUSE|C
 # figures (printed again together at the end); about 12 min, most of it the training job.
 echo "==> the operator on a real node (test/cluster)"
 go test -count=1 -timeout 30m -v ./test/cluster/ "$@" | grep -vE '^=== (RUN|PAUSE|CONT)'
+echo "==> image tests (hack/tools/image: its own module, which ./... skips)"
+(cd hack/tools/image && GOWORK=off go test -count=1 -timeout 30m ./...)
 echo "==> all tests passed in $(( $(date +%s) - start ))s"

@@ -11,6 +11,12 @@ type Backoff struct {
 	Initial time.Duration
 	// Max caps the delay.
 	Max time.Duration
+	// MaxTransient, when set, caps the delay instead of Max for a failure that can pass on its
+	// own (Keycloak down, a timeout) while no valid token is left: the Secret is broken until the
+	// next attempt, so once Keycloak is back the resource should not wait out a long backoff.
+	// Failures only a change can fix (wrong credentials) keep Max: retrying them often changes
+	// nothing but the load.
+	MaxTransient time.Duration
 }
 
 
@@ -58,6 +64,8 @@ type Failure struct {
 	// Generation is the spec generation the failed attempt was made for: a newer spec skips
 	// the backoff (the user changed something; try it at once).
 	Generation int64
+	// Transient: the failure can pass on its own (Keycloak unreachable, a timeout, a 5xx).
+	Transient bool
 }
 
 // RetryAt is when the attempt after f may happen. validUntil is the expiry of the token that was
@@ -67,6 +75,9 @@ type Failure struct {
 func (b Backoff) RetryAt(f Failure, validUntil *time.Time, seed string) time.Time {
 	if validUntil != nil && !f.At.Before(*validUntil) {
 		validUntil = nil // it had already expired when the attempt failed
+	}
+	if f.Transient && validUntil == nil && b.MaxTransient > 0 && b.MaxTransient < b.Max {
+		b.Max = b.MaxTransient
 	}
 	rnd := Jitter(seed, f.At.UTC().Format(time.RFC3339), strconv.FormatInt(int64(f.Count), 10))
 	return f.At.Add(b.Delay(f.Count, f.At, validUntil, rnd)).Truncate(time.Second)

@@ -104,3 +104,22 @@ func TestJitterRange(t *testing.T) {
 		t.Error("the parts are not separated: (a, b) and (ab) collide")
 	}
 }
+
+// Without a valid token, a failure that can pass on its own is retried at least every
+// MaxTransient, so a resource recovers soon after Keycloak is back; a failure only a change can
+// fix backs off to Max.
+func TestRetryAtWithoutAValidToken(t *testing.T) {
+	b := Backoff{Initial: 2 * time.Second, Max: 5 * time.Minute, MaxTransient: 30 * time.Second}
+	transient := Failure{At: t0, Count: 12, Transient: true}
+	if d := b.RetryAt(transient, nil, "u").Sub(t0); d > 30*time.Second || d < 22*time.Second {
+		t.Errorf("transient, no token: retry after %s, want within [22.5 s, 30 s]", d)
+	}
+	permanent := Failure{At: t0, Count: 12}
+	if d := b.RetryAt(permanent, nil, "u").Sub(t0); d < 3*time.Minute {
+		t.Errorf("permanent, no token: retry after %s, want the backoff's maximum", d)
+	}
+	exp := t0.Add(time.Hour)
+	if d := b.RetryAt(transient, &exp, "u").Sub(t0); d < 3*time.Minute {
+		t.Errorf("transient with an hour of token left: retry after %s, want the backoff's maximum (the token is fine)", d)
+	}
+}

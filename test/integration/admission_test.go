@@ -86,6 +86,24 @@ func TestAdmissionRejectsBadResources(t *testing.T) {
 		{"template label value with a slash", set("secretTemplate.labels", map[string]any{"team": "a/b"}), "spec.secretTemplate.labels.team in body should match"},
 		{"template annotation key invalid", set("secretTemplate.annotations", map[string]any{"-x": "v"}), "annotation keys must be [prefix/]name"},
 		{"template annotation in the operator's prefix", set("secretTemplate.annotations", map[string]any{"auth.mlflow-token-operator.io/renew-at": "x"}), "reserved for the operator"},
+		{"URL with a user and password", set("keycloak.url", "https://admin:pw@keycloak.example.com"), "must not carry a user name or password"},
+		{"URL with a fragment", set("keycloak.url", "https://kc.example.com/#x"), "must not carry a query or fragment"},
+		{"tracking URI with a user and password", set("mlflow.trackingURI", "https://u:p@mlflow.example.com"), "trackingURI must not carry a user name or password"},
+		{"tracking URI with a query", set("mlflow.trackingURI", "https://mlflow.example.com/?token=x"), "trackingURI must not carry a query or fragment"},
+		{"both an issuer and an inline Keycloak", set("issuerRef", map[string]any{"name": "platform"}), "set exactly one of issuerRef"},
+		{"neither an issuer nor a Keycloak", set("keycloak", nil), "set exactly one of issuerRef"},
+		{"clientID without an issuer", set("clientID", "x"), "clientID names the client at an issuer"},
+		{"serviceAccountName without an issuer", set("serviceAccountName", "trainer"), "serviceAccountName goes with an issuer"},
+		{"unknown issuer kind", func(m map[string]any) {
+			set("keycloak", nil)(m)
+			set("issuerRef", map[string]any{"kind": "Issuer", "name": "x"})(m)
+		}, `supported values: "KeycloakIssuer", "ClusterKeycloakIssuer"`},
+		{"inline with both a secret and a service account", set("keycloak.serviceAccountName", "trainer"), "set exactly one of clientSecretRef"},
+		{"inline with neither a secret nor a service account", set("keycloak.clientSecretRef", nil), "set exactly one of clientSecretRef"},
+		{"inline with the default service account", func(m map[string]any) {
+			set("keycloak.clientSecretRef", nil)(m)
+			set("keycloak.serviceAccountName", "default")(m)
+		}, "the default ServiceAccount is shared by every pod"},
 	}
 	if len(cases) < 10 {
 		t.Fatal("fewer than 10 kinds of mistake")
@@ -131,5 +149,63 @@ func TestAdmissionRejectsBadResources(t *testing.T) {
 	key, _, _ := unstructured.NestedString(u.Object, "spec", "keycloak", "clientSecretRef", "key")
 	if key != "client-secret" {
 		t.Errorf("clientSecretRef.key defaulted to %q", key)
+	}
+}
+
+// Issuers are checked at admission too.
+func TestAdmissionRejectsBadIssuers(t *testing.T) {
+	ns := newNamespace(t)
+	valid := func() map[string]any {
+		return map[string]any{"url": "https://keycloak.example.com", "realm": "mlflow",
+			"clientAuth": map[string]any{"clientID": "c", "clientSecretRef": map[string]any{"name": "s"}}}
+	}
+	cases := []struct {
+		name    string
+		kind    string
+		mutate  func(map[string]any)
+		wantMsg string
+	}{
+		{"URL with a user and password", "KeycloakIssuer", set("url", "https://u:p@kc.example.com"), "must not carry a user name or password"},
+		{"URL with a query", "ClusterKeycloakIssuer", set("url", "https://kc.example.com/?a=b"), "must not carry a query or fragment"},
+		{"URL with the realm path", "KeycloakIssuer", set("url", "https://kc.example.com/realms/x"), "without the /realms/<realm> path"},
+		{"a secret and a service account", "KeycloakIssuer", set("clientAuth.serviceAccount", map[string]any{"name": "trainer"}), "set exactly one of clientSecretRef"},
+		{"neither a secret nor a service account", "ClusterKeycloakIssuer", set("clientAuth.clientSecretRef", nil), "set exactly one of clientSecretRef"},
+		{"a secret without its client", "KeycloakIssuer", set("clientAuth.clientID", nil), "clientID is required with clientSecretRef"},
+		{"the default service account", "ClusterKeycloakIssuer", func(m map[string]any) {
+			set("clientAuth.clientSecretRef", nil)(m)
+			set("clientAuth.serviceAccount", map[string]any{"name": "default"})(m)
+		}, "the default ServiceAccount is shared by every pod"},
+		{"CA from a ConfigMap and a Secret", "KeycloakIssuer", set("ca", map[string]any{"configMapRef": map[string]any{"name": "a"}, "secretRef": map[string]any{"name": "b"}}), "set exactly one of configMapRef or secretRef"},
+		{"allowInsecureHTTP on a namespaced issuer", "KeycloakIssuer", set("allowInsecureHTTP", true), `unknown field "spec.allowInsecureHTTP"`},
+		{"namespaceSelector on a namespaced issuer", "KeycloakIssuer", set("namespaceSelector", map[string]any{}), `unknown field "spec.namespaceSelector"`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := valid()
+			tc.mutate(spec)
+			meta := map[string]any{"generateName": "bad-"}
+			if tc.kind == "KeycloakIssuer" {
+				meta["namespace"] = ns
+			}
+			u := &unstructured.Unstructured{Object: map[string]any{
+				"apiVersion": "auth.mlflow-token-operator.io/v1alpha1", "kind": tc.kind, "metadata": meta, "spec": spec}}
+			err := k8s.Create(context.Background(), u, client.FieldValidation("Strict"), client.DryRunAll)
+			if err == nil {
+				t.Fatalf("accepted: %v", spec)
+			}
+			if !strings.Contains(err.Error(), tc.wantMsg) {
+				t.Errorf("message %q does not contain %q", err.Error(), tc.wantMsg)
+			}
+		})
+	}
+	for _, kind := range []string{"KeycloakIssuer", "ClusterKeycloakIssuer"} {
+		meta := map[string]any{"generateName": "good-"}
+		if kind == "KeycloakIssuer" {
+			meta["namespace"] = ns
+		}
+		u := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "auth.mlflow-token-operator.io/v1alpha1", "kind": kind, "metadata": meta, "spec": valid()}}
+		if err := k8s.Create(context.Background(), u, client.FieldValidation("Strict"), client.DryRunAll); err != nil {
+			t.Errorf("valid %s rejected: %v", kind, err)
+		}
 	}
 }

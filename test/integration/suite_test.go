@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
@@ -40,6 +41,10 @@ const (
 var (
 	k8s     client.Client
 	restCfg *rest.Config
+	// restCfgAdmin is the API server's admin (restCfg becomes the operator's restricted identity).
+	restCfgAdmin *rest.Config
+	// testEnv is the envtest environment, for tests that add users.
+	testEnv *envtest.Environment
 	// kubeconfigPath points at the API server, for tools run as processes (the kubectl plugin).
 	kubeconfigPath string
 	kcServer       *keycloak.Server
@@ -112,7 +117,8 @@ func run(m *testing.M) int {
 	defer servers.Stop()
 	env, cfg := servers.Env, servers.Config
 	kcServer = servers.Keycloak
-	restCfg = cfg
+	restCfg, restCfgAdmin, testEnv = cfg, cfg, env
+	defer removePluginBinary()
 
 	k8s, err = client.New(cfg, client.Options{Scheme: testScheme})
 	if err != nil {

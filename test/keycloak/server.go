@@ -95,6 +95,11 @@ type Options struct {
 	// LogFile receives the server's stdout and stderr (appended). Default: keycloak.log in the
 	// server's temporary directory (removed by Close).
 	LogFile string
+	// TruststorePaths are PEM or PKCS#12 files (or directories of them) whose certificates
+	// Keycloak trusts for its outgoing TLS connections, next to the JDK's default CAs
+	// (--truststore-paths; read once, at start). Example: the CA of a Kubernetes API server whose
+	// service-account issuer a Kubernetes identity provider fetches keys from.
+	TruststorePaths []string
 }
 
 // Server is a running (or stopped) Keycloak process with its own data directory.
@@ -141,6 +146,13 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	}
 	if opts.JavaHome == "" {
 		opts.JavaHome = defaultJavaHome()
+	}
+	// Keycloak runs in its own directory: relative paths would resolve there.
+	opts.TruststorePaths = append([]string(nil), opts.TruststorePaths...)
+	for i, p := range opts.TruststorePaths {
+		if opts.TruststorePaths[i], err = filepath.Abs(p); err != nil {
+			return nil, fmt.Errorf("keycloak: truststore path: %w", err)
+		}
 	}
 	if opts.Host == "" {
 		opts.Host = defaultHost
@@ -458,6 +470,9 @@ func (s *Server) args() []string {
 			// Keep /health/ready on plain HTTP (it would inherit TLS otherwise).
 			"--http-management-scheme=http",
 		)
+	}
+	if len(s.opts.TruststorePaths) > 0 {
+		a = append(a, "--truststore-paths="+strings.Join(s.opts.TruststorePaths, ","))
 	}
 	return append(a,
 		"--http-enabled=true",

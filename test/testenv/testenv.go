@@ -53,6 +53,16 @@ type Options struct {
 	Kubeconfig string
 	// Alongside are further slow setup steps, run while the servers start.
 	Alongside []func(context.Context) error
+	// ServiceAccountIssuer makes the API server a service-account token issuer that Keycloak
+	// trusts, for federated client authentication (a Keycloak client authenticating with a
+	// Kubernetes service-account token): the API server serves https://127.0.0.1:PORT, which is
+	// also its --service-account-issuer, with OIDC discovery and the JWKS readable anonymously,
+	// and Keycloak's truststore holds the API server's CA. Servers.IssuerURL is the issuer.
+	ServiceAccountIssuer bool
+	// NamespaceController runs kube-controller-manager's namespace controller and garbage
+	// collector against the API server, so that a deleted namespace is emptied and goes, as in a
+	// cluster (envtest alone leaves it Terminating forever).
+	NamespaceController bool
 }
 
 // Servers are the running servers.
@@ -60,6 +70,13 @@ type Servers struct {
 	Env      *envtest.Environment
 	Config   *rest.Config
 	Keycloak *keycloak.Server
+	// IssuerURL is the API server's service-account issuer (the `iss` of its tokens) and
+	// IssuerCAFile the PEM file of the CA that signs its serving certificate; both set with
+	// Options.ServiceAccountIssuer only.
+	IssuerURL, IssuerCAFile string
+
+	issuer *issuer
+	kcm    *namespaceController
 }
 
 // Start starts everything side by side and returns when all is up, or stops what did start and
@@ -76,6 +93,25 @@ func Start(ctx context.Context, o Options) (*Servers, error) {
 	}
 	begin := time.Now()
 	s := &Servers{}
+	s.Env = &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	if o.APIServerCertDir != "" {
+		if err := os.MkdirAll(o.APIServerCertDir, 0o700); err != nil {
+			return nil, err
+		}
+		s.Env.ControlPlane.GetAPIServer().CertDir = o.APIServerCertDir
+	}
+	if o.ServiceAccountIssuer {
+		// Before Keycloak starts: it reads its truststore once, at start.
+		iss, err := prepareIssuer(s.Env.ControlPlane.GetAPIServer(), o.APIServerCertDir)
+		if err != nil {
+			return nil, fmt.Errorf("preparing the service-account issuer: %w", err)
+		}
+		s.issuer, s.IssuerURL, s.IssuerCAFile = iss, iss.url, iss.CAFile()
+		o.Keycloak.TruststorePaths = append(o.Keycloak.TruststorePaths, iss.CAFile())
+	}
 	var wg sync.WaitGroup
 	errs := make([]error, 1+len(o.Alongside))
 	wg.Add(1)
@@ -99,16 +135,6 @@ func Start(ctx context.Context, o Options) (*Servers, error) {
 		}()
 	}
 
-	s.Env = &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-	}
-	if o.APIServerCertDir != "" {
-		if err := os.MkdirAll(o.APIServerCertDir, 0o700); err != nil {
-			errs = append(errs, err)
-		}
-		s.Env.ControlPlane.GetAPIServer().CertDir = o.APIServerCertDir
-	}
 	cfg, err := s.Env.Start()
 	if err != nil {
 		s.Env = nil
@@ -121,6 +147,16 @@ func Start(ctx context.Context, o Options) (*Servers, error) {
 				errs = append(errs, err)
 			}
 		}
+		if s.issuer != nil {
+			if err := s.issuer.allowAnonymousDiscovery(ctx, cfg); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if o.NamespaceController {
+			if s.kcm, err = startNamespaceController(s.Env.KubeConfig); err != nil {
+				errs = append(errs, fmt.Errorf("starting the namespace controller: %w", err))
+			}
+		}
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
@@ -130,14 +166,53 @@ func Start(ctx context.Context, o Options) (*Servers, error) {
 	return s, nil
 }
 
+// HasNamespaceController reports whether the namespace controller runs (Options.NamespaceController).
+func (s *Servers) HasNamespaceController() bool { return s.kcm != nil }
+
 // Stop stops the servers that run.
 func (s *Servers) Stop() {
+	s.kcm.stop()
 	if s.Keycloak != nil {
 		s.Keycloak.Close()
 	}
 	if s.Env != nil {
 		_ = s.Env.Stop()
 	}
+	if s.issuer != nil && s.issuer.tempDir {
+		os.RemoveAll(s.issuer.dir)
+	}
+}
+
+// RestartAPIServer stops the API server and starts it again on the same port with the same
+// certificates and data (etcd keeps running). With Options.ServiceAccountIssuer it also waits
+// until the issuer's discovery document and JWKS are served anonymously again.
+func (s *Servers) RestartAPIServer() error {
+	api := s.Env.ControlPlane.GetAPIServer()
+	if err := api.Stop(); err != nil {
+		return fmt.Errorf("stopping the API server: %w", err)
+	}
+	if err := api.Start(); err != nil {
+		return fmt.Errorf("starting the API server: %w", err)
+	}
+	if s.issuer != nil {
+		return WaitForIssuerDiscovery(context.Background(), s.issuer.url, s.issuer.caPEM, 30*time.Second)
+	}
+	return nil
+}
+
+// RotateServiceAccountKey restarts the API server with a new service-account signing key
+// (Options.ServiceAccountIssuer only). Tokens signed with the earlier keys stay valid at the API
+// server; tokens issued from now on carry the new key's id. It returns the number of keys the
+// JWKS now lists.
+func (s *Servers) RotateServiceAccountKey() (int, error) {
+	if s.issuer == nil {
+		return 0, errors.New("RotateServiceAccountKey needs Options.ServiceAccountIssuer")
+	}
+	n, err := addServiceAccountSigningKey(s.issuer.dir)
+	if err != nil {
+		return 0, err
+	}
+	return n, s.RestartAPIServer()
 }
 
 // OperatorOptions are the operator's options for tests: built as cmd/main.go builds it, with
@@ -149,6 +224,9 @@ func OperatorOptions() manager.Options {
 	o.Reconciler.KeycloakTimeout = 5 * time.Second
 	o.Reconciler.RevocationTimeout = 20 * time.Second
 	o.Reconciler.Backoff = policy.Backoff{Initial: time.Second, Max: 3 * time.Second}
+	// The test Keycloak serves plain HTTP on 127.0.0.1 (and HTTPS for the TLS tests); the
+	// guardrail that refuses http:// has tests of its own (controllers' scenarios, test/federated).
+	o.Reconciler.Guardrails.AllowInsecureHTTP = true
 	return o
 }
 

@@ -18,6 +18,7 @@ import (
 
 	"k8s.io/utils/clock"
 
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/jwtclaims"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
 )
 
@@ -31,17 +32,23 @@ type Fake struct {
 	// ClientRefreshTokens makes client-credentials grants open a session with a refresh token
 	// (the client attribute client_credentials.use_refresh_token).
 	ClientRefreshTokens bool
+	// DiscoveredIssuer, when set, is the issuer discovery states (else the realm's URL), as a
+	// Keycloak behind a proxy or with a hostname setting would.
+	DiscoveredIssuer string
 	// Fail, when set, is asked before every call; a non-nil error fails the call with it
 	// (e.g. &keycloak.Error{Reason: keycloak.ReasonUnreachable, ...}).
 	Fail func(op keycloak.Op) error
 
-	clients  map[string]string // client id → secret
-	users    map[string]string // user → password
-	refresh  map[string]*refreshToken
-	revoked  map[string]bool // access token → revoked
-	sessions map[string]bool // session id → alive
-	calls    map[string]int
-	serial   int
+	clients map[string]string // client id → secret
+	// federated: client id → the service-account subject ("system:serviceaccount:<ns>:<name>")
+	// whose tokens authenticate it (Keycloak's "Signed JWT - Federated").
+	federated map[string]string
+	users     map[string]string // user → password
+	refresh   map[string]*refreshToken
+	revoked   map[string]bool // access token → revoked
+	sessions  map[string]bool // session id → alive
+	calls     map[string]int
+	serial    int
 }
 
 type refreshToken struct {
@@ -55,12 +62,21 @@ type refreshToken struct {
 func New(clk clock.PassiveClock, clientID, secret string) *Fake {
 	return &Fake{
 		clock: clk, AccessLifetime: 300 * time.Second, RefreshLifetime: 1800 * time.Second,
-		clients: map[string]string{clientID: secret}, users: map[string]string{},
+		clients: map[string]string{clientID: secret}, users: map[string]string{}, federated: map[string]string{},
 		refresh: map[string]*refreshToken{}, revoked: map[string]bool{}, sessions: map[string]bool{}, calls: map[string]int{},
 	}
 }
 
 var _ keycloak.Client = (*Fake)(nil)
+
+// AddFederatedClient adds a client that authenticates with tokens of one Kubernetes service
+// account (subject system:serviceaccount:<namespace>:<name>). The fake reads the subject from the
+// assertion's `sub` claim.
+func (f *Fake) AddFederatedClient(clientID, subject string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.federated[clientID] = subject
+}
 
 // AddUser adds a user who can log in with the password grant.
 func (f *Fake) AddUser(name, password string) {
@@ -141,6 +157,14 @@ func (f *Fake) count(op keycloak.Op) error {
 }
 
 func (f *Fake) authenticate(auth keycloak.ClientAuth) error {
+	if auth.Assertion != "" {
+		sub, ok := f.federated[auth.ClientID]
+		c, err := jwtclaims.Parse(auth.Assertion)
+		if !ok || err != nil || c.Subject != sub {
+			return &keycloak.Error{Reason: keycloak.ReasonInvalidClientCredentials, StatusCode: 401, Message: "token request: Keycloak rejected the client ID or secret (401 invalid_client: Invalid client or Invalid client credentials)"}
+		}
+		return nil
+	}
 	if s, ok := f.clients[auth.ClientID]; !ok || s != auth.Secret || s == "" {
 		return &keycloak.Error{Reason: keycloak.ReasonInvalidClientCredentials, StatusCode: 401, Message: "token request: Keycloak rejected the client ID or secret (401 invalid_client: Invalid client or Invalid client credentials)"}
 	}
@@ -295,6 +319,9 @@ func (f *Fake) Discover(_ context.Context, ep keycloak.Endpoint) (string, error)
 	if err := f.count(keycloak.Op{Grant: "discovery", Endpoint: "discovery", Realm: ep.Realm}); err != nil {
 		return "", err
 	}
+	if f.DiscoveredIssuer != "" {
+		return f.DiscoveredIssuer, nil
+	}
 	return ep.IssuerURL(), nil
 }
 
@@ -302,6 +329,12 @@ func jwt(claims map[string]any) string {
 	b, _ := json.Marshal(claims)
 	enc := base64.RawURLEncoding.EncodeToString
 	return enc([]byte(`{"alg":"RS256","typ":"JWT"}`)) + "." + enc(b) + ".c2lnbmF0dXJl"
+}
+
+// ServiceAccountJWT is a JWT-shaped stand-in for a Kubernetes service-account token of
+// namespace/name (serial makes tokens distinct).
+func ServiceAccountJWT(namespace, name string, serial int) string {
+	return jwt(map[string]any{"sub": "system:serviceaccount:" + namespace + ":" + name, "jti": fmt.Sprintf("sa-%d", serial)})
 }
 
 // Unreachable is the error of a Keycloak that does not answer, for Fail.

@@ -1,0 +1,246 @@
+package main
+
+// Pure parts of the plugin: exit codes, the table, the inspect report, the checks of a
+// bootstrapped token, output formats, flags and what the binary links. The commands themselves
+// run against a real API server, Keycloak and operator in test/integration (TestPlugin*).
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
+	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+	"github.com/mlflow-token-operator/mlflow-token-operator/cmd/kubectl-mlflow_token/internal/deviceflow"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
+)
+
+func jwt(claims map[string]any) string {
+	b, _ := json.Marshal(claims)
+	enc := base64.RawURLEncoding.EncodeToString
+	return enc([]byte(`{"alg":"RS256"}`)) + "." + enc(b) + ".c2lnbmF0dXJlLXNlY3JldA"
+}
+
+func TestExitCodes(t *testing.T) {
+	nf := notFoundError{ns: "a", name: "x"}
+	for _, tc := range []struct {
+		err  error
+		want int
+	}{
+		{nil, exitOK},
+		{errors.New("boom"), exitError},
+		{usagef("bad"), exitUsage},
+		{fmt.Errorf("wrapped: %w", usagef("bad")), exitUsage},
+		{nf, exitNotFound},
+		{errors.Join(nf, notFoundError{ns: "a", name: "y"}), exitNotFound},
+		{errors.Join(nf, errors.New("timeout")), exitError},
+		{errors.Join(), exitOK},
+		{notReadyError{msg: "x"}, exitNotReady},
+	} {
+		if got := exitCode(tc.err); got != tc.want {
+			t.Errorf("exitCode(%v) = %d, want %d", tc.err, got, tc.want)
+		}
+	}
+}
+
+// run maps cobra's own errors: an unknown command or flag is a usage error (exit 2), --help is 0.
+func TestRunExitCodesWithoutAServer(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"--help"}, exitOK}, {[]string{"bootstrap", "--help"}, exitOK}, {nil, exitOK},
+		{[]string{"nosuch"}, exitUsage}, {[]string{"list", "--nosuch"}, exitUsage}, {[]string{"renew"}, exitUsage},
+		{[]string{"list", "--kubeconfig", "/nonexistent/kubeconfig"}, exitError},
+	} {
+		var out, errOut bytes.Buffer
+		code := run(context.Background(), tc.args, genericiooptions.IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut})
+		if code != tc.want {
+			t.Errorf("%v: exit %d, want %d\n%s%s", tc.args, code, tc.want, out.String(), errOut.String())
+		}
+	}
+}
+
+func TestTokenTable(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) *metav1.Time { return &metav1.Time{Time: now.Add(d)} }
+	items := []authv1alpha1.MLflowAccessToken{
+		{
+			ObjectMeta: metav1.ObjectMeta{Name: "ok", CreationTimestamp: metav1.Time{Time: now.Add(-3 * time.Hour)}},
+			Status: authv1alpha1.MLflowAccessTokenStatus{
+				SecretName: "ok-secret", ExpiresAt: at(250 * time.Second), RenewalTime: at(-2 * time.Second), Rotations: 7,
+				Conditions: []metav1.Condition{{Type: authv1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: authv1alpha1.ReasonTokenValid, Message: "fine"}},
+			},
+		},
+		{ObjectMeta: metav1.ObjectMeta{Name: "new", CreationTimestamp: metav1.Time{Time: now}}},
+	}
+	tab := tokenTable(items, now)
+	got := fmt.Sprint(tab.Rows[0].Cells)
+	want := fmt.Sprint([]any{"ok", "True", "TokenValid", "ok-secret", "in 4m10s", "due 2s ago", "3h", int64(7), "2026-11-30T12:04:10Z", "2026-11-30T11:59:58Z", "fine"})
+	if got != want {
+		t.Errorf("row\n got %s\nwant %s", got, want)
+	}
+	got = fmt.Sprint(tab.Rows[1].Cells)
+	want = fmt.Sprint([]any{"new", "Unknown", "<none>", "<none>", "<none>", "<none>", "0s", int64(0), "<none>", "<none>", "<none>"})
+	if got != want {
+		t.Errorf("row without status\n got %s\nwant %s", got, want)
+	}
+	if until(at(-90*time.Second), now, "expired") != "expired 90s ago" {
+		t.Error(until(at(-90*time.Second), now, "expired"))
+	}
+}
+
+// The report shows the claims of the token in the Secret, never the token.
+func TestInspectReportHoldsNoToken(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	token := jwt(map[string]any{"iss": "https://kc/realms/r", "sub": "s-1", "preferred_username": "alice", "azp": "cli",
+		"aud": "mlflow", "scope": "openid", "groups": []string{"g"}, "sid": "sess", "jti": "j-1", "iat": now.Unix(), "exp": now.Add(time.Minute).Unix()})
+	obj := &authv1alpha1.MLflowAccessToken{
+		ObjectMeta: metav1.ObjectMeta{Name: "t", Namespace: "ns"},
+		Spec: authv1alpha1.MLflowAccessTokenSpec{
+			Keycloak: &authv1alpha1.KeycloakSpec{URL: "https://kc", Realm: "r", ClientID: "cli"},
+			Grant:    authv1alpha1.GrantSpec{Type: authv1alpha1.GrantPassword},
+		},
+		Status: authv1alpha1.MLflowAccessTokenStatus{
+			SecretName: "t", ExpiresAt: &metav1.Time{Time: now.Add(time.Minute)}, SessionID: "sess", OfflineSession: true,
+			FailedAttempts: 2, LastFailureTime: &metav1.Time{Time: now.Add(-time.Second)},
+			Conditions: []metav1.Condition{
+				{Type: authv1alpha1.ConditionReady, Status: metav1.ConditionTrue, Reason: authv1alpha1.ReasonRenewalFailing},
+				{Type: authv1alpha1.ConditionRenewalFailing, Status: metav1.ConditionTrue, Reason: authv1alpha1.ReasonKeycloakTimeout, Message: "slow"},
+			},
+		},
+	}
+	sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "t", Namespace: "ns"}, Data: map[string][]byte{tokensecret.KeyToken: []byte(token)}}
+	c := fake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(sec).Build()
+	r := buildReport(context.Background(), c, obj, now)
+	var text bytes.Buffer
+	printReport(&text, r)
+	js, _ := json.Marshal(r)
+	for _, out := range []string{text.String(), string(js)} {
+		if strings.Contains(out, token) || strings.Contains(out, "c2lnbmF0dXJlLXNlY3JldA") || strings.Contains(out, strings.Split(token, ".")[1]) {
+			t.Errorf("the report holds the token:\n%s", out)
+		}
+	}
+	for _, want := range []string{"preferred_username:  alice", "sess (offline)", "2 attempt(s) in a row: KeycloakTimeout: slow", "exp:                 2026-11-30T12:01:00Z (in 1m0s)"} {
+		if !strings.Contains(text.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, text.String())
+		}
+	}
+	if !r.Ready || r.Claims.PreferredUsername != "alice" || r.ExpiresAt.Seconds != 60 {
+		t.Errorf("report = %+v", r)
+	}
+
+	// Without the Secret, the reason is shown instead of claims.
+	r = buildReport(context.Background(), fake.NewClientBuilder().WithScheme(scheme.New()).Build(), obj, now)
+	if r.Claims != nil || r.ClaimsError != "Secret t does not exist" {
+		t.Errorf("claims error = %q", r.ClaimsError)
+	}
+}
+
+func TestCheckRefreshToken(t *testing.T) {
+	acc := &keycloakAccess{URL: "https://kc", Realm: "r", ClientID: "cli"}
+	tok := func(claims map[string]any) *deviceflow.Token { return &deviceflow.Token{RefreshToken: jwt(claims)} }
+	var warn bytes.Buffer
+	kind, err := checkRefreshToken(tok(map[string]any{"iss": "https://kc/realms/r", "azp": "cli", "typ": "Offline"}), acc, true, &warn)
+	if err != nil || kind != "an offline token" || warn.Len() > 0 {
+		t.Errorf("offline: %q %v %q", kind, err, warn.String())
+	}
+	kind, err = checkRefreshToken(tok(map[string]any{"iss": "https://kc/realms/r", "azp": "cli", "typ": "Refresh"}), acc, true, &warn)
+	if err != nil || kind != "a refresh token" || !strings.Contains(warn.String(), "not an offline token") {
+		t.Errorf("refresh when offline was asked: %q %v %q", kind, err, warn.String())
+	}
+	for name, claims := range map[string]map[string]any{
+		"other issuer host": {"iss": "https://other/realms/r", "azp": "cli"},
+		"other client":      {"iss": "https://kc/realms/r", "azp": "not-cli"},
+	} {
+		if _, err := checkRefreshToken(tok(claims), acc, true, &warn); err == nil || !strings.Contains(err.Error(), "nothing was written") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if _, err := checkRefreshToken(&deviceflow.Token{AccessToken: "x"}, acc, true, &warn); err == nil {
+		t.Error("no refresh token accepted")
+	}
+}
+
+func TestResourcePrinter(t *testing.T) {
+	for _, ok := range []string{"json", "yaml", "name", "jsonpath={.items[*].metadata.name}", "jsonpath-as-json={.items}"} {
+		if _, err := resourcePrinter(ok); err != nil {
+			t.Errorf("%s: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"xml", "jsonpath", "jsonpath={.items[", "go-template={{.}}", "jsonpath-file=/nonexistent"} {
+		_, err := resourcePrinter(bad)
+		var ue usageError
+		if !errors.As(err, &ue) {
+			t.Errorf("%s: %v, want a usage error", bad, err)
+		}
+	}
+}
+
+// kubectl's connection flags exist on every command; -A, -l and -o where they make sense.
+func TestFlags(t *testing.T) {
+	root := newRootCommand(genericiooptions.NewTestIOStreamsDiscard(), time.Now)
+	for _, f := range []string{"kubeconfig", "context", "cluster", "user", "namespace", "request-timeout", "server", "token",
+		"as", "as-group", "as-uid", "certificate-authority", "client-certificate", "client-key", "insecure-skip-tls-verify", "tls-server-name"} {
+		if root.PersistentFlags().Lookup(f) == nil {
+			t.Errorf("no --%s", f)
+		}
+	}
+	if root.PersistentFlags().ShorthandLookup("n") == nil || root.PersistentFlags().ShorthandLookup("s") == nil {
+		t.Error("no -n or -s")
+	}
+	want := map[string][]string{
+		"list":      {"all-namespaces", "selector", "output", "no-headers", "show-labels"},
+		"inspect":   {"output", "require-ready"},
+		"renew":     {"all-namespaces", "selector", "all", "wait", "timeout"},
+		"revoke":    {"all-namespaces", "selector", "all", "wait", "timeout"},
+		"bootstrap": {"offline", "wait", "timeout"},
+		"version":   {"client", "output"},
+	}
+	for name, flags := range want {
+		cmd, _, err := root.Find([]string{name})
+		if err != nil || cmd.Name() != name {
+			t.Fatalf("no command %s: %v", name, err)
+		}
+		for _, f := range flags {
+			if cmd.Flags().Lookup(f) == nil {
+				t.Errorf("%s has no --%s", name, f)
+			}
+		}
+	}
+}
+
+// The plugin links the API types and client libraries, never the operator (its reconciler,
+// wiring or Keycloak client), nor kustomize and Go's plugin loader (see kubeFlags).
+func TestDependencies(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	deps := strings.Fields(string(out))
+	const mod = "github.com/mlflow-token-operator/mlflow-token-operator/"
+	for _, d := range deps {
+		switch {
+		case strings.HasPrefix(d, mod+"controllers"), strings.HasPrefix(d, mod+"internal/manager"),
+			strings.HasPrefix(d, mod+"internal/keycloak"), strings.HasPrefix(d, mod+"internal/renewal"),
+			strings.HasPrefix(d, mod+"internal/metrics"), strings.HasPrefix(d, "github.com/Nerzal/gocloak"),
+			strings.HasPrefix(d, "sigs.k8s.io/kustomize"), d == "plugin", d == "k8s.io/cli-runtime/pkg/resource":
+			t.Errorf("the plugin links %s", d)
+		}
+	}
+	if len(deps) < 100 {
+		t.Fatalf("go list returned %d packages; the check would prove little", len(deps))
+	}
+}
