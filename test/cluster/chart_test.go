@@ -208,7 +208,17 @@ func chartUninstall(t *testing.T) {
 	if len(list.Items) == 0 {
 		t.Fatal("no MLflowAccessToken before the uninstall: nothing to check")
 	}
-	var tokens []issued
+	// The tokens to revoke are the last ones the Secrets hold when the operator deletes them: a
+	// watch sees every version (a rotation can land just before the hook deletes a resource; a
+	// token replaced by a rotation is left to expire, since pods may still hold it).
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	last, err := watchSecretData(watchCtx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type origin struct{ what, realm, clientID, clientSecret, secret, key, hint string }
+	var origins []origin
 	for i := range list.Items {
 		obj := &list.Items[i]
 		ks := obj.Spec.Keycloak
@@ -221,26 +231,39 @@ func chartUninstall(t *testing.T) {
 		}
 		secret := string(cred[ks.ClientSecretRef.Key])
 		name := obj.Namespace + "/" + obj.Name
-		tokens = append(tokens, issued{name + " access token", ks.Realm, ks.ClientID, secret, tokenOf(t, obj), "access_token"})
-		state, err := secretData(ctx, obj.Namespace, tokensecret.StateSecretName(obj))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if rt := state[tokensecret.KeyRefreshToken]; len(rt) > 0 {
-			tokens = append(tokens, issued{name + " refresh token (" + string(obj.Spec.Grant.Type) + ")", ks.Realm, ks.ClientID, secret, string(rt), "refresh_token"})
+		origins = append(origins, origin{name + " access token", ks.Realm, ks.ClientID, secret,
+			obj.Namespace + "/" + obj.SecretNameOrDefault(), tokensecret.KeyToken, "access_token"})
+		if obj.Spec.Grant.Type != authv1alpha1.GrantClientCredentials {
+			origins = append(origins, origin{name + " refresh token (" + string(obj.Spec.Grant.Type) + ")", ks.Realm, ks.ClientID, secret,
+				obj.Namespace + "/" + tokensecret.StateSecretName(obj), tokensecret.KeyRefreshToken, "refresh_token"})
 		}
 	}
-	for _, tk := range tokens {
-		if active, err := introspect(tk.realm, tk.clientID, tk.clientSecret, tk.token, tk.hint); err != nil || !active {
-			t.Fatalf("%s is not active before the uninstall (%v, %v)", tk.what, active, err)
+	for _, o := range origins {
+		tok := last.get(o.secret, o.key)
+		if tok == "" {
+			t.Fatalf("no %s in Secret %s before the uninstall", o.key, o.secret)
+		}
+		if active, err := introspect(o.realm, o.clientID, o.clientSecret, tok, o.hint); err != nil || !active {
+			t.Fatalf("%s is not active before the uninstall (%v, %v)", o.what, active, err)
 		}
 	}
 
 	start := time.Now()
 	out := helm(t, "uninstall", release, "--namespace", chartNS, "--timeout", "5m")
-	times.add(fmt.Sprintf("helm uninstall (pre-delete hook revokes %d tokens of %d resources)", len(tokens), len(list.Items)), time.Since(start))
+	times.add(fmt.Sprintf("helm uninstall (pre-delete hook revokes the tokens of %d resources)", len(list.Items)), time.Since(start))
 	checkedAt := time.Now()
 	t.Logf("helm uninstall: %s", strings.TrimSpace(out))
+	stopWatch()
+	if err := last.err(); err != nil {
+		t.Fatal(err)
+	}
+	var tokens []issued
+	for _, o := range origins {
+		if !last.deleted(o.secret) {
+			t.Errorf("Secret %s was not deleted by the uninstall", o.secret)
+		}
+		tokens = append(tokens, issued{o.what, o.realm, o.clientID, o.clientSecret, last.get(o.secret, o.key), o.hint})
+	}
 
 	// Revoked at Keycloak: introspection says inactive. A token already past its expiry proves
 	// nothing (it is inactive anyway), so it is only counted as such.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/utils/ptr"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
@@ -415,4 +417,84 @@ func follow(ctx context.Context, ns, pod, container, path string) {
 	}
 	defer rc.Close()
 	_, _ = io.Copy(f, rc)
+}
+
+// secretHistory is what a watch on every Secret saw: the last data of each, and which were
+// deleted.
+type secretHistory struct {
+	mu      sync.Mutex
+	data    map[string]map[string][]byte // namespace/name -> the last data seen before any deletion
+	gone    map[string]bool
+	failure error
+	done    chan struct{}
+}
+
+// watchSecretData lists and then watches every Secret until ctx ends: no version is missed.
+func watchSecretData(ctx context.Context) (*secretHistory, error) {
+	list, err := cs.CoreV1().Secrets("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	h := &secretHistory{data: map[string]map[string][]byte{}, gone: map[string]bool{}, done: make(chan struct{})}
+	for _, s := range list.Items {
+		h.data[s.Namespace+"/"+s.Name] = s.Data
+	}
+	w, err := cs.CoreV1().Secrets("").Watch(ctx, metav1.ListOptions{ResourceVersion: list.ResourceVersion})
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		defer close(h.done)
+		defer w.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case ev, ok := <-w.ResultChan():
+				if !ok {
+					h.mu.Lock()
+					h.failure = errors.New("the watch on Secrets ended early")
+					h.mu.Unlock()
+					return
+				}
+				s, isSecret := ev.Object.(*corev1.Secret)
+				if !isSecret {
+					h.mu.Lock()
+					h.failure = fmt.Errorf("the watch on Secrets: %v", ev.Object)
+					h.mu.Unlock()
+					return
+				}
+				key := s.Namespace + "/" + s.Name
+				h.mu.Lock()
+				if ev.Type == watch.Deleted {
+					h.gone[key] = true
+				} else {
+					h.data[key] = s.Data
+				}
+				h.mu.Unlock()
+			}
+		}
+	}()
+	return h, nil
+}
+
+// get is the last value of a key of a Secret (namespace/name).
+func (h *secretHistory) get(secret, key string) string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return string(h.data[secret][key])
+}
+
+func (h *secretHistory) deleted(secret string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.gone[secret]
+}
+
+// err waits for the watch to end (after its context) and says whether it missed anything.
+func (h *secretHistory) err() error {
+	<-h.done
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.failure
 }
