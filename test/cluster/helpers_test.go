@@ -48,7 +48,7 @@ type stepTimes struct {
 func (s *stepTimes) add(name string, d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.rows = append(s.rows, fmt.Sprintf("  %-70s %8s", name, d.Round(100*time.Millisecond)))
+	s.rows = append(s.rows, fmt.Sprintf("  %-76s %8s", name, d.Round(100*time.Millisecond)))
 	fmt.Printf("[time] %s: %s\n", name, d.Round(100*time.Millisecond))
 }
 

@@ -11,9 +11,12 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/remotecommand"
+	"k8s.io/utils/ptr"
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/node"
 )
@@ -22,7 +25,8 @@ import (
 // image (no registry) runs, gets its service-account token, reaches the API server through the
 // `kubernetes` Service (kube-proxy's rules, the pod network, the API server on HostIP) and is
 // authenticated as its ServiceAccount; it reaches a server on the host at HostIP (as it will reach
-// Keycloak and MLflow); it sees the Secret it mounts. Its log is read through
+// Keycloak and MLflow); it sees the Secret it mounts; another finds a Service by name through the
+// cluster DNS (CoreDNS) and reaches the host through it. Its log is read through
 // pods/log, and a command runs in it through pods/exec (API server -> kubelet, with the kubelet
 // client certificate, -> containerd's streaming server). While all this runs, the host shows
 // none of it: no mounts, bridges, network namespaces or iptables rules.
@@ -99,6 +103,12 @@ func TestSmoke(t *testing.T) {
 		t.Fatalf("exec in the pod printed %q, want %q", got, want)
 	}
 
+	// The cluster DNS: a pod finds a Service by name (CoreDNS, the pod's search path), and the
+	// Service (no selector; its EndpointSlice names the host server) takes it to the host.
+	if err := dnsToHost(ctx, ns, ln.Addr().(*net.TCPAddr).Port); err != nil {
+		t.Fatal(err)
+	}
+
 	now := hostState()
 	// Only the global checks: the link, cgroups and scratch directory named after the slot exist by design.
 	if err := compareHostState(hostBefore, now); err != nil {
@@ -130,4 +140,46 @@ func TestSmoke(t *testing.T) {
 	if len(addrs) != 1 || addrs[0] != theNode.HostIP() {
 		t.Fatalf("endpoints of the kubernetes Service: %v, want [%s]", addrs, theNode.HostIP())
 	}
+}
+
+// dnsToHost runs a probe pod that GETs http://host.<ns>.svc/by-name: a Service without selector
+// whose EndpointSlice points at the host server on HostIP, as a cluster's Service for an external
+// database would. The name resolves through the cluster DNS and the pod's search path.
+func dnsToHost(ctx context.Context, ns string, port int) error {
+	c := theNode.Client()
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "host", Namespace: ns},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(int32(port))}}},
+	}
+	if _, err := c.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Name: "host-1", Namespace: ns, Labels: map[string]string{
+			discoveryv1.LabelServiceName: "host", discoveryv1.LabelManagedBy: "test.mlflow-token-operator.io",
+		}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{theNode.HostIP()}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(int32(port)), Protocol: ptr.To(corev1.ProtocolTCP)}},
+	}
+	if _, err := c.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	url := "http://host." + ns + ".svc/by-name"
+	if _, err := c.CoreV1().Pods(ns).Create(ctx, probePod(ns, "probe-dns", "", "-get", url, "-pause"), metav1.CreateOptions{}); err != nil {
+		return err
+	}
+	// kube-proxy programs the new Service within a second or so; until then the ClusterIP is
+	// unreachable and the probe exits, and the kubelet restarts it (backoff 10 s, 20 s ...).
+	want := `get 200 "hello /by-name"`
+	return waitFor(2*time.Minute, 500*time.Millisecond, func() error {
+		log, err := podLog(ctx, c, ns, "probe-dns")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(log, want+"\n") {
+			return fmt.Errorf("the pod did not reach the host server by the Service's name %s: want %q in its log:\n%s", url, want, log)
+		}
+		return nil
+	})
 }
