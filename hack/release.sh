@@ -183,7 +183,7 @@ for platform in "${PLUGIN_PLATFORMS[@]}"; do
   chmod 0755 "${dir}/kubectl-mlflow_token"
   chmod 0644 "${dir}/LICENSE"
   archive="kubectl-mlflow_token_${VERSION}_${os}_${arch}.tar.gz"
-  det_tar "${dir}" kubectl-mlflow_token LICENSE >"${out}/${archive}"
+  det_tar "${dir}" LICENSE kubectl-mlflow_token >"${out}/${archive}"
   plugin_archives+=("${archive}")
   log "  ${archive} ($(($(date +%s) - t))s)"
 done
