@@ -20,7 +20,8 @@
 #
 # Usage: hack/release.sh           build the artifacts (and the tools, when missing or stale)
 #        hack/release.sh tools     only the tools: helm and kustomize (hack/packaging-tools.sh),
-#                                  bin/venv-release (hack/release-requirements.txt, from PyPI)
+#                                  bin/venv-release (hack/release-requirements.txt, from PyPI),
+#                                  the Go modules (go mod download)
 #
 # Environment:
 #   VERSION            X.Y.Z or X.Y.Z-(alpha|beta|rc).N, without the v (default: the VERSION file)
@@ -90,6 +91,10 @@ tools() {
     done
   else
     hack/packaging-tools.sh | sed 's/^/[release] /'
+    # The modules of the operator, the plugin and the image builder, so that a build with
+    # RELEASE_OFFLINE=1 GOPROXY=off (test/release) finds them all.
+    go mod download
+    (cd hack/tools/image && go mod download)
   fi
   "${PYTHON}" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || die "${PYTHON} is $("${PYTHON}" -V 2>&1): the release build wants Python 3.11 or newer (PYTHON=python3.12)"
