@@ -160,7 +160,9 @@ mkdir -p "${work}/chart"
 cp -r charts/mlflow-token-operator "${chart_stage}"
 [[ "$(grep -c '^  digest: ""$' "${chart_stage}/values.yaml")" == 1 ]] \
   || die "charts/mlflow-token-operator/values.yaml: expected one line '  digest: \"\"' (image.digest) to pin"
-sed -i "s|^  digest: \"\"\$|  digest: \"${DIGEST}\"|" "${chart_stage}/values.yaml"
+[[ "$(grep -c '^  repository: ' "${chart_stage}/values.yaml")" == 1 ]] \
+  || die "charts/mlflow-token-operator/values.yaml: expected one line '  repository: ...' (image.repository)"
+sed -i -e "s|^  digest: \"\"\$|  digest: \"${DIGEST}\"|" -e "s|^  repository: .*\$|  repository: ${IMG_NAME}|" "${chart_stage}/values.yaml"
 go run ./hack/chartdoc "${chart_stage}" >/dev/null # the README's values table shows the pinned default
 "${TOOLS}/helm" lint --strict "${chart_stage}" >"${work}/helm-lint.log" 2>&1 || { cat "${work}/helm-lint.log"; die "helm lint of the packaged chart failed"; }
 "${TOOLS}/helm" package --version "${VERSION}" --app-version "v${VERSION}" --destination "${work}/chart" "${chart_stage}" >/dev/null
@@ -276,5 +278,7 @@ for f in "${artifacts[@]}" SHA256SUMS; do
   mv "${out}/${f}" "${DIST}/${f}"
 done
 log "wrote ${DIST} in $(($(date +%s) - start))s:"
-(cd "${DIST}" && ls -l "${artifacts[@]}" SHA256SUMS | awk '{printf "[release]   %10d  %s\n", $5, $9}')
+for f in "${artifacts[@]}" SHA256SUMS; do
+  printf '[release]   %10d  %s\n' "$(stat -c %s "${DIST}/${f}")" "${f}"
+done
 log "image digest ${DIGEST}"
