@@ -49,6 +49,11 @@ func main() {
 	flag.IntVar(&o.KeycloakLimits.Burst, "keycloak-burst", o.KeycloakLimits.Burst, "Burst above --keycloak-qps.")
 	flag.Float64Var(&o.KeycloakLimits.PerHostQPS, "keycloak-qps-per-host", o.KeycloakLimits.PerHostQPS, "Most requests per second to one Keycloak (base URL) (0: unlimited).")
 	flag.IntVar(&o.KeycloakLimits.PerHostBurst, "keycloak-burst-per-host", o.KeycloakLimits.PerHostBurst, "Burst above --keycloak-qps-per-host.")
+	// MLflow acceptance check (issue 11 part 5).
+	flag.BoolVar(&o.CheckMLflow, "mlflow-check", o.CheckMLflow, "After each new token of a resource with spec.mlflow.trackingURI, ask MLflow whether it accepts it (condition MLflowAccepted); off: no requests to MLflow and no condition.")
+	flag.Float64Var(&o.MLflowCheck.QPS, "mlflow-check-qps", o.MLflowCheck.QPS, "Most requests per second to MLflow servers, all together, for --mlflow-check (0: unlimited).")
+	flag.IntVar(&o.MLflowCheck.Burst, "mlflow-check-burst", o.MLflowCheck.Burst, "Burst above --mlflow-check-qps.")
+	flag.DurationVar(&o.MLflowCheck.Timeout, "mlflow-check-timeout", o.MLflowCheck.Timeout, "Timeout of one request to MLflow for --mlflow-check.")
 	var namespaces, allowedHosts string
 	flag.StringVar(&namespaces, "namespaces", "", "Comma-separated namespaces to watch (default: all). The operator then needs permissions only in these namespaces.")
 	flag.StringVar(&o.Reconciler.ClusterResourceNamespace, "cluster-resource-namespace", "", "Namespace of the Secrets and ConfigMaps that ClusterKeycloakIssuers reference (default: the operator's own, $POD_NAMESPACE).")

@@ -52,7 +52,7 @@ func (r *MLflowAccessTokenReconciler) obtain(ctx context.Context, obj *authv1alp
 	case authv1alpha1.GrantClientCredentials:
 		var err error
 		if tok, err = r.token(ctx, a, keycloak.Grant{Type: keycloak.GrantClientCredentials, Scopes: scopes(obj)}); err != nil {
-			return nil, keycloakFailure(err, "")
+			return nil, authFailure(err, t)
 		}
 	case authv1alpha1.GrantRefreshToken, authv1alpha1.GrantPassword:
 		if tok, chain, state, f = r.obtainByRefresh(ctx, obj, a); f != nil {
@@ -62,6 +62,18 @@ func (r *MLflowAccessTokenReconciler) obtain(ctx context.Context, obj *authv1alp
 		return nil, &failure{Reason: authv1alpha1.ReasonUnsupportedGrant, Message: fmt.Sprintf("grant type %q is not supported by this operator version", obj.Spec.Grant.Type)}
 	}
 	return &obtained{Token: tok, IssuedAt: issuedAt.Truncate(time.Second), ExpiresAt: expiryOf(tok, issuedAt), Chain: chain, access: a, state: state}, nil
+}
+
+// authFailure classifies a failed grant; a client that authenticates with a service-account token
+// gets an explanation of what Keycloak checks, since "invalid client credentials" says nothing
+// about the binding of a client to a service account.
+func authFailure(err error, t *target) *failure {
+	f := keycloakFailure(err, "")
+	if t.serviceAccount != nil && f.Reason == authv1alpha1.ReasonInvalidClientCredentials {
+		f.Message = fmt.Sprintf("%s; the client %q authenticates with tokens of system:serviceaccount:%s:%s: in Keycloak its authenticator must be \"Signed JWT - Federated\" bound to exactly that subject, and Keycloak must reach the cluster's service-account issuer (its keys)",
+			f.Message, t.ClientID, t.serviceAccount.Namespace, t.serviceAccount.Name)
+	}
+	return f
 }
 
 // expiryOf is when tok expires: issuedAt + expires_in, or Keycloak's own exp claim when that is

@@ -21,7 +21,7 @@ import (
 // states the facts it starts from, what it does, and checks the Secret, the status, the events
 // and the calls to Keycloak.
 func TestScenarios(t *testing.T) {
-	for _, sc := range slices.Concat(scenarios, chainScenarios, deleteScenarios, issuerScenarios, issuerControllerScenarios) {
+	for _, sc := range slices.Concat(scenarios, chainScenarios, deleteScenarios, issuerScenarios, issuerControllerScenarios, []scenario{renameScenario}) {
 		t.Run(sc.name, func(t *testing.T) { sc.run(t) })
 	}
 }
@@ -373,3 +373,16 @@ func controllerutilContains(o *authv1alpha1.MLflowAccessToken) bool {
 	}
 	return false
 }
+
+var renameScenario = scenario{"secretName change: the token moves, the old Secret goes", func(t *testing.T) {
+	e := newEnv(t, nil)
+	e.reconcile()
+	e.update(true, func(o *authv1alpha1.MLflowAccessToken) { o.Spec.SecretName = "renamed" })
+	e.reconcile()
+	if s := e.secret("renamed"); s == nil || len(s.Data["token"]) == 0 {
+		t.Fatal("no token in the renamed Secret")
+	}
+	if e.secret(testName) != nil {
+		t.Fatal("the old Secret is still there (held by the operator's finalizer?)")
+	}
+}}

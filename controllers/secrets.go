@@ -117,6 +117,10 @@ func (r *MLflowAccessTokenReconciler) deleteStale(ctx context.Context, obj *auth
 	if err != nil || s == nil {
 		return
 	}
+	if err := r.releaseSecret(ctx, s); err != nil {
+		log.FromContext(ctx).Info("Could not release the previous Secret", "secret", name, "error", err.Error())
+		return
+	}
 	if err := r.deleteOwned(ctx, s); err != nil {
 		log.FromContext(ctx).Info("Could not delete the previous Secret", "secret", name, "error", err.Error())
 	}

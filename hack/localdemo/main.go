@@ -93,7 +93,8 @@ func run(duration time.Duration, managerBin string) error {
 	say("Keycloak ready at %s (admin console: admin/admin)", kc.URL())
 
 	say("Starting the operator: %s --kubeconfig %s", managerBin, kubeconfig)
-	op := exec.Command(managerBin, "--kubeconfig", kubeconfig, "--metrics-bind-address=0", "--health-probe-bind-address=0")
+	op := exec.Command(managerBin, "--kubeconfig", kubeconfig, "--metrics-bind-address=0", "--health-probe-bind-address=0",
+		"--allow-insecure-http") // the local Keycloak serves plain HTTP on 127.0.0.1
 	op.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	out, _ := op.StdoutPipe()
 	op.Stderr = op.Stdout

@@ -29,6 +29,9 @@ type Claims struct {
 	Type      string
 	IssuedAt  time.Time
 	ExpiresAt time.Time
+	// Email is the `email` claim: the first user name field of mlflow-oidc-auth (its default
+	// OIDC_USERNAME_FIELD is email,preferred_username).
+	Email string
 }
 
 // maxTokenBytes bounds the size of a token we are willing to decode.
@@ -60,6 +63,7 @@ func Parse(token string) (*Claims, error) {
 		Typ               string          `json:"typ"`
 		Iat               json.Number     `json:"iat"`
 		Exp               json.Number     `json:"exp"`
+		Email             string          `json:"email"`
 	}
 	if err := json.Unmarshal(payload, &raw); err != nil {
 		return nil, errors.New("token payload is not a JSON object of the expected shape")
@@ -67,7 +71,7 @@ func Parse(token string) (*Claims, error) {
 	c := &Claims{
 		ID: raw.JTI, Issuer: raw.Iss, Subject: raw.Sub, PreferredUsername: raw.PreferredUsername,
 		AuthorizedParty: raw.Azp, Scope: raw.Scope, Groups: raw.Groups, SessionID: raw.Sid, Type: raw.Typ,
-		IssuedAt: unixTime(raw.Iat), ExpiresAt: unixTime(raw.Exp),
+		IssuedAt: unixTime(raw.Iat), ExpiresAt: unixTime(raw.Exp), Email: raw.Email,
 	}
 	if len(raw.Aud) > 0 {
 		var one string

@@ -15,13 +15,13 @@ func jwtWith(claims map[string]any) string {
 func TestParse(t *testing.T) {
 	c, err := Parse(jwtWith(map[string]any{
 		"jti": "id1", "iss": "http://127.0.0.1/realms/mlflow", "sub": "s", "preferred_username": "service-account-x",
-		"azp": "x", "aud": "mlflow", "scope": "profile", "groups": []string{"g"}, "exp": 1800000000, "iat": 1799999700,
+		"email": "x@example.com", "azp": "x", "aud": "mlflow", "scope": "profile", "groups": []string{"g"}, "exp": 1800000000, "iat": 1799999700,
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.ID != "id1" || c.AuthorizedParty != "x" || len(c.Audience) != 1 || c.Audience[0] != "mlflow" ||
-		c.ExpiresAt.Unix() != 1800000000 || c.IssuedAt.Unix() != 1799999700 || c.Groups[0] != "g" {
+		c.ExpiresAt.Unix() != 1800000000 || c.IssuedAt.Unix() != 1799999700 || c.Groups[0] != "g" || c.Email != "x@example.com" {
 		t.Errorf("claims = %+v", c)
 	}
 	c, err = Parse(jwtWith(map[string]any{"aud": []string{"a", "b"}}))

@@ -28,6 +28,7 @@ import (
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/objectwatch"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/mlflowcheck"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 )
 
@@ -61,6 +62,13 @@ type Options struct {
 	KeycloakObserver func(op keycloak.Op, took time.Duration, err error)
 	// SkipNameValidation allows several managers in one process (tests that restart the operator).
 	SkipNameValidation bool
+
+	// --- MLflow acceptance check (issue 11 part 5) ---
+	// CheckMLflow: after a new token, ask the resource's MLflow whether it accepts it (condition
+	// MLflowAccepted). MLflowCheck tunes the checks (rate, timeout, workers).
+	CheckMLflow bool
+	MLflowCheck mlflowcheck.Options
+	// --- end MLflow acceptance check ---
 }
 
 // Defaults returns the options cmd/main.go starts from.
@@ -73,6 +81,8 @@ func Defaults() Options {
 		Burst:          100,
 		Reconciler:     controllers.DefaultConfig(),
 		KeycloakLimits: keycloak.Limits{QPS: 100, Burst: 100, PerHostQPS: 50, PerHostBurst: 50},
+		CheckMLflow:    true,                         // MLflow acceptance check (issue 11 part 5)
+		MLflowCheck:    mlflowcheck.DefaultOptions(), // MLflow acceptance check (issue 11 part 5)
 	}
 }
 
@@ -139,6 +149,16 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		Watched:   watched,
 		Config:    o.Reconciler,
 	}
+	// --- MLflow acceptance check (issue 11 part 5): a leader-only Runnable; its results
+	// reconcile their resource through r.MLflowChecked ---
+	if o.CheckMLflow {
+		checker := mlflowcheck.New(o.MLflowCheck, r.MLflowChecked)
+		if err := mgr.Add(checker); err != nil {
+			return nil, err
+		}
+		r.MLflow = checker
+	}
+	// --- end MLflow acceptance check ---
 	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: o.Concurrency, SkipNameValidation: &o.SkipNameValidation, RateLimiter: ErrorRateLimiter()}, tokenEvents); err != nil {
 		return nil, err
 	}

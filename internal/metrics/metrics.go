@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
@@ -74,11 +75,12 @@ func Observe(obj *authv1alpha1.MLflowAccessToken) {
 	}
 	ready.WithLabelValues(ns, name).Set(r)
 	failed.WithLabelValues(ns, name).Set(float64(s.FailedAttempts))
+	observeMLflow(obj) // MLflow acceptance check (issue 11 part 5)
 }
 
 // Forget removes a deleted resource's series.
 func Forget(namespace, name string) {
-	for _, g := range []*prometheus.GaugeVec{expiry, renewal, ready, failed} {
+	for _, g := range []*prometheus.GaugeVec{expiry, renewal, ready, failed, mlflowAccepted} {
 		g.DeleteLabelValues(namespace, name)
 	}
 	chainExpiry.DeletePartialMatch(prometheus.Labels{"namespace": namespace, "name": name})
@@ -111,3 +113,28 @@ func IssuerReady(kind, namespace, name string, ready bool) {
 
 // ForgetIssuer removes a deleted issuer's series.
 func ForgetIssuer(kind, namespace, name string) { issuerReady.DeleteLabelValues(kind, namespace, name) }
+
+// --- MLflow acceptance check (issue 11 part 5) ---------------------------------------------------
+
+// NameMLflowAccepted is the per-resource gauge of the MLflowAccepted condition.
+const NameMLflowAccepted = "mlflow_token_mlflow_accepted"
+
+var mlflowAccepted = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: NameMLflowAccepted,
+	Help: "1 when MLflow accepted the resource's token (condition MLflowAccepted=True), 0 when it rejected it (False); absent while unknown or when no tracking URI is set."}, []string{"namespace", "name"})
+
+func init() { ctrlmetrics.Registry.MustRegister(mlflowAccepted) }
+
+// observeMLflow publishes the MLflowAccepted condition: 1 or 0 for an answer, no series without one
+// (an unanswered check is not a rejection, and a rate over "0" must mean MLflow said no).
+func observeMLflow(obj *authv1alpha1.MLflowAccessToken) {
+	switch c := meta.FindStatusCondition(obj.Status.Conditions, authv1alpha1.ConditionMLflowAccepted); {
+	case c != nil && c.Status == metav1.ConditionTrue:
+		mlflowAccepted.WithLabelValues(obj.Namespace, obj.Name).Set(1)
+	case c != nil && c.Status == metav1.ConditionFalse:
+		mlflowAccepted.WithLabelValues(obj.Namespace, obj.Name).Set(0)
+	default:
+		mlflowAccepted.DeleteLabelValues(obj.Namespace, obj.Name)
+	}
+}
+
+// --- end MLflow acceptance check -----------------------------------------------------------------

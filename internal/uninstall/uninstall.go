@@ -37,6 +37,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 )
 
 // Finalizer is the operator's finalizer on MLflowAccessTokens (and on their Secrets): the
@@ -160,6 +161,9 @@ func revoke(ctx, deadline context.Context, c client.Client, o Options, log logr.
 		res.Orphaned = append(res.Orphaned, key)
 		log.Info("Removed the operator's finalizer without revocation: the token stays valid until it expires", "namespace", obj.Namespace, "name", obj.Name)
 	}
+	if err := releaseSecrets(cleanup, c, o.Namespaces, log); err != nil {
+		return res, err
+	}
 	if len(res.Orphaned) == 0 {
 		return res, nil
 	}
@@ -224,8 +228,43 @@ func orphan(ctx context.Context, c client.Client, o Options, log logr.Logger) (R
 		res.Orphaned = append(res.Orphaned, obj.Namespace+"/"+obj.Name)
 		log.Info("Removed the operator's finalizer; the resource and its Secret stay", "namespace", obj.Namespace, "name", obj.Name)
 	}
+	if err := releaseSecrets(ctx, c, o.Namespaces, log); err != nil {
+		return res, err
+	}
 	log.Info("The operator's resources are orphaned: tokens are no longer renewed or revoked", "orphaned", len(res.Orphaned))
 	return res, nil
+}
+
+// releaseSecrets removes the operator's finalizer from its own Secrets (it keeps them readable
+// until their resource's deletion has revoked): with no operator left to revoke, a namespace
+// deletion would otherwise hang on them. It lists and patches metadata only, never a Secret's data.
+func releaseSecrets(ctx context.Context, c client.Client, namespaces []string, log logr.Logger) error {
+	if len(namespaces) == 0 {
+		namespaces = []string{""}
+	}
+	released := 0
+	for _, ns := range namespaces {
+		l := &metav1.PartialObjectMetadataList{}
+		l.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("SecretList"))
+		if err := c.List(ctx, l, client.InNamespace(ns), client.MatchingLabels{tokensecret.LabelManagedBy: tokensecret.ManagedByValue}); err != nil {
+			return fmt.Errorf("listing the operator's Secrets%s: %w", inNamespace(ns), err)
+		}
+		for i := range l.Items {
+			obj := &l.Items[i]
+			obj.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Secret"))
+			if !controllerutil.ContainsFinalizer(obj, Finalizer) {
+				continue
+			}
+			if err := removeFinalizer(ctx, c, obj); err != nil {
+				return err
+			}
+			released++
+		}
+	}
+	if released > 0 {
+		log.Info("Removed the operator's finalizer from its Secrets", "secrets", released)
+	}
+	return nil
 }
 
 // stopOperator scales the operator's Deployment to zero and waits until none of its pods exist:
@@ -322,6 +361,6 @@ func removeFinalizer(ctx context.Context, c client.Client, obj *metav1.PartialOb
 			}
 			return err
 		}
-		return fmt.Errorf("removing the finalizer of MLflowAccessToken %s/%s: %w", obj.Namespace, obj.Name, err)
+		return fmt.Errorf("removing the finalizer of %s %s/%s: %w", obj.GetObjectKind().GroupVersionKind().Kind, obj.Namespace, obj.Name, err)
 	})
 }

@@ -13,8 +13,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -155,16 +157,60 @@ func (e *Env) Close() {
 
 var keepWork bool
 
-// namespace creates a namespace holding the input Secret with both clients' secrets.
+// namespace creates a namespace holding the input Secret with both clients' secrets, and (unless
+// -inline) the two KeycloakIssuers the resources use: the platform-owned set-up, whose client
+// secrets the operator watches instead of reading them at every rotation.
 func (e *Env) namespace(ctx context.Context, name string) error {
 	if err := e.C.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}); err != nil {
 		return err
 	}
-	return e.C.Create(ctx, &corev1.Secret{
+	if err := e.C.Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: inputSecret, Namespace: name},
 		StringData: map[string]string{"client-secret": clientShortSec, "client-secret-5m": clientLongSecret},
-	})
+	}); err != nil {
+		return err
+	}
+	if inline {
+		return nil
+	}
+	for _, i := range []struct{ name, client, key string }{{issuerShort, clientShort, "client-secret"}, {issuerLong, clientLong, "client-secret-5m"}} {
+		if err := e.C.Create(ctx, &authv1alpha1.KeycloakIssuer{
+			ObjectMeta: metav1.ObjectMeta{Name: i.name, Namespace: name},
+			Spec: authv1alpha1.KeycloakIssuerSpec{URL: e.KC.URL(), Realm: realm,
+				ClientAuth: authv1alpha1.IssuerClientAuth{ClientID: i.client, ClientSecretRef: &authv1alpha1.SecretKeyRef{Name: inputSecret, Key: i.key}}},
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
+
+// waitIssuers waits until the namespace's issuers are Ready (the operator checked their realm).
+func (e *Env) waitIssuers(ctx context.Context, ns string) error {
+	if inline {
+		return nil
+	}
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		ready := 0
+		for _, name := range []string{issuerShort, issuerLong} {
+			i := &authv1alpha1.KeycloakIssuer{}
+			if err := e.C.Get(ctx, types.NamespacedName{Namespace: ns, Name: name}, i); err == nil && meta.IsStatusConditionTrue(i.Status.Conditions, authv1alpha1.ConditionReady) {
+				ready++
+			}
+		}
+		if ready == 2 {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("the issuers of %s were not Ready within a minute", ns)
+}
+
+// Issuers of the benchmark's namespaces; -inline makes the resources name Keycloak themselves.
+const issuerShort, issuerLong = "bench-30s", "bench-5m"
+
+var inline bool
 
 // Operator is the operator binary running as a child process.
 type Operator struct {
@@ -218,6 +264,7 @@ func (e *Env) startOperator(ctx context.Context, name, namespace string, f Opera
 	o := &Operator{MetricsAddr: addr, LogPath: filepath.Join(e.Work, "operator-"+name+".log"), done: make(chan struct{})}
 	o.Args = append([]string{
 		"--kubeconfig=" + e.Kubeconfig,
+		"--allow-insecure-http", // the benchmark's Keycloak serves plain HTTP on 127.0.0.1
 		"--metrics-bind-address=" + addr,
 		"--health-probe-bind-address=0",
 		"--namespaces=" + namespace,

@@ -75,6 +75,7 @@ func main() {
 	flag.IntVar(&c.DefaultsN, "defaults-n", 1000, "N of the default-flags burst")
 	flag.IntVar(&c.CompareConcurrency, "compare-concurrency", 4, "also a raised-limit burst of defaults-n at this --concurrency (0: skip)")
 	flag.BoolVar(&keepWork, "keep", false, "keep the work directory (operator and Keycloak logs)")
+	flag.BoolVar(&inline, "inline", false, "resources name their Keycloak and client secret inline (read at every rotation) instead of using a KeycloakIssuer (the secret watched)")
 	flag.StringVar(&c.Notes, "notes", "", "text added to the report (e.g. what was scaled down)")
 	render := flag.String("render", "", "only re-render the report (markdown and plots) from a results.json of an earlier run")
 	deadline := flag.String("deadline", "", "UTC HH:MM after which no further phase starts (skipped phases are listed in the report)")
@@ -394,6 +395,9 @@ func (e *Env) burstPhase(ctx context.Context, ns string, n int, lifespan time.Du
 		return nil, err
 	}
 	defer op.Stop()
+	if err := e.waitIssuers(ctx, ns); err != nil {
+		return nil, err
+	}
 	w, err := e.watch(ctx, ns)
 	if err != nil {
 		return nil, err

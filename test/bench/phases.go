@@ -43,21 +43,26 @@ type BurstResult struct {
 }
 
 func newToken(ns, name, kcURL string, lifespan time.Duration) *authv1alpha1.MLflowAccessToken {
-	clientID, key := clientShort, "client-secret"
+	clientID, key, issuer := clientShort, "client-secret", issuerShort
 	if lifespan > time.Minute {
-		clientID, key = clientLong, "client-secret-5m"
+		clientID, key, issuer = clientLong, "client-secret-5m", issuerLong
 	}
-	return &authv1alpha1.MLflowAccessToken{
+	t := &authv1alpha1.MLflowAccessToken{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns,
 			// The harness leaves the resources behind (each run uses fresh namespaces); nothing
 			// here measures revocation.
 			Annotations: map[string]string{annSkipRevoke: "true"}},
 		Spec: authv1alpha1.MLflowAccessTokenSpec{
-			Keycloak: &authv1alpha1.KeycloakSpec{URL: kcURL, Realm: realm, ClientID: clientID,
-				ClientSecretRef: &authv1alpha1.SecretKeyRef{Name: inputSecret, Key: key}},
 			Grant: authv1alpha1.GrantSpec{Type: authv1alpha1.GrantClientCredentials},
 		},
 	}
+	if inline {
+		t.Spec.Keycloak = &authv1alpha1.KeycloakSpec{URL: kcURL, Realm: realm, ClientID: clientID,
+			ClientSecretRef: &authv1alpha1.SecretKeyRef{Name: inputSecret, Key: key}}
+	} else {
+		t.Spec.IssuerRef = &authv1alpha1.IssuerRef{Name: issuer}
+	}
+	return t
 }
 
 // parallel runs fn(i) for i in [0,n) on `workers` goroutines; the first error wins.

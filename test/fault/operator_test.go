@@ -43,6 +43,7 @@ func operatorArgs(metricsAddr string, namespaces []string, extra ...string) []st
 		"--concurrency=4",
 		"--namespaces=" + strings.Join(namespaces, ","),
 		"--zap-log-level=info",
+		"--allow-insecure-http", // the test Keycloak serves plain HTTP on 127.0.0.1
 	}
 	return append(args, extra...)
 }

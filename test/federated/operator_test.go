@@ -61,6 +61,7 @@ func TestOperatorWithoutClientSecrets(t *testing.T) {
 	}))
 
 	o := testenv.OperatorOptions()
+	o.Reconciler.Guardrails.AllowInsecureHTTP = false // only the cluster issuer's allowInsecureHTTP lets it through
 	o.Reconciler.ClusterResourceNamespace = platformNS
 	o.IssuerRecheckInterval = 10 * time.Second
 	o.SkipNameValidation = true

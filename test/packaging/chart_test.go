@@ -361,16 +361,27 @@ podAnnotations: {example.com/owner: ml-platform}
 podDisruptionBudget: {minAvailable: 2}
 `)
 	rel := releaseObjects(objs)
+	// A namespace-scoped install still reads what is cluster-scoped (namespaces' metadata,
+	// ClusterKeycloakIssuers), and nothing else cluster-wide: no Secrets, no tokens.
 	for _, k := range []string{"ClusterRole", "ClusterRoleBinding"} {
-		if n := len(find(objs, k)); n != 0 {
-			t.Errorf("a namespace-scoped install must not create a %s (found %d)", k, n)
+		if n := len(find(objs, k)); n != 1 {
+			t.Errorf("a namespace-scoped install must create exactly one %s, for cluster-scoped reads (found %d)", k, n)
+		}
+	}
+	for _, o := range find(objs, "ClusterRole") {
+		for _, rule := range convert[rbacv1.ClusterRole](t, o).Rules {
+			for _, res := range rule.Resources {
+				if res != "namespaces" && res != "clusterkeycloakissuers" && res != "clusterkeycloakissuers/status" {
+					t.Errorf("the namespace-scoped install's ClusterRole grants %s: only cluster-scoped objects belong there", res)
+				}
+			}
 		}
 	}
 	want := generatedRules(t)
 	roleNS := map[string]bool{}
 	for _, o := range find(rel, "Role") {
 		if o.GetNamespace() == "ml-platform" {
-			continue // leader election
+			continue // leader election, and the cluster issuers' credentials
 		}
 		roleNS[o.GetNamespace()] = true
 		if r := ruleSet(convert[rbacv1.Role](t, o).Rules); !reflect.DeepEqual(r, want) {
@@ -411,8 +422,8 @@ podDisruptionBudget: {minAvailable: 2}
 	if d.Spec.Template.Annotations["example.com/owner"] != "ml-platform" {
 		t.Error("pod annotations are not applied")
 	}
-	if len(c.Env) != 2 || c.Env[0].Name != "HTTPS_PROXY" || c.Env[1].Value != ".svc,.cluster.local" {
-		t.Errorf("env %v, want extraEnv", c.Env)
+	if len(c.Env) != 3 || c.Env[0].Name != "POD_NAMESPACE" || c.Env[1].Name != "HTTPS_PROXY" || c.Env[2].Value != ".svc,.cluster.local" {
+		t.Errorf("env %v, want POD_NAMESPACE and then extraEnv", c.Env)
 	}
 	if len(pod.Volumes) != 1 || pod.Volumes[0].ConfigMap == nil || len(c.VolumeMounts) != 1 || c.VolumeMounts[0].MountPath != "/etc/corporate-ca" {
 		t.Errorf("volumes %v, mounts %v: want extraVolumes and extraVolumeMounts", pod.Volumes, c.VolumeMounts)

@@ -224,6 +224,9 @@ func OperatorOptions() manager.Options {
 	o.Reconciler.KeycloakTimeout = 5 * time.Second
 	o.Reconciler.RevocationTimeout = 20 * time.Second
 	o.Reconciler.Backoff = policy.Backoff{Initial: time.Second, Max: 3 * time.Second}
+	// The test Keycloak serves plain HTTP on 127.0.0.1 (and HTTPS for the TLS tests); the
+	// guardrail that refuses http:// has tests of its own (controllers' scenarios, test/federated).
+	o.Reconciler.Guardrails.AllowInsecureHTTP = true
 	return o
 }
 

@@ -227,6 +227,17 @@ func TestRevokeModeReleasesWhatIsLeftAtTheTimeout(t *testing.T) {
 		err := admin.Get(testCtx, types.NamespacedName{Namespace: ns, Name: "left"}, &authv1alpha1.MLflowAccessToken{})
 		return notFound(err), "still there"
 	})
+	// Its Secrets carry no finalizer of the operator either (envtest runs no garbage collector:
+	// they stay, without anything that would make a namespace deletion hang).
+	var secrets corev1.SecretList
+	if err := admin.List(testCtx, &secrets, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range secrets.Items {
+		if controllerutil.ContainsFinalizer(&s, uninstall.Finalizer) {
+			t.Errorf("Secret %s/%s keeps the operator's finalizer after the timeout", ns, s.Name)
+		}
+	}
 	if !active(t, tok, "") {
 		t.Error("the token is inactive, yet nothing revoked it")
 	}
@@ -302,6 +313,15 @@ func TestOrphanModeKeepsResourcesForAReinstall(t *testing.T) {
 		}
 		if !secretExists(t, k.ns, k.name) || !active(t, k.tok, "") {
 			t.Errorf("%s/%s: the Secret and its valid token should stay", k.ns, k.name)
+		}
+		// Nor on its Secrets: with no operator to revoke, a namespace deletion must not hang on them.
+		for _, n := range []string{k.name, tokensecret.StateSecretName(obj)} {
+			s := &corev1.Secret{}
+			if err := admin.Get(testCtx, types.NamespacedName{Namespace: k.ns, Name: n}, s); err != nil {
+				t.Errorf("Secret %s/%s: %v", k.ns, n, err)
+			} else if controllerutil.ContainsFinalizer(s, uninstall.Finalizer) {
+				t.Errorf("Secret %s/%s keeps the operator's finalizer", k.ns, n)
+			}
 		}
 	}
 
