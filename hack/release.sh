@@ -45,8 +45,8 @@ cd "${repo_root}"
 
 export GOWORK=off
 export GOFLAGS="-mod=readonly -buildvcs=false"
-# A release build of the tools, when the caller runs it from make with other variables: the
-# recursive make below must see only what this script passes.
+# Run from `make release VERSION=...`, the variables of the caller's command line would reach the
+# `make build-installer` below through MAKEFLAGS and override what this script passes it.
 unset MAKEFLAGS MAKELEVEL MFLAGS
 
 log() { echo "[release] $*"; }
