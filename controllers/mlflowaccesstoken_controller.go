@@ -117,6 +117,8 @@ type MLflowAccessTokenReconciler struct {
 	written ownWrites
 	// saTokens: service-account tokens that authenticate clients (see satoken.go).
 	saTokens saTokens
+	// Delivery: nudges of consumer pods and the DeliveryAtRisk check (nudge.go).
+	Delivery Delivery
 }
 
 // clientCredentials is the grant of ClientCredentials resources (and of the admin API token).
@@ -161,6 +163,7 @@ func (r *MLflowAccessTokenReconciler) Reconcile(ctx context.Context, req ctrl.Re
 	} else {
 		res, err = r.reconcileNormal(ctx, obj)
 		r.reportMLflow(obj)
+		r.reportDelivery(ctx, obj) // consumer pods (nudge.go)
 	}
 	if gone {
 		metrics.Forget(obj.Namespace, obj.Name)
@@ -265,6 +268,7 @@ func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, opts co
 		}), builder.WithPredicates(issuerReadinessChanged{})).
 		WithOptions(opts).
 		Named("mlflowaccesstoken")
+	b = r.watchDeliveries(b) // finished nudges update status.consumers (nudge.go)
 	if credentialEvents != nil {
 		b = b.WatchesRawSource(source.Channel(credentialEvents, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 			ns, cluster := issuersUsing(ctx, r.Client, r.ClusterResourceNamespace, client.ObjectKeyFromObject(o))

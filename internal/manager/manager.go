@@ -27,6 +27,7 @@ import (
 	"github.com/mlflow-token-operator/mlflow-token-operator/controllers"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/nudge"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/objectwatch"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 )
@@ -61,6 +62,11 @@ type Options struct {
 	KeycloakObserver func(op keycloak.Op, took time.Duration, err error)
 	// SkipNameValidation allows several managers in one process (tests that restart the operator).
 	SkipNameValidation bool
+	// NudgePods: after each rotation, nudge the labelled consumer pods (Nudge: its rate limit), so
+	// that they get the new token at once; KubeletSyncFrequency of the nodes, for DeliveryAtRisk.
+	NudgePods            bool
+	Nudge                nudge.Options
+	KubeletSyncFrequency time.Duration
 }
 
 // Defaults returns the options cmd/main.go starts from.
@@ -73,6 +79,8 @@ func Defaults() Options {
 		Burst:          100,
 		Reconciler:     controllers.DefaultConfig(),
 		KeycloakLimits: keycloak.Limits{QPS: 100, Burst: 100, PerHostQPS: 50, PerHostBurst: 50},
+		NudgePods:      true,
+		Nudge:          nudge.DefaultOptions(),
 	}
 }
 
@@ -100,7 +108,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		LeaseDuration:                 nonZero(o.LeaseDuration),
 		RenewDeadline:                 nonZero(o.RenewDeadline),
 		RetryPeriod:                   nonZero(o.RetryPeriod),
-		Cache:                         cacheOptions(o.Namespaces),
+		Cache:                         withConsumerPods(cacheOptions(o.Namespaces), o.NudgePods), // nudge.go
 	})
 	if err != nil {
 		return nil, err
@@ -131,6 +139,10 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	}
 	issuerEvents, clusterIssuerEvents, tokenEvents := fanOut(watched)
 	recorder := mgr.GetEventRecorder("mlflow-token-operator")
+	delivery, err := setupDelivery(mgr, o) // nudge.go
+	if err != nil {
+		return nil, err
+	}
 	r := &controllers.MLflowAccessTokenReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
@@ -138,6 +150,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		Keycloak:  kc,
 		Watched:   watched,
 		Config:    o.Reconciler,
+		Delivery:  delivery,
 	}
 	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: o.Concurrency, SkipNameValidation: &o.SkipNameValidation, RateLimiter: ErrorRateLimiter()}, tokenEvents); err != nil {
 		return nil, err
