@@ -27,7 +27,7 @@ import (
 // auth.mlflow-token-operator.io/consumer=true.
 
 // The nudge patches one annotation on consumer pods.
-// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups="",resources=pods,verbs=list;watch;patch
 
 // Delivery configures how new tokens reach consumer pods.
 type Delivery struct {

@@ -322,7 +322,7 @@ func TestNudgedRotation(t *testing.T) {
 				return fmt.Errorf("%s: Ready %s", g.resource, got)
 			}
 			cs := o.Status.Consumers
-			if g.nudged && (cs == nil || cs.Pods != int32(len(g.pods)) || cs.Failed != 0 || cs.NotUpdatable != 0) {
+			if g.nudged && (cs == nil || cs.Pods != int32(len(g.pods)) || cs.Nudged != cs.Pods || cs.Failed != 0 || cs.NotUpdatable != 0) {
 				return fmt.Errorf("%s: status.consumers %+v", g.resource, cs)
 			}
 			if !g.nudged && (cs == nil || cs.Pods != 0) {

@@ -10,15 +10,26 @@ import (
 	"testing"
 )
 
-// constants returns the string constants of api/v1alpha1/conditions.go whose names start with
+// constants returns the string constants of api/v1alpha1/conditions.go (and of
+// mlflowaccesstoken_delivery.go, the delivery's conditions and reasons) whose names start with
 // prefix (read from the source, so that a reason added there without docs fails here).
 func constants(t *testing.T, prefix string) map[string]string {
 	t.Helper()
-	f, err := parser.ParseFile(token.NewFileSet(), filepath.Join(repoRoot(t), "api", "v1alpha1", "conditions.go"), nil, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string]string{}
+	for _, file := range []string{"conditions.go", "mlflowaccesstoken_delivery.go"} {
+		f, err := parser.ParseFile(token.NewFileSet(), filepath.Join(repoRoot(t), "api", "v1alpha1", file), nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		collect(f, prefix, out)
+	}
+	if len(out) == 0 {
+		t.Fatalf("no %s* constants in api/v1alpha1/conditions.go", prefix)
+	}
+	return out
+}
+
+func collect(f *ast.File, prefix string, out map[string]string) {
 	ast.Inspect(f, func(n ast.Node) bool {
 		vs, ok := n.(*ast.ValueSpec)
 		if !ok {
@@ -35,10 +46,6 @@ func constants(t *testing.T, prefix string) map[string]string {
 		}
 		return true
 	})
-	if len(out) == 0 {
-		t.Fatalf("no %s* constants in api/v1alpha1/conditions.go", prefix)
-	}
-	return out
 }
 
 // TestTroubleshootingCoversEveryReason: every condition type and reason of
