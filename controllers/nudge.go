@@ -56,7 +56,8 @@ func (r *MLflowAccessTokenReconciler) nudgeConsumers(ctx context.Context, obj *a
 	}
 	log.FromContext(ctx).V(1).Info("Nudging consumer pods", "secret", secret, "pods", rep.Pods, "notUpdatable", len(rep.NotUpdatable))
 	if len(rep.NotUpdatable) > 0 {
-		// The same pods give the same message at every rotation: the events fold into one series.
+		// At every rotation: the events library folds the repeats into one series (it keys series
+		// by object, type, reason and action), so a rotating token does not flood the events.
 		r.event(obj, corev1.EventTypeWarning, authv1alpha1.ReasonConsumersNotUpdatable, "Nudge",
 			"%s read Secret %s only through environment variables or subPath mounts, which never change in a running container: they keep the token they started with. Mount the Secret as a directory",
 			podList(rep.NotUpdatable), secret)

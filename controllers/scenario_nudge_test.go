@@ -213,8 +213,8 @@ var nudgeScenarios = []scenario{
 			}
 		}
 
-		// The next rotation: a new value on each, one more patch each, and the same warning (the
-		// same message: the events library folds it into the first one's series).
+		// The next rotation: a new value on each, one more patch each, and the warning again
+		// (the events library folds repeats into one series).
 		ne.events()
 		ne.next()
 		second := ne.clk.Now().UTC().Format(time.RFC3339Nano)

@@ -329,7 +329,7 @@ func (n *Nudger) run(ctx context.Context, j *job) {
 // it never conflicts with the controllers that own the pod.
 func (n *Nudger) nudge(ctx context.Context, j *job, pod string) (string, error) {
 	if err := n.limiter.Wait(ctx); err != nil {
-		return OutcomeThrottled, err
+		return OutcomeThrottled, err // the operator stops: run returns without counting it
 	}
 	body := fmt.Appendf(nil, `{"metadata":{"annotations":{%q:%q}}}`, authv1alpha1.AnnotationTokenRotatedAt, j.rot.WrittenAt.UTC().Format(time.RFC3339Nano))
 	obj := &metav1.PartialObjectMetadata{

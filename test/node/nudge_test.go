@@ -39,9 +39,6 @@ import (
 const (
 	nudgeNS            = "nudge"
 	nudgeTokenLifespan = 20 * time.Second
-	nudgedResources    = 3  // each rotates on its own schedule
-	nudgedPodsEach     = 2  // labelled consumers per nudged resource
-	defaultPods        = 16 // unlabelled consumers of one resource: the kubelet's periodic sync only
 	// nudgeBound is the generous per-delivery bound that makes a broken nudge fail loudly; the
 	// figures (p99 well under 2 s) are printed, not asserted.
 	nudgeBound = 10 * time.Second
@@ -63,19 +60,18 @@ const (
 // into write → patch (the operator) and patch → file (the kubelet).
 //
 // It asserts that every rotation arrived in every pod, and that nudged pods got each within
-// nudgeBound. NODE_NUDGE_WINDOW (a duration, default 2m) makes the measurement window longer.
+// nudgeBound. A longer measurement: NODE_NUDGE_WINDOW (default 2m), NODE_NUDGE_RESOURCES (nudged
+// resources, each rotating on its own schedule; default 3), NODE_NUDGE_PODS (labelled pods per
+// nudged resource; default 2), NODE_NUDGE_DEFAULT_PODS (unlabelled pods of the one resource
+// that is not nudged; default 16).
 func TestNudgedRotation(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	c := theNode.Client()
-	window := 2 * time.Minute
-	if v := os.Getenv("NODE_NUDGE_WINDOW"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d < 2*time.Minute {
-			t.Fatalf("NODE_NUDGE_WINDOW=%q: want a duration of at least 2m", v)
-		}
-		window = d
-	}
+	window := envDuration(t, "NODE_NUDGE_WINDOW", 2*time.Minute)
+	nudgedResources := envCount(t, "NODE_NUDGE_RESOURCES", 3)
+	nudgedPodsEach := envCount(t, "NODE_NUDGE_PODS", 2)
+	defaultPods := envCount(t, "NODE_NUDGE_DEFAULT_PODS", 16)
 	begin := time.Now()
 
 	// Keycloak takes longest: start it first.
@@ -334,6 +330,30 @@ func TestNudgedRotation(t *testing.T) {
 			t.Error(err)
 		}
 	}
+}
+
+func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < def {
+		t.Fatalf("%s=%q: want a duration of at least %s", name, v, def)
+	}
+	return d
+}
+
+func envCount(t *testing.T, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 50 {
+		t.Fatalf("%s=%q: want a number from 1 to 50", name, v)
+	}
+	return n
 }
 
 // startShortTokenKeycloak runs Keycloak with the test realm, its client's tokens living
