@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"strings"
 	"time"
@@ -46,9 +47,11 @@ func (r *MLflowAccessTokenReconciler) nudgeConsumers(ctx context.Context, obj *a
 		return
 	}
 	secret := obj.SecretNameOrDefault()
+	written := sha256.Sum256([]byte(st.AccessToken)) // compared in memory, never stored
 	rep, err := n.Rotated(ctx, nudge.Rotation{
 		Owner:  types.NamespacedName{Namespace: obj.Namespace, Name: obj.Name},
 		Secret: secret, TokenIssuedAt: st.IssuedAt, WrittenAt: r.now(),
+		Shows: func(s *corev1.Secret) bool { return sha256.Sum256(s.Data[tokensecret.KeyToken]) == written },
 	})
 	if err != nil {
 		log.FromContext(ctx).Info("Could not look up the consumer pods to nudge", "secret", secret, "error", err.Error())

@@ -51,6 +51,8 @@ type Options struct {
 	// RetryDelay is the wait before the one retry of nudges that failed transiently (throttled,
 	// server errors); zero: 1 s.
 	RetryDelay time.Duration
+	// CacheWait bounds the wait for the operator's cache to show the new Secret (zero: 2 s).
+	CacheWait time.Duration
 	// Clock stamps the nudges (nil: the real clock).
 	Clock clock.PassiveClock
 }
@@ -70,6 +72,9 @@ type Rotation struct {
 	TokenIssuedAt time.Time
 	// WrittenAt is when the Secret write was answered. It is the annotation's value.
 	WrittenAt time.Time
+	// Shows reports whether a Secret (as the operator's cache has it) holds this rotation's
+	// token. The nudges wait until it does (see awaitCache); nil: they do not wait.
+	Shows func(*corev1.Secret) bool
 }
 
 // Report is what became of one rotation's consumers.
@@ -130,6 +135,9 @@ func New(c client.Client, o Options) *Nudger {
 	}
 	if o.RetryDelay <= 0 {
 		o.RetryDelay = time.Second
+	}
+	if o.CacheWait <= 0 {
+		o.CacheWait = 2 * time.Second
 	}
 	if o.Clock == nil {
 		o.Clock = clock.RealClock{}
@@ -290,6 +298,7 @@ func (n *Nudger) processNext(ctx context.Context) bool {
 // run nudges a job's pods one after the other, each after a token of the bucket; pods whose nudge
 // failed transiently get one more try at the end.
 func (n *Nudger) run(ctx context.Context, j *job) {
+	n.awaitCache(ctx, j)
 	var retry []string
 	for _, pod := range j.pods {
 		if n.superseded(j) {
@@ -323,6 +332,38 @@ func (n *Nudger) run(ctx context.Context, j *job) {
 		}
 	}
 	n.finish(ctx, j)
+}
+
+// awaitCache waits until the operator's own cache shows the new Secret, at most CacheWait.
+//
+// Why: the kubelet rewrites the volume from its own copy of the Secret, kept by a watch, when it
+// syncs the pod; nothing orders that watch before the pod's. If the pod sync ran before the
+// kubelet's copy had the new token, it would write the old one again, and the new one would wait
+// for the periodic sync. Measured on a real node, the kubelet tolerates a pod update that comes up
+// to ~50 ms *before* the Secret update (its pod sync takes that long to read the Secret), not
+// 150 ms. The operator's cache is fed by the same API server watch cache as the kubelet's
+// watch, so once the operator sees the new Secret the API server has sent it to the kubelet too.
+// The wait costs a few milliseconds and no request.
+func (n *Nudger) awaitCache(ctx context.Context, j *job) {
+	if j.rot.Shows == nil {
+		return
+	}
+	key := types.NamespacedName{Namespace: j.rot.Owner.Namespace, Name: j.rot.Secret}
+	deadline := time.Now().Add(n.opts.CacheWait)
+	for {
+		var s corev1.Secret
+		if err := n.c.Get(ctx, key, &s); err == nil && j.rot.Shows(&s) {
+			return
+		}
+		if time.Now().After(deadline) {
+			log.FromContext(ctx).V(1).Info("The cache does not show the new Secret yet; nudging anyway", "secret", klogRef(key.Namespace, key.Name), "waited", n.opts.CacheWait)
+			return
+		}
+		if n.superseded(j) || ctx.Err() != nil {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // nudge patches the annotation on one pod: a JSON merge patch without a resourceVersion, so that

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -245,5 +247,46 @@ func TestNewerRotationSupersedes(t *testing.T) {
 		if c := w.count(p); c < 1 || c > 2 {
 			t.Errorf("pod %s patched %d times", p, c)
 		}
+	}
+}
+
+// The nudges wait until the operator's cache shows the new Secret (the kubelet's watch is fed by
+// the same API server watch cache), and nudge anyway after CacheWait.
+func TestNudgesWaitForTheCache(t *testing.T) {
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "team-a", Name: tokenSecret}, Data: map[string][]byte{"token": []byte("old")}}
+	w := newWorld(t, mounting("a"))
+	if err := w.c.Create(context.Background(), secret); err != nil {
+		t.Fatal(err)
+	}
+	var asked atomic.Int32
+	shows := func(s *corev1.Secret) bool { asked.Add(1); return string(s.Data["token"]) == "new" }
+	n := New(w.c, Options{QPS: 1000, Burst: 10, CacheWait: 5 * time.Second})
+	start(t, n)
+	if _, err := n.Rotated(context.Background(), Rotation{Owner: owner, Secret: tokenSecret, TokenIssuedAt: time.Now(), WrittenAt: time.Now(), Shows: shows}); err != nil {
+		t.Fatal(err)
+	}
+	for asked.Load() < 3 {
+		time.Sleep(time.Millisecond)
+	}
+	if c := w.count("a"); c != 0 {
+		t.Fatalf("nudged %d times before the cache showed the new token", c)
+	}
+	secret.Data["token"] = []byte("new")
+	if err := w.c.Update(context.Background(), secret); err != nil {
+		t.Fatal(err)
+	}
+	if rep := finished(t, n); rep.Nudged != 1 {
+		t.Fatalf("report %+v", rep)
+	}
+
+	// A cache that never shows it: nudged after CacheWait all the same.
+	n = New(w.c, Options{QPS: 1000, Burst: 10, CacheWait: 50 * time.Millisecond})
+	start(t, n)
+	if _, err := n.Rotated(context.Background(), Rotation{Owner: owner, Secret: tokenSecret, TokenIssuedAt: time.Now(), WrittenAt: time.Now(),
+		Shows: func(*corev1.Secret) bool { return false }}); err != nil {
+		t.Fatal(err)
+	}
+	if rep := finished(t, n); rep.Nudged != 1 || w.count("a") != 2 {
+		t.Fatalf("report %+v, %d patches", rep, w.count("a"))
 	}
 }
