@@ -67,7 +67,8 @@ echo "==> go test"
 # test/e2e an MLflow server); on a 2-core machine running them side by side only makes each slower
 # and their timing noisier. The packages without servers take seconds anyway.
 go test -p 1 -count=1 -timeout 60m $(go list ./... | grep -v '/test/node$') "$@"
-# Verbose, so that its figures print (node start time, Secret volume propagation); about 2-3 min.
+# Verbose, so that its figures print (node start time, Secret volume propagation, nudged
+# delivery); about 4-5 min.
 echo "==> the single-node suite (test/node)"
 go test -count=1 -timeout 20m -v ./test/node/ "$@" | grep -vE '^=== (RUN|PAUSE|CONT)'
 echo "==> image tests (hack/tools/image: its own module, which ./... skips)"
