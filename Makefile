@@ -92,13 +92,23 @@ DIST ?= dist
 CHART ?= charts/mlflow-token-operator
 
 .PHONY: build-installer
-build-installer: kustomize ## Render dist/install.yaml (CRD, RBAC, Deployment, metrics Service) for image IMG (DIST= to change the folder).
+build-installer: kustomize ## Render dist/install.yaml (CRD, RBAC, Deployment, metrics Service) for image IMG, a tag or a digest (DIST= to change the folder).
 	@mkdir -p $(DIST) $(LOCALBIN)/installer
-	@img='$(IMG)'; case "$${img##*/}" in *:*) name="$${img%:*}"; tag="$${img##*:}";; *) name="$$img"; tag=latest;; esac; \
-		printf 'resources:\n- ../../config/default\nimages:\n- name: ghcr.io/mlflow-token-operator/mlflow-token-operator\n  newName: %s\n  newTag: %s\n' \
-		"$$name" "$$tag" > $(LOCALBIN)/installer/kustomization.yaml
+	@# IMG is name:tag, or name@sha256:... (make release pins the image by digest; a tag beside the
+	@# digest is dropped, as the kubelet would ignore it). The Deployment and its pods are labelled
+	@# app.kubernetes.io/version=v$(VERSION), as the chart does: `kubectl mlflow-token version`
+	@# reads it, and an image pinned by digest has no tag to tell the version by.
+	@img='$(IMG)'; name="$${img%%@*}"; \
+		case "$$img" in *@*) pin="digest: $${img#*@}";; *) pin="newTag: latest";; esac; \
+		case "$${name##*/}" in *:*) [ "$$name" = "$$img" ] && pin="newTag: $${name##*:}"; name="$${name%:*}";; esac; \
+		printf 'resources:\n- ../../config/default\nimages:\n- name: ghcr.io/mlflow-token-operator/mlflow-token-operator\n  newName: %s\n  %s\n' "$$name" "$$pin" > $(LOCALBIN)/installer/kustomization.yaml; \
+		printf 'patches:\n- target: {kind: Deployment}\n  patch: |-\n    - {op: add, path: /metadata/labels/app.kubernetes.io~1version, value: "v%s"}\n    - {op: add, path: /spec/template/metadata/labels/app.kubernetes.io~1version, value: "v%s"}\n' '$(VERSION)' '$(VERSION)' >> $(LOCALBIN)/installer/kustomization.yaml
 	$(KUSTOMIZE) build $(LOCALBIN)/installer > $(DIST)/install.yaml
 	@echo "Wrote $(DIST)/install.yaml"
+
+.PHONY: release
+release: ## Build the release of VERSION into DIST (dist/): image tarball, install.yaml and chart pinned by its digest, kubectl plugin archives, Python wheel and sdist, Krew manifest, SHA256SUMS.
+	VERSION=$(VERSION) IMG=$(IMG) DIST=$(DIST) hack/release.sh
 
 .PHONY: helm-sync
 helm-sync: ## Copy the generated CRDs and RBAC role, the alerts and the dashboard into the Helm chart (a test fails when they differ).

@@ -49,7 +49,7 @@ func main() {
 	flag.IntVar(&o.KeycloakLimits.Burst, "keycloak-burst", o.KeycloakLimits.Burst, "Burst above --keycloak-qps.")
 	flag.Float64Var(&o.KeycloakLimits.PerHostQPS, "keycloak-qps-per-host", o.KeycloakLimits.PerHostQPS, "Most requests per second to one Keycloak (base URL) (0: unlimited).")
 	flag.IntVar(&o.KeycloakLimits.PerHostBurst, "keycloak-burst-per-host", o.KeycloakLimits.PerHostBurst, "Burst above --keycloak-qps-per-host.")
-	// MLflow acceptance check (issue 11 part 5).
+	// MLflow acceptance check.
 	flag.BoolVar(&o.CheckMLflow, "mlflow-check", o.CheckMLflow, "After each new token of a resource with spec.mlflow.trackingURI, ask MLflow whether it accepts it (condition MLflowAccepted); off: no requests to MLflow and no condition.")
 	flag.Float64Var(&o.MLflowCheck.QPS, "mlflow-check-qps", o.MLflowCheck.QPS, "Most requests per second to MLflow servers, all together, for --mlflow-check (0: unlimited).")
 	flag.IntVar(&o.MLflowCheck.Burst, "mlflow-check-burst", o.MLflowCheck.Burst, "Burst above --mlflow-check-qps.")
@@ -61,6 +61,11 @@ func main() {
 	flag.StringVar(&allowedHosts, "allowed-keycloak-hosts", "", "Comma-separated Keycloak hosts the operator may talk to: exact host names, or suffixes beginning with a dot (.example.com). Default: any. No request leaves for any other host.")
 	flag.DurationVar(&o.IssuerRecheckInterval, "issuer-recheck-interval", 5*time.Minute, "How often issuers' realms are checked again (failing ones ten times as often, at least every 30 s).")
 	flag.DurationVar(&o.Reconciler.ServiceAccountTokenLifetime, "serviceaccount-token-lifetime", o.Reconciler.ServiceAccountTokenLifetime, "Lifetime asked for the service-account tokens that authenticate clients (10m to 1h: Kubernetes' minimum, Keycloak's maximum); each is reused for two thirds of it.")
+	// Delivery of new tokens to running pods (internal/nudge).
+	flag.BoolVar(&o.NudgePods, "nudge-consumer-pods", o.NudgePods, "After each rotation, nudge the pods labelled auth.mlflow-token-operator.io/consumer=true that mount the Secret (an annotation patch, no restart), so that their kubelet writes the new token at once instead of at its next periodic sync (up to 90 s). Needs RBAC to list, watch and patch pods.")
+	flag.Float64Var(&o.Nudge.QPS, "nudge-qps", o.Nudge.QPS, "Most pod nudges per second, all resources together (0: unlimited).")
+	flag.IntVar(&o.Nudge.Burst, "nudge-burst", o.Nudge.Burst, "Burst above --nudge-qps.")
+	flag.DurationVar(&o.KubeletSyncFrequency, "kubelet-sync-frequency", time.Minute, "The kubelet syncFrequency of the cluster's nodes: pods that are not nudged receive a new token up to 1.5 times this late (condition DeliveryAtRisk).")
 	zopts := zap.Options{}
 	zopts.BindFlags(flag.CommandLine)
 	flag.Parse()

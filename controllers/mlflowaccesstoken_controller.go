@@ -114,11 +114,12 @@ type MLflowAccessTokenReconciler struct {
 	// (types.NamespacedName → time.Time); a failure older than a change is not waited out.
 	credentialChanges sync.Map
 
-	// --- MLflow acceptance check (issue 11 part 5; see mlflow.go) ---
 	// MLflow checks whether MLflow accepts new tokens (nil: no checks, no MLflowAccepted).
 	MLflow        MLflowChecker
 	mlflowResults mlflowResults
-	// --- end MLflow acceptance check ---
+
+	// Delivery: nudges of consumer pods and the DeliveryAtRisk check (nudge.go).
+	Delivery Delivery
 }
 
 // clientCredentials is the grant of ClientCredentials resources (and of the admin API token).
@@ -163,10 +164,11 @@ func (r *MLflowAccessTokenReconciler) Reconcile(ctx context.Context, req ctrl.Re
 	} else {
 		res, err = r.reconcileNormal(ctx, obj)
 		r.reportMLflow(ctx, obj)
+		r.reportDelivery(ctx, obj) // consumer pods (nudge.go)
 	}
 	if gone {
 		metrics.Forget(obj.Namespace, obj.Name)
-		r.forgetMLflow(req.NamespacedName) // MLflow acceptance check (issue 11 part 5)
+		r.forgetMLflow(req.NamespacedName)
 		return res, err
 	}
 	res, err = r.writeStatus(ctx, before, obj, res, err)

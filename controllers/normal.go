@@ -85,6 +85,7 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 	if _, err := r.writeConsumer(ctx, obj, t, secret, st, plan.RenewAt, writeOpts{adopt: true}); err != nil {
 		return r.failed(ctx, obj, cur, inputs, secretWriteFailure(err, name))
 	}
+	r.nudgeConsumers(ctx, obj, st) // running pods get the new token at once (nudge.go)
 	if old := obj.Status.SecretName; old != "" && old != name {
 		r.deleteStale(ctx, obj, old)
 	}

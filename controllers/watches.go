@@ -83,6 +83,7 @@ func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, opts co
 		}), builder.WithPredicates(issuerReadinessChanged{})).
 		WithOptions(opts).
 		Named("mlflowaccesstoken")
+	b = r.watchDeliveries(b) // finished nudges update status.consumers (nudge.go)
 	// A result of the MLflow acceptance check reconciles its resource.
 	if r.MLflow != nil {
 		b = b.WatchesRawSource(source.Channel(r.mlflowResults.channel(), &handler.EnqueueRequestForObject{}))

@@ -433,6 +433,10 @@ type MLflowAccessTokenStatus struct {
 	// RefreshToken grant needs a new bootstrap token and a Password grant logs in again.
 	// +optional
 	RefreshChainExpiresAt *metav1.Time `json:"refreshChainExpiresAt,omitempty"`
+
+	// Consumers: how the current token reached the labelled pods that mount the Secret.
+	// +optional
+	Consumers *ConsumersStatus `json:"consumers,omitempty"`
 }
 
 // MLflowAccessToken keeps a Keycloak access token for MLflow fresh in a Secret.

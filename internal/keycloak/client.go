@@ -311,7 +311,9 @@ func (g *GoCloak) DeleteSession(ctx context.Context, ep Endpoint, adminToken, se
 
 // Discover implements Client.
 func (g *GoCloak) Discover(ctx context.Context, ep Endpoint) (issuer string, err error) {
-	defer func(start time.Time) { g.observe(Op{Grant: "discovery", Endpoint: "discovery", Realm: ep.Realm}, start, err) }(time.Now())
+	defer func(start time.Time) {
+		g.observe(Op{Grant: "discovery", Endpoint: "discovery", Realm: ep.Realm}, start, err)
+	}(time.Now())
 	var doc struct {
 		Issuer        string `json:"issuer"`
 		TokenEndpoint string `json:"token_endpoint"`

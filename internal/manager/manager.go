@@ -27,8 +27,9 @@ import (
 	"github.com/mlflow-token-operator/mlflow-token-operator/controllers"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
-	"github.com/mlflow-token-operator/mlflow-token-operator/internal/objectwatch"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/mlflowcheck"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/nudge"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/objectwatch"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 )
 
@@ -63,12 +64,15 @@ type Options struct {
 	// SkipNameValidation allows several managers in one process (tests that restart the operator).
 	SkipNameValidation bool
 
-	// --- MLflow acceptance check (issue 11 part 5) ---
 	// CheckMLflow: after a new token, ask the resource's MLflow whether it accepts it (condition
 	// MLflowAccepted). MLflowCheck tunes the checks (rate, timeout, workers).
 	CheckMLflow bool
 	MLflowCheck mlflowcheck.Options
-	// --- end MLflow acceptance check ---
+	// NudgePods: after each rotation, nudge the labelled consumer pods (Nudge: its rate limit), so
+	// that they get the new token at once; KubeletSyncFrequency of the nodes, for DeliveryAtRisk.
+	NudgePods            bool
+	Nudge                nudge.Options
+	KubeletSyncFrequency time.Duration
 }
 
 // Defaults returns the options cmd/main.go starts from.
@@ -81,8 +85,10 @@ func Defaults() Options {
 		Burst:          100,
 		Reconciler:     controllers.DefaultConfig(),
 		KeycloakLimits: keycloak.Limits{QPS: 100, Burst: 100, PerHostQPS: 50, PerHostBurst: 50},
-		CheckMLflow:    true,                         // MLflow acceptance check (issue 11 part 5)
-		MLflowCheck:    mlflowcheck.DefaultOptions(), // MLflow acceptance check (issue 11 part 5)
+		CheckMLflow:    true,
+		MLflowCheck:    mlflowcheck.DefaultOptions(),
+		NudgePods:      true,
+		Nudge:          nudge.DefaultOptions(),
 	}
 }
 
@@ -110,7 +116,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		LeaseDuration:                 nonZero(o.LeaseDuration),
 		RenewDeadline:                 nonZero(o.RenewDeadline),
 		RetryPeriod:                   nonZero(o.RetryPeriod),
-		Cache:                         cacheOptions(o.Namespaces),
+		Cache:                         withConsumerPods(cacheOptions(o.Namespaces), o.NudgePods), // nudge.go
 	})
 	if err != nil {
 		return nil, err
@@ -141,6 +147,10 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	}
 	issuerEvents, clusterIssuerEvents, tokenEvents := fanOut(watched)
 	recorder := mgr.GetEventRecorder("mlflow-token-operator")
+	delivery, err := setupDelivery(mgr, o) // nudge.go
+	if err != nil {
+		return nil, err
+	}
 	r := &controllers.MLflowAccessTokenReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
@@ -148,9 +158,10 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		Keycloak:  kc,
 		Watched:   watched,
 		Config:    o.Reconciler,
+		Delivery:  delivery,
 	}
-	// --- MLflow acceptance check (issue 11 part 5): a leader-only Runnable; its results
-	// reconcile their resource through r.MLflowChecked ---
+	// The MLflow acceptance check: a leader-only Runnable; its results reconcile their resource
+	// through r.MLflowChecked.
 	if o.CheckMLflow {
 		checker := mlflowcheck.New(o.MLflowCheck, r.MLflowChecked)
 		if err := mgr.Add(checker); err != nil {
@@ -158,7 +169,6 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		}
 		r.MLflow = checker
 	}
-	// --- end MLflow acceptance check ---
 	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: o.Concurrency, SkipNameValidation: &o.SkipNameValidation, RateLimiter: ErrorRateLimiter()}, tokenEvents); err != nil {
 		return nil, err
 	}

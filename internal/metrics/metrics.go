@@ -75,7 +75,7 @@ func Observe(obj *authv1alpha1.MLflowAccessToken) {
 	}
 	ready.WithLabelValues(ns, name).Set(r)
 	failed.WithLabelValues(ns, name).Set(float64(s.FailedAttempts))
-	observeMLflow(obj) // MLflow acceptance check (issue 11 part 5)
+	observeMLflow(obj)
 }
 
 // Forget removes a deleted resource's series.
@@ -114,8 +114,6 @@ func IssuerReady(kind, namespace, name string, ready bool) {
 // ForgetIssuer removes a deleted issuer's series.
 func ForgetIssuer(kind, namespace, name string) { issuerReady.DeleteLabelValues(kind, namespace, name) }
 
-// --- MLflow acceptance check (issue 11 part 5) ---------------------------------------------------
-
 // NameMLflowAccepted is the per-resource gauge of the MLflowAccepted condition.
 const NameMLflowAccepted = "mlflow_token_mlflow_accepted"
 
@@ -136,5 +134,3 @@ func observeMLflow(obj *authv1alpha1.MLflowAccessToken) {
 		mlflowAccepted.DeleteLabelValues(obj.Namespace, obj.Name)
 	}
 }
-
-// --- end MLflow acceptance check -----------------------------------------------------------------

@@ -19,7 +19,6 @@ type Backoff struct {
 	MaxTransient time.Duration
 }
 
-
 // MinRetry is the shortest delay between two attempts for one resource.
 const MinRetry = time.Second
 

@@ -33,14 +33,13 @@ func TestIssuerUnreachable(t *testing.T) {
 		t.Fatalf("before the outage: %s", a.errorOf())
 	}
 
-	api := servers.Env.ControlPlane.GetAPIServer()
-	if err := api.Stop(); err != nil {
+	if err := servers.StopAPIServer(); err != nil {
 		t.Fatal(err)
 	}
 	running := false
 	t.Cleanup(func() {
 		if !running {
-			if err := api.Start(); err != nil {
+			if err := servers.StartAPIServer(); err != nil {
 				t.Errorf("restarting the API server: %v", err)
 			}
 		}
@@ -71,7 +70,7 @@ func TestIssuerUnreachable(t *testing.T) {
 		expectError(t, fmt.Sprintf("issuer down, no key cached (attempt %d)", i+1), lateGrant(), http.StatusUnauthorized, "invalid_client", "Invalid client or Invalid client credentials")
 	}
 
-	if err := api.Start(); err != nil {
+	if err := servers.StartAPIServer(); err != nil {
 		t.Fatal(err)
 	}
 	running = true

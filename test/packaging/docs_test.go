@@ -10,14 +10,17 @@ import (
 	"testing"
 )
 
-// constants returns the string constants of api/v1alpha1/conditions*.go whose names start with
+// constants returns the string constants of api/v1alpha1/conditions*.go and of
+// mlflowaccesstoken_delivery.go (the delivery's conditions and reasons) whose names start with
 // prefix (read from the source, so that a reason added there without docs fails here).
 func constants(t *testing.T, prefix string) map[string]string {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join(repoRoot(t), "api", "v1alpha1", "conditions*.go"))
+	dir := filepath.Join(repoRoot(t), "api", "v1alpha1")
+	files, err := filepath.Glob(filepath.Join(dir, "conditions*.go"))
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no api/v1alpha1/conditions*.go: %v", err)
 	}
+	files = append(files, filepath.Join(dir, "mlflowaccesstoken_delivery.go"))
 	out := map[string]string{}
 	for _, file := range files {
 		f, err := parser.ParseFile(token.NewFileSet(), file, nil, 0)

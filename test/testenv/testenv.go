@@ -77,6 +77,8 @@ type Servers struct {
 
 	issuer *issuer
 	kcm    *namespaceController
+	// kcmStopped: StopAPIServer stopped the namespace controller; StartAPIServer starts it again.
+	kcmStopped bool
 }
 
 // Start starts everything side by side and returns when all is up, or stops what did start and
@@ -167,7 +169,7 @@ func Start(ctx context.Context, o Options) (*Servers, error) {
 }
 
 // HasNamespaceController reports whether the namespace controller runs (Options.NamespaceController).
-func (s *Servers) HasNamespaceController() bool { return s.kcm != nil }
+func (s *Servers) HasNamespaceController() bool { return s.kcm != nil || s.kcmStopped }
 
 // Stop stops the servers that run.
 func (s *Servers) Stop() {
@@ -187,12 +189,39 @@ func (s *Servers) Stop() {
 // certificates and data (etcd keeps running). With Options.ServiceAccountIssuer it also waits
 // until the issuer's discovery document and JWKS are served anonymously again.
 func (s *Servers) RestartAPIServer() error {
-	api := s.Env.ControlPlane.GetAPIServer()
-	if err := api.Stop(); err != nil {
+	if err := s.StopAPIServer(); err != nil {
+		return err
+	}
+	return s.StartAPIServer()
+}
+
+// StopAPIServer stops the API server (etcd keeps running). The namespace controller, if it
+// runs, is stopped first: its watches would hold the API server's shutdown past envtest's stop
+// timeout.
+func (s *Servers) StopAPIServer() error {
+	if s.kcm != nil {
+		s.kcm.stop()
+		s.kcm, s.kcmStopped = nil, true
+	}
+	if err := s.Env.ControlPlane.GetAPIServer().Stop(); err != nil {
 		return fmt.Errorf("stopping the API server: %w", err)
 	}
-	if err := api.Start(); err != nil {
+	return nil
+}
+
+// StartAPIServer starts a stopped API server again on the same port with the same certificates,
+// and the namespace controller if StopAPIServer stopped it. With Options.ServiceAccountIssuer it
+// waits until the issuer's discovery document and JWKS are served anonymously again.
+func (s *Servers) StartAPIServer() error {
+	if err := s.Env.ControlPlane.GetAPIServer().Start(); err != nil {
 		return fmt.Errorf("starting the API server: %w", err)
+	}
+	if s.kcmStopped {
+		kcm, err := startNamespaceController(s.Env.KubeConfig)
+		if err != nil {
+			return err
+		}
+		s.kcm, s.kcmStopped = kcm, false
 	}
 	if s.issuer != nil {
 		return WaitForIssuerDiscovery(context.Background(), s.issuer.url, s.issuer.caPEM, 30*time.Second)

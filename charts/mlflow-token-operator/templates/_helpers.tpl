@@ -50,7 +50,17 @@ test/packaging fails when the copy is stale.
 {{- define "mto.managerRules" -}}
 {{- $role := .Files.Get "files/manager-role.yaml" | fromYaml }}
 {{- if not $role.rules }}{{ fail "files/manager-role.yaml has no rules: run make helm-sync" }}{{ end }}
-{{- toYaml $role.rules }}
+{{- $rules := list }}
+{{- range $role.rules }}
+{{- /* Pods are only read and patched to nudge consumers: without the nudge, no access to pods. */}}
+{{- if and (not $.Values.delivery.nudge.enabled) (has "" .apiGroups) (has "pods" .resources) }}
+{{- $left := without .resources "pods" }}
+{{- if $left }}{{ $rules = append $rules (set (deepCopy .) "resources" $left) }}{{ end }}
+{{- else }}
+{{- $rules = append $rules . }}
+{{- end }}
+{{- end }}
+{{- toYaml $rules }}
 {{- end }}
 
 {{/* The operator image: pinned by digest when one is given, else by tag (default: appVersion). */}}

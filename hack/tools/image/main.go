@@ -3,6 +3,7 @@
 //
 //	image-build go-binary  an image holding one static Go binary (the operator; the pod sandbox)
 //	image-build rootfs     an image from prepared layer tarballs plus files (the training job)
+//	image-build digest     print the digest of the image (index) in a tarball (make release)
 //
 // Each tarball is an OCI image layout with a docker manifest.json beside it (see writeArchive),
 // so `ctr images import`, `docker load`, `skopeo copy oci-archive:` and crane accept it.
@@ -26,7 +27,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: image-build go-binary|rootfs [flags] (-h for the flags)")
+		fmt.Fprintln(os.Stderr, "usage: image-build go-binary|rootfs [flags] (-h for the flags) | digest FILE")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -37,8 +38,10 @@ func main() {
 		err = goBinaryCmd(ctx, os.Args[2:])
 	case "rootfs":
 		err = rootfsCmd(os.Args[2:])
+	case "digest":
+		err = digestCmd(os.Args[2:])
 	default:
-		err = fmt.Errorf("unknown command %q: want go-binary or rootfs", os.Args[1])
+		err = fmt.Errorf("unknown command %q: want go-binary, rootfs or digest", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "image-build: %v\n", err)
