@@ -12,6 +12,7 @@ import (
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
@@ -20,21 +21,22 @@ import (
 
 // jobTokens are the lifetime of the training realm's tokens and how the jobs' pods get fresh ones.
 //
-// The kubelet runs with its defaults (syncFrequency 1m): a rotated Secret reaches a running pod
-// only at the pod's next sync, up to ~90 s later (measured 57-69 s, see test/node). So without
-// help a token must outlive its renewal by more than that: 150 s tokens renewed 120 s before
-// they expire (every ~30 s). Once the operator nudges consumer pods after each rotation (they
-// opt in with a label under auth.mlflow-token-operator.io/; the kubelet then delivers the new
-// token in under a second), short tokens work: set Lifespan to 20 s, RenewBefore to 0 (the
-// default, two thirds of the lifetime) and PodLabels to the opt-in label. The plugin job then
-// runs 70 s instead of 460 s.
+// The kubelet runs with its defaults (syncFrequency 1m): on its own it writes a rotated Secret
+// into a running pod only at the pod's next periodic sync, up to ~90 s later (measured 57-69 s,
+// see test/node). The plugin job's pod is labelled as a consumer, so the operator nudges it after
+// each rotation and its kubelet delivers the new token within a second or so. The tokens live
+// 60 s and are renewed 40 s before they expire: without the nudge the pod would hold an expired
+// token for part of every rotation; with it, every call must succeed. The 40 s also outlast a
+// crash failover (the lease duration plus retries, ~15-19 s measured), which runs at the same
+// time (TestChart/workloads).
 var jobTokens = struct {
 	Lifespan    time.Duration
-	RenewBefore time.Duration     // 0: the operator's default
+	RenewBefore time.Duration     // 0: the operator's default (two thirds of the lifetime)
 	PodLabels   map[string]string // labels of the plugin job's pod
 }{
-	Lifespan:    150 * time.Second,
-	RenewBefore: 120 * time.Second,
+	Lifespan:    60 * time.Second,
+	RenewBefore: 40 * time.Second,
+	PodLabels:   map[string]string{authv1alpha1.LabelConsumer: "true"},
 }
 
 const (
@@ -109,11 +111,28 @@ func testTrainingJobs(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Halfway, what the operator says about delivering tokens to the consumers (for the record).
+	time.Sleep(pluginFor / 2)
+	delivery := "no DeliveryAtRisk condition"
+	if cur, err := getToken(trainingNS, obj.Name); err == nil {
+		if c := meta.FindStatusCondition(cur.Status.Conditions, authv1alpha1.ConditionDeliveryAtRisk); c != nil {
+			delivery = fmt.Sprintf("DeliveryAtRisk=%s (%s: %s)", c.Status, c.Reason, c.Message)
+		}
+	}
 	results := map[string]jobResult{}
+	pods := map[string]corev1.Pod{}
 	for _, j := range jobs {
-		results[j.Name] = waitJob(t, j.Name, pluginFor+5*time.Minute)
+		results[j.Name], pods[j.Name] = waitJob(t, j.Name, pluginFor+5*time.Minute)
 	}
 	times.add("training jobs in pods (plugin: three token lifetimes)", time.Since(start))
+	times.figure("training token halfway through the jobs: %s", delivery)
+	if len(jobTokens.PodLabels) > 0 {
+		// The operator nudged the labelled pod after rotations: its annotation says when.
+		p := pods["plugin"]
+		if at := p.Annotations[authv1alpha1.AnnotationTokenRotatedAt]; at == "" {
+			t.Errorf("the plugin job's pod (labelled %v) was never nudged: no %s annotation", jobTokens.PodLabels, authv1alpha1.AnnotationTokenRotatedAt)
+		}
+	}
 
 	plugin, stock := results["plugin"], results["stock"]
 	okCalls := 0
@@ -138,8 +157,8 @@ func testTrainingJobs(t *testing.T) {
 	if plugin.ArtifactsLogged == 0 || plugin.ArtifactsListed != plugin.ArtifactsLogged {
 		t.Errorf("the plugin job uploaded %d artifacts, the server lists %d", plugin.ArtifactsLogged, plugin.ArtifactsListed)
 	}
-	times.figure("plugin job (Secret volume, kubelet default sync): %d calls, %d OK, over %.0fs; %d steps, %d metric points, %d artifacts uploaded and listed; %d distinct tokens sent",
-		len(plugin.Calls), okCalls, plugin.Elapsed, plugin.Steps, plugin.MetricPoints, plugin.ArtifactsListed, len(plugin.Tokens))
+	times.figure("plugin job (Secret volume, kubelet default sync, pod labelled %v): %d calls, %d OK, over %.0fs; %d steps, %d metric points, %d artifacts uploaded and listed; %d distinct tokens sent",
+		jobTokens.PodLabels, len(plugin.Calls), okCalls, plugin.Elapsed, plugin.Steps, plugin.MetricPoints, plugin.ArtifactsListed, len(plugin.Tokens))
 
 	ff := stock.FirstFailure
 	switch {
@@ -246,8 +265,8 @@ func deref(p *int) int {
 	return *p
 }
 
-// waitJob waits until the Job's pod has finished and returns its RESULT line.
-func waitJob(t *testing.T, name string, timeout time.Duration) jobResult {
+// waitJob waits until the Job's pod has finished and returns its RESULT line and the pod.
+func waitJob(t *testing.T, name string, timeout time.Duration) (jobResult, corev1.Pod) {
 	t.Helper()
 	ctx := context.Background()
 	var pod corev1.Pod
@@ -281,11 +300,11 @@ func waitJob(t *testing.T, name string, timeout time.Duration) jobResult {
 			if pod.Status.Phase != corev1.PodSucceeded && name == "plugin" {
 				t.Errorf("Job %s failed: %s", name, podState(&pod))
 			}
-			return r
+			return r, pod
 		}
 	}
 	t.Fatalf("Job %s (%s) printed no RESULT line; its log ends:\n%s", name, podState(&pod), lastLines(string(data), 30))
-	return r
+	return r, pod
 }
 
 func lastLines(s string, n int) string {
