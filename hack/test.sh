@@ -73,7 +73,7 @@ echo "==> the single-node suite (test/node)"
 go test -count=1 -timeout 20m -v ./test/node/ "$@" | grep -vE '^=== (RUN|PAUSE|CONT)'
 # The operator from its image and chart on a node (and from dist/install.yaml): install, token,
 # helm test, upgrade, failovers, training jobs in pods, uninstall. Verbose for its step times and
-# figures (printed again together at the end); about 12 min, most of it the training job.
+# figures (printed again together at the end); about 6 min.
 echo "==> the operator on a real node (test/cluster)"
 go test -count=1 -timeout 30m -v ./test/cluster/ "$@" | grep -vE '^=== (RUN|PAUSE|CONT)'
 echo "==> image tests (hack/tools/image: its own module, which ./... skips)"
