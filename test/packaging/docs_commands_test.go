@@ -1,10 +1,13 @@
 package packaging
 
 import (
+	"bytes"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"regexp"
@@ -1114,5 +1117,90 @@ func TestDocsFlags(t *testing.T) {
 	problems, _ = docFlagProblems([]*docFile{bad}, sets)
 	if len(problems) != 3 || !strings.Contains(problems[0], "--kube-qps") || !strings.Contains(problems[1], "--now") || !strings.Contains(problems[2], "`kubectl mlflow-token rotate`") {
 		t.Errorf("wrong flags: want --kube-qps, --now and rotate reported, got %q", problems)
+	}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mermaid diagrams parse.
+
+// mermaidBlocks are the ```mermaid blocks of a Markdown document.
+func (f *docFile) mermaidBlocks() []docSpan {
+	var out []docSpan
+	for i := 0; i < len(f.lines); i++ {
+		m := fenceRE.FindStringSubmatch(f.lines[i])
+		if m == nil || f.code[i] || strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(f.lines[i]), m[1])) != "mermaid" {
+			continue
+		}
+		var body []string
+		j := i + 1
+		for ; j < len(f.lines) && f.code[j]; j++ {
+			body = append(body, f.lines[j])
+		}
+		out = append(out, docSpan{f, i + 1, strings.Join(body, "\n") + "\n"})
+		i = j
+	}
+	return out
+}
+
+// TestDocsMermaid parses every Mermaid diagram of the docs with Mermaid's own parser (Node.js,
+// hack/mermaid-check), as the forge does before it draws one: a diagram that does not parse shows
+// as an error box. A broken diagram goes along, and must fail.
+func TestDocsMermaid(t *testing.T) {
+	dir := filepath.Join(repoRoot(t), "bin", "mermaid-check")
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", "mermaid")); err != nil {
+		t.Fatalf("Mermaid's parser is not installed (%v): run hack/mermaid-check.sh (needs Node.js and the npm registry once; `make test` does it)", err)
+	}
+	type diagram struct {
+		ID   string `json:"id"`
+		Text string `json:"text"`
+	}
+	var in []diagram
+	for _, f := range docFiles(t) {
+		for _, b := range f.mermaidBlocks() {
+			in = append(in, diagram{b.at(), b.text})
+		}
+	}
+	if len(in) < 4 {
+		t.Fatalf("only %d Mermaid diagrams found: the scanner no longer finds them", len(in))
+	}
+	// From docs/how-it-works.md as it was: an unquoted "(" in an edge label, and a ";" that ends a
+	// sequence diagram's statement.
+	broken := []diagram{
+		{"broken-1", "flowchart LR\n  ML -.->|validates JWT locally<br/>(JWKS)| KC\n"},
+		{"broken-2", "sequenceDiagram\n  participant O as operator\n  O->>B: reads it (uncached); a new one starts a new chain\n"},
+	}
+	input, err := json.Marshal(append(in, broken...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("node", filepath.Join(dir, "check.mjs"))
+	cmd.Dir = dir
+	cmd.Stdin = bytes.NewReader(input)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node %s/check.mjs: %v\n%s", dir, err, stderr.String())
+	}
+	var results []struct {
+		ID, Type, Error string
+		OK              bool
+	}
+	if err := json.Unmarshal(out, &results); err != nil {
+		t.Fatalf("reading the parser's answer %q: %v", out, err)
+	}
+	if len(results) != len(in)+len(broken) {
+		t.Fatalf("%d diagrams sent, %d answers", len(in)+len(broken), len(results))
+	}
+	for _, r := range results {
+		switch {
+		case strings.HasPrefix(r.ID, "broken-") && r.OK:
+			t.Errorf("the broken diagram %s parsed: the check cannot fail", r.ID)
+		case strings.HasPrefix(r.ID, "broken-"):
+		case !r.OK:
+			t.Errorf("%s: the Mermaid diagram does not parse: %s", r.ID, r.Error)
+		default:
+			t.Logf("%s: %s parses", r.ID, r.Type)
+		}
 	}
 }
