@@ -24,9 +24,19 @@ import (
 
 // The tests of this file read every document a user reads (the Markdown files of the repository,
 // the chart's NOTES.txt, the comments of config/samples) and check what they tell users to type
-// against what the repository defines: resource names against the CRDs, chart values against
-// values.yaml, flags against the binaries' sources, links against the files and their headings.
-// Each rule is also run on a wrong example, so that a scanner that finds nothing fails too.
+// against what the repository defines:
+//
+//   - TestDocsKubectlCommands: kubectl commands name resources kubectl resolves (our CRDs' names);
+//   - TestDocsChartValues: chart values exist in values.yaml;
+//   - TestDocsStandAlone: no pointer to documents users do not have; links and anchors resolve;
+//   - TestDocsFlags: flags exist in the operator's or the plugin's sources, and the README's flags
+//     table lists every flag of the operator;
+//   - TestDocsMermaid: the diagrams parse (Mermaid's own parser, under Node.js);
+//   - TestDocsReferences: quoted repository paths, make targets and test names exist.
+//
+// (TestTroubleshootingCoversEveryReason, in docs_test.go, checks that every condition reason of
+// the API is explained.) Each rule also runs on a wrong example, so that a scanner that finds
+// nothing fails too.
 
 // docFile is one user-facing document, split into lines.
 type docFile struct {
@@ -216,7 +226,12 @@ func inlineCode(b docSpan) (spans []docSpan, rest string) {
 			content = content[1 : len(content)-1]
 		}
 		spans = append(spans, docSpan{b.file, b.line + strings.Count(s[:i], "\n"), content})
-		sb.WriteString(strings.Repeat(" ", end+n-i))
+		for _, c := range []byte(s[i : end+n]) { // blank, keeping the line breaks that count lines
+			if c != '\n' {
+				c = ' '
+			}
+			sb.WriteByte(c)
+		}
 		i = end + n
 	}
 	return spans, sb.String()
@@ -393,9 +408,9 @@ func kubectlCommands(text string) [][]string {
 	return out
 }
 
-// checkKubectl checks one kubectl command. It returns "" when the command is not one it checks
-// (another verb), "ok", or what is wrong. mention: the command is quoted in prose, where a bare
-// `kubectl describe` names the command rather than running it.
+// checkKubectl checks one kubectl command: checked is false for a verb it does not check (create,
+// logs, a plugin), and problem says what is wrong ("" when nothing is). mention: the command is
+// quoted in prose, where a bare `kubectl describe` names the command rather than running it.
 func (n kubectlNames) checkKubectl(words []string, mention bool) (checked bool, problem string) {
 	i := 1
 	for i < len(words) && strings.HasPrefix(words[i], "-") { // global flags before the verb
@@ -1201,6 +1216,146 @@ func TestDocsMermaid(t *testing.T) {
 			t.Errorf("%s: the Mermaid diagram does not parse: %s", r.ID, r.Error)
 		default:
 			t.Logf("%s: %s parses", r.ID, r.Type)
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files, make targets and tests the documents name exist.
+
+var (
+	repoPathRE = regexp.MustCompile(`^(?:api|cmd|config|controllers|docs|hack|internal|test|charts|clients)/[A-Za-z0-9_./*{},-]*$`)
+	goSymbolRE = regexp.MustCompile(`\.[A-Z]\w*$`)
+	// make in command position: at the start (after a prompt), or after && ; ( .
+	makeRE     = regexp.MustCompile(`(?:^\s*(?:\$\s+)?|&&\s*|;\s*|\(\s*)make\s+([a-z][a-z0-9-]*)`)
+	testNameRE = regexp.MustCompile(`^Test[A-Z]\w*$`)
+	runTestRE  = regexp.MustCompile(`-run[ =]'?\^?(Test[A-Z]\w*)`)
+)
+
+type repoFacts struct {
+	root        string
+	makeTargets map[string]bool
+	tests       map[string]bool
+}
+
+func loadRepoFacts(t testing.TB) repoFacts {
+	t.Helper()
+	f := repoFacts{root: repoRoot(t), makeTargets: map[string]bool{}, tests: map[string]bool{}}
+	for _, m := range regexp.MustCompile(`(?m)^([a-z][a-z0-9-]*):`).FindAllStringSubmatch(string(mustRead(t, "Makefile")), -1) {
+		f.makeTargets[m[1]] = true
+	}
+	testFunc := regexp.MustCompile(`(?m)^func (Test[A-Z]\w*)\(`)
+	err := filepath.WalkDir(f.root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && p != f.root && (strings.HasPrefix(d.Name(), ".") || d.Name() == "bin" || d.Name() == "dist") {
+			return filepath.SkipDir
+		}
+		if strings.HasSuffix(p, "_test.go") {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			for _, m := range testFunc.FindAllStringSubmatch(string(b), -1) {
+				f.tests[m[1]] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !f.makeTargets["test"] || !f.tests["TestDocsReferences"] {
+		t.Fatalf("the Makefile targets or test names were not found: %d targets, %d tests", len(f.makeTargets), len(f.tests))
+	}
+	return f
+}
+
+// docReferenceProblems checks the repository paths quoted in inline code, the make targets of
+// commands, and the test names the documents cite.
+func docReferenceProblems(files []*docFile, facts repoFacts) (problems []string, checked int) {
+	exists := func(p string) bool {
+		for _, c := range []string{p, goSymbolRE.ReplaceAllString(p, "")} { // internal/manager.New
+			if m, _ := filepath.Glob(filepath.Join(facts.root, filepath.FromSlash(strings.TrimSuffix(c, "/")))); len(m) > 0 {
+				return true
+			}
+		}
+		return false
+	}
+	inline := allInlineCode(files)
+	for _, s := range inline {
+		if repoPathRE.MatchString(s.text) && !strings.ContainsAny(s.text, "{}") {
+			checked++
+			if !exists(s.text) {
+				problems = append(problems, fmt.Sprintf("%s: %s does not exist in the repository", s.at(), s.text))
+			}
+		}
+		if testNameRE.MatchString(s.text) {
+			checked++
+			if !facts.tests[s.text] {
+				problems = append(problems, fmt.Sprintf("%s: no test is called %s", s.at(), s.text))
+			}
+		}
+	}
+	var code []docSpan
+	for _, f := range files {
+		code = append(code, f.codeLines()...)
+	}
+	for _, s := range append(code, inline...) {
+		if !s.file.code[s.line-1] && !strings.HasPrefix(s.text, "make ") {
+			// Prose quotes "make" as an English word; only code that starts with it is a command.
+			for _, m := range runTestRE.FindAllStringSubmatch(s.text, -1) {
+				checked++
+				if !facts.tests[m[1]] {
+					problems = append(problems, fmt.Sprintf("%s: -run %s: no test is called %s", s.at(), m[1], m[1]))
+				}
+			}
+			continue
+		}
+		for _, m := range makeRE.FindAllStringSubmatch(s.text, -1) {
+			checked++
+			if !facts.makeTargets[m[1]] {
+				problems = append(problems, fmt.Sprintf("%s: `make %s`: the Makefile has no such target", s.at(), m[1]))
+			}
+		}
+		for _, m := range runTestRE.FindAllStringSubmatch(s.text, -1) {
+			checked++
+			if !facts.tests[m[1]] {
+				problems = append(problems, fmt.Sprintf("%s: -run %s: no test is called %s", s.at(), m[1], m[1]))
+			}
+		}
+	}
+	return problems, checked
+}
+
+func TestDocsReferences(t *testing.T) {
+	facts := loadRepoFacts(t)
+	problems, checked := docReferenceProblems(docFiles(t), facts)
+	for _, p := range problems {
+		t.Error(p)
+	}
+	t.Logf("%d paths, make targets and test names checked", checked)
+	if checked < 80 {
+		t.Errorf("only %d references found: the scanner no longer finds them", checked)
+	}
+
+	bad := &docFile{rel: "bad.md", md: true, lines: []string{
+		"The policy lives in `internal/policies`, the realms in `test/keycloak/realm-*.json`, `internal/manager.New` wires it.",
+		"`TestNoSuchThing` proves it; make sure to run `make tests`.",
+		"```sh",
+		"make test && go test -run TestNoSuchOther ./test/packaging/   # make sure: not a target",
+		"```",
+	}, code: []bool{false, false, false, true, false}}
+	problems, _ = docReferenceProblems([]*docFile{bad}, facts)
+	sort.Strings(problems)
+	want := []string{"bad.md:1: internal/policies", "bad.md:2: `make tests`", "bad.md:2: no test is called TestNoSuchThing", "bad.md:4: -run TestNoSuchOther"}
+	if len(problems) != len(want) {
+		t.Fatalf("want %d problems, got %q", len(want), problems)
+	}
+	for i := range want {
+		if !strings.HasPrefix(problems[i], want[i]) {
+			t.Errorf("problem %d: want %q..., got %q", i, want[i], problems[i])
 		}
 	}
 }
