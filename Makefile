@@ -126,6 +126,11 @@ helm-docs: ## Regenerate the values table of the chart's README from values.yaml
 helm-lint: helm ## Lint the Helm chart.
 	$(HELM) lint --strict $(CHART)
 
+.PHONY: docs-check
+docs-check: ## Check the docs against the repository: kubectl resource names, chart values, flags, links, Mermaid diagrams (needs Node.js).
+	hack/mermaid-check.sh
+	go test -count=1 -run 'Docs|Troubleshooting' ./test/packaging/
+
 ##@ Tools
 
 .PHONY: controller-gen

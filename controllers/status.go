@@ -64,9 +64,11 @@ func report(obj *authv1alpha1.MLflowAccessToken, now time.Time, tok *tokensecret
 		setCondition(obj, authv1alpha1.ConditionReady, false, authv1alpha1.ReasonIssuing, "Obtaining the first token")
 	}
 
-	// Stalled: the last attempt failed in a way only a change can fix. Reconciling: the operator
-	// still works towards the spec (no valid token for it yet) and nothing says it cannot get there.
-	// Routine rotations and failed renewals of a valid token are neither: kstatus reads Current.
+	// Stalled: the last attempt failed in a way only a change can fix, even while the Secret still
+	// holds a valid token (it will expire, and only a person can prevent that: GitOps tools should
+	// say so now). Reconciling: the operator still works towards the spec (no valid token for it
+	// yet) and nothing says it cannot get there. Routine rotations and transient failures of a
+	// valid token are neither: kstatus reads Current.
 	stalled := failing != nil && stalledReasons[failing.Reason]
 	if stalled {
 		setCondition(obj, authv1alpha1.ConditionStalled, true, failing.Reason, failing.Message)

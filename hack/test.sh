@@ -31,6 +31,14 @@ echo "==> packaging tools (kustomize, helm, promql-check, argocd-lua)"
 hack/packaging-tools.sh | tail -n 5
 # --- end of issue 5 block ----------------------------------------------------------------------
 
+# --- docs: Mermaid's parser for test/packaging's TestDocsMermaid (block owned by the docs work) --
+# bin/mermaid-check: mermaid and jsdom from hack/mermaid-check/package-lock.json (npm ci), run by
+# Node.js to parse the docs' diagrams as the forge does. Cached by a stamp: instant when nothing
+# changed. TestDocsMermaid fails without it.
+echo "==> Mermaid parser (bin/mermaid-check)"
+hack/mermaid-check.sh | tail -n 1
+# --- end of the docs block ---------------------------------------------------------------------
+
 # --- A real cluster: the single-node suite test/node (block owned by the node work) ------------
 # bin/k8s/{kubelet,kube-controller-manager,kube-scheduler,kube-proxy}, built from the same pinned
 # k8s.io/kubernetes as envtest (stamp bin/k8s/.stamp-node: instant when nothing changed; cold about

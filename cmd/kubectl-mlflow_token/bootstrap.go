@@ -79,11 +79,7 @@ func (o *bootstrapOptions) run(ctx context.Context, name string) error {
 	if o.wait && o.timeout <= 0 {
 		return usagef("--timeout must be positive")
 	}
-	ns, err := o.namespace()
-	if err != nil {
-		return err
-	}
-	c, err := o.client()
+	ns, c, err := o.connect()
 	if err != nil {
 		return err
 	}

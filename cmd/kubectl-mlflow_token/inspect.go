@@ -135,11 +135,7 @@ func (o *inspectOptions) run(ctx context.Context, name string) error {
 	if o.output != "" && o.output != "json" && o.output != "yaml" {
 		return usagef("unknown output format %q: use json or yaml", o.output)
 	}
-	ns, err := o.namespace()
-	if err != nil {
-		return err
-	}
-	c, err := o.client()
+	ns, c, err := o.connect()
 	if err != nil {
 		return err
 	}

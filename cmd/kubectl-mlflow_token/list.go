@@ -9,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/duration"
 	"k8s.io/cli-runtime/pkg/printers"
@@ -71,19 +70,11 @@ func (o *listOptions) run(cmd *cobra.Command) error {
 		}
 		printer = p
 	}
-	var sel labels.Selector
-	if o.selector != "" {
-		s, err := labels.Parse(o.selector)
-		if err != nil {
-			return usagef("invalid selector %q: %v", o.selector, err)
-		}
-		sel = s
-	}
-	ns, err := o.namespace()
+	sel, err := parseSelector(o.selector)
 	if err != nil {
 		return err
 	}
-	c, err := o.client()
+	ns, c, err := o.connect()
 	if err != nil {
 		return err
 	}

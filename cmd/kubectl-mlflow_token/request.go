@@ -12,7 +12,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/duration"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -107,19 +106,11 @@ func (o *requestOptions) run(ctx context.Context, names []string) error {
 	case o.timeout <= 0 && o.wait:
 		return usagef("--timeout must be positive")
 	}
-	var sel labels.Selector
-	if o.selector != "" {
-		s, err := labels.Parse(o.selector)
-		if err != nil {
-			return usagef("invalid selector %q: %v", o.selector, err)
-		}
-		sel = s
-	}
-	ns, err := o.namespace()
+	sel, err := parseSelector(o.selector)
 	if err != nil {
 		return err
 	}
-	c, err := o.client()
+	ns, c, err := o.connect()
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -213,6 +214,29 @@ func restMapper() meta.RESTMapper {
 func (o *rootOptions) namespace() (string, error) {
 	ns, _, err := o.configFlags.ToRawKubeConfigLoader().Namespace()
 	return ns, err
+}
+
+// connect returns the namespace (namespace()) and an API client (client()): what every
+// subcommand that talks to the API server starts with.
+func (o *rootOptions) connect() (string, client.Client, error) {
+	ns, err := o.namespace()
+	if err != nil {
+		return "", nil, err
+	}
+	c, err := o.client()
+	return ns, c, err
+}
+
+// parseSelector parses -l (nil for none); a bad selector is a usage error (exit 2).
+func parseSelector(selector string) (labels.Selector, error) {
+	if selector == "" {
+		return nil, nil
+	}
+	s, err := labels.Parse(selector)
+	if err != nil {
+		return nil, usagef("invalid selector %q: %v", selector, err)
+	}
+	return s, nil
 }
 
 // getToken reads one MLflowAccessToken; a missing one is a notFoundError (exit 3).

@@ -373,7 +373,7 @@ type Metrics = scrape.Metrics
 // Counters the harness reads at the start and end of a phase.
 type Counters struct {
 	At         time.Time
-	KC         float64 // Keycloak requests (all endpoints and outcomes)
+	KC         float64 // Keycloak token-endpoint requests (all grants and outcomes)
 	KCFailed   float64
 	Writes     float64 // PUT+PATCH+POST
 	Puts       float64
@@ -406,8 +406,10 @@ func (o *Operator) Counters() (Counters, error) {
 		return Counters{}, err
 	}
 	c := Counters{At: time.Now(), CPU: o.CPU()}
-	c.KC = m.Sum(metricKCRequests)
-	c.KCFailed = c.KC - m.Sum(metricKCRequests, `outcome="success"`)
+	// Token requests only: the issuer controller's discovery requests (one per issuer at start,
+	// then one per issuer every --issuer-recheck-interval) are not rotations' cost.
+	c.KC = m.Sum(metricKCRequests, `endpoint="token"`)
+	c.KCFailed = c.KC - m.Sum(metricKCRequests, `endpoint="token"`, `outcome="success"`)
 	c.Puts = m.Sum("rest_client_requests_total", `method="PUT"`)
 	c.Patches = m.Sum("rest_client_requests_total", `method="PATCH"`)
 	c.Posts = m.Sum("rest_client_requests_total", `method="POST"`)

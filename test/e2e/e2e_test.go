@@ -24,6 +24,7 @@ import (
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 const (
@@ -89,7 +90,7 @@ func TestTrainingJobAcrossRotations(t *testing.T) {
 		delay = d
 	}
 	proj := startProjection(ctx, t, k8s, secretKey, filepath.Join(t.TempDir(), "mlflow"), delay)
-	eventually(t, 10*time.Second+delay, "the first projection", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second+delay, "the first projection", func() (bool, string) {
 		return len(proj.Writes()) > 0, "no write yet"
 	})
 	for _, k := range []string{tokensecret.KeyToken, tokensecret.KeyTrackingURI, tokensecret.KeyExpiresAt} {
@@ -130,7 +131,7 @@ func TestTrainingJobAcrossRotations(t *testing.T) {
 	permPath := "/api/2.0/mlflow/permissions/users/" + url.PathEscape(saUsername) + "/experiments/" + url.PathEscape(expID)
 	mustCall(t, "POST", permPath, adminToken(t), map[string]string{"permission": "EDIT"})
 	t.Logf("granted EDIT on experiment %s to %s: POST %s", expID, saUsername, permPath)
-	eventually(t, 15*time.Second, "the grant to take effect", func() (bool, string) {
+	testenv.Eventually(t, 15*time.Second, "the grant to take effect", func() (bool, string) {
 		status, b := mlflowCall(t, "GET", getPath, secretToken(t, secretKey), nil)
 		return status == http.StatusOK, fmt.Sprintf("HTTP %d: %s", status, b)
 	})
@@ -238,7 +239,7 @@ func TestTrainingJobAcrossRotations(t *testing.T) {
 	lastExp := time.Unix(int64(num(jwtClaims(t, last)["exp"])), 0)
 	writesAtDelete := len(proj.Writes())
 	deleteAndWait(t, obj, 60*time.Second)
-	eventually(t, 10*time.Second, "the Secret to be deleted", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "the Secret to be deleted", func() (bool, string) {
 		err := k8s.Get(ctx, secretKey, &corev1.Secret{})
 		return apierrors.IsNotFound(err), fmt.Sprintf("get: %v", err)
 	})
@@ -355,7 +356,7 @@ func secretToken(t *testing.T, key types.NamespacedName) string {
 
 func waitReady(t *testing.T, ns, name string, timeout time.Duration) {
 	t.Helper()
-	eventually(t, timeout, name+" Ready", func() (bool, string) {
+	testenv.Eventually(t, timeout, name+" Ready", func() (bool, string) {
 		obj := &authv1alpha1.MLflowAccessToken{}
 		if err := k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, obj); err != nil {
 			return false, err.Error()
@@ -373,25 +374,10 @@ func deleteAndWait(t *testing.T, obj *authv1alpha1.MLflowAccessToken, timeout ti
 	if err := k8s.Delete(context.Background(), obj); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, timeout, "deletion of "+obj.Name, func() (bool, string) {
+	testenv.Eventually(t, timeout, "deletion of "+obj.Name, func() (bool, string) {
 		err := k8s.Get(context.Background(), types.NamespacedName{Namespace: obj.Namespace, Name: obj.Name}, &authv1alpha1.MLflowAccessToken{})
 		return apierrors.IsNotFound(err), fmt.Sprintf("get: %v", err)
 	})
-}
-
-func eventually(t *testing.T, timeout time.Duration, what string, f func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, last := f()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; last seen: %s", timeout, what, last)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
 }
 
 func jwtClaims(t *testing.T, token string) map[string]any {

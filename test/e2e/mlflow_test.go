@@ -200,11 +200,16 @@ func mustCall(t *testing.T, method, path, token string, body any) []byte {
 // at the MLflow server's own client.
 func adminToken(t *testing.T) string {
 	t.Helper()
-	form := url.Values{
+	return realmToken(t, kcServer.URL(), "admin password grant", url.Values{
 		"grant_type": {"password"}, "client_id": {serverClientID}, "client_secret": {serverClientSecret},
 		"username": {adminUser}, "password": {adminPassword}, "scope": {"openid email profile"},
-	}
-	resp, err := http.PostForm(kcServer.URL()+"/realms/"+realm+"/protocol/openid-connect/token", form)
+	})
+}
+
+// realmToken posts form to the realm's token endpoint at base and returns the access token.
+func realmToken(t *testing.T, base, what string, form url.Values) string {
+	t.Helper()
+	resp, err := http.PostForm(base+"/realms/"+realm+"/protocol/openid-connect/token", form)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +219,7 @@ func adminToken(t *testing.T) string {
 		AccessToken string `json:"access_token"`
 	}
 	if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &tok) != nil || tok.AccessToken == "" {
-		t.Fatalf("admin password grant: HTTP %d: %s", resp.StatusCode, b)
+		t.Fatalf("%s: HTTP %d: %s", what, resp.StatusCode, b)
 	}
 	return tok.AccessToken
 }

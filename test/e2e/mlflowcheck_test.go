@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"net/url"
 	"strings"
@@ -23,6 +22,7 @@ import (
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/mlflowcheck"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // Clients of realm-e2e.json for the MLflow acceptance check.
@@ -92,7 +92,7 @@ func TestMLflowAcceptedCondition(t *testing.T) {
 			}
 		}
 		checkHealthy(t, ns, rejected.Name, 0)
-		eventually(t, 30*time.Second, "the MLflowRejected Warning event", func() (bool, string) {
+		testenv.Eventually(t, 30*time.Second, "the MLflowRejected Warning event", func() (bool, string) {
 			evs := &eventsv1.EventList{}
 			if err := k8s.List(context.Background(), evs, client.InNamespace(ns)); err != nil {
 				return false, err.Error()
@@ -113,7 +113,7 @@ func TestMLflowAcceptedCondition(t *testing.T) {
 func waitMLflowAccepted(t *testing.T, ns, name string, status metav1.ConditionStatus) metav1.Condition {
 	t.Helper()
 	var got metav1.Condition
-	eventually(t, 90*time.Second, name+" MLflowAccepted="+string(status), func() (bool, string) {
+	testenv.Eventually(t, 90*time.Second, name+" MLflowAccepted="+string(status), func() (bool, string) {
 		obj := &authv1alpha1.MLflowAccessToken{}
 		if err := k8s.Get(context.Background(), types.NamespacedName{Namespace: ns, Name: name}, obj); err != nil {
 			return false, err.Error()
@@ -198,7 +198,7 @@ func TestMLflowCheckAnswers(t *testing.T) {
 		key := types.NamespacedName{Namespace: "measure", Name: name}
 		checker.Submit(mlflowcheck.Request{Key: key, TrackingURI: mlflowSrv.URL, Token: token, TokenID: name})
 		var res *mlflowcheck.Result
-		eventually(t, 60*time.Second, "the check of "+name, func() (bool, string) {
+		testenv.Eventually(t, 60*time.Second, "the check of "+name, func() (bool, string) {
 			var pending string
 			res, pending = checker.Lookup(key)
 			return res != nil && pending == "", "pending " + pending
@@ -262,18 +262,6 @@ func TestMLflowCheckAnswers(t *testing.T) {
 // clientCredentialsToken asks Keycloak at base for a client-credentials token.
 func clientCredentialsToken(t *testing.T, base, id, secret string) string {
 	t.Helper()
-	resp, err := http.PostForm(base+"/realms/"+realm+"/protocol/openid-connect/token",
+	return realmToken(t, base, "client credentials for "+id,
 		url.Values{"grant_type": {"client_credentials"}, "client_id": {id}, "client_secret": {secret}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b := readAllLimit(resp.Body)
-	var tok struct {
-		AccessToken string `json:"access_token"`
-	}
-	if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &tok) != nil || tok.AccessToken == "" {
-		t.Fatalf("client credentials for %s: HTTP %d: %s", id, resp.StatusCode, b)
-	}
-	return tok.AccessToken
 }

@@ -69,7 +69,7 @@ func TestOperatorWithoutClientSecrets(t *testing.T) {
 	must(err)
 	defer stop()
 
-	eventually(t, 60*time.Second, "the ClusterKeycloakIssuer is Ready", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "the ClusterKeycloakIssuer is Ready", func() (bool, string) {
 		iss := &authv1alpha1.ClusterKeycloakIssuer{}
 		if err := c.Get(ctx, types.NamespacedName{Name: "platform"}, iss); err != nil {
 			return false, err.Error()
@@ -95,7 +95,7 @@ func TestOperatorWithoutClientSecrets(t *testing.T) {
 	}
 	waitReason := func(ns, name, typ, reason string, timeout time.Duration) *authv1alpha1.MLflowAccessToken {
 		var obj *authv1alpha1.MLflowAccessToken
-		eventually(t, timeout, fmt.Sprintf("%s/%s %s=%s", ns, name, typ, reason), func() (bool, string) {
+		testenv.Eventually(t, timeout, fmt.Sprintf("%s/%s %s=%s", ns, name, typ, reason), func() (bool, string) {
 			obj = get(ns, name)
 			cnd := meta.FindStatusCondition(obj.Status.Conditions, typ)
 			if cnd == nil {
@@ -125,7 +125,7 @@ func TestOperatorWithoutClientSecrets(t *testing.T) {
 
 	// ≥ 20 rotations for a fraction of a TokenRequest each.
 	rotBefore := obj.Status.Rotations
-	eventually(t, 4*time.Minute, "20 rotations", func() (bool, string) {
+	testenv.Eventually(t, 4*time.Minute, "20 rotations", func() (bool, string) {
 		n := get(nsA, "train").Status.Rotations - rotBefore
 		return n >= 20, fmt.Sprintf("%d rotations", n)
 	})
@@ -159,7 +159,7 @@ func TestOperatorWithoutClientSecrets(t *testing.T) {
 	must(c.Get(ctx, types.NamespacedName{Namespace: nsA, Name: "train"}, s))
 	last := string(s.Data[tokensecret.KeyToken])
 	must(c.Delete(ctx, get(nsA, "train")))
-	eventually(t, 60*time.Second, "the resource gone", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "the resource gone", func() (bool, string) {
 		err := c.Get(ctx, types.NamespacedName{Namespace: nsA, Name: "train"}, &authv1alpha1.MLflowAccessToken{})
 		return err != nil, "still there"
 	})
@@ -201,20 +201,4 @@ func introspectFederated(t *testing.T, ns, sa, clientID, token string) bool {
 	}
 	active, _ := a.Body["active"].(bool)
 	return active
-}
-
-// eventually polls f until it reports true, failing the test with f's last description.
-func eventually(t *testing.T, timeout time.Duration, what string, f func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last string
-	for time.Now().Before(deadline) {
-		ok, desc := f()
-		if ok {
-			return
-		}
-		last = desc
-		time.Sleep(250 * time.Millisecond)
-	}
-	t.Fatalf("%s: not after %s (%s)", what, timeout, last)
 }

@@ -117,7 +117,7 @@ func TestNamespaceDeletionEndsEverySession(t *testing.T) {
 			names = append(names, m.Name)
 		}
 	}
-	eventually(t, 5*time.Minute, "60 resources Ready", func() (bool, string) {
+	testenv.Eventually(t, 5*time.Minute, "60 resources Ready", func() (bool, string) {
 		var l authv1alpha1.MLflowAccessTokenList
 		if err := c.List(ctx, &l, client.InNamespace(doomedNS)); err != nil {
 			return false, err.Error()
@@ -176,7 +176,7 @@ func TestNamespaceDeletionEndsEverySession(t *testing.T) {
 
 	begin := time.Now()
 	must(c.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: doomedNS}}))
-	eventually(t, 5*time.Minute, "the namespace gone", func() (bool, string) {
+	testenv.Eventually(t, 5*time.Minute, "the namespace gone", func() (bool, string) {
 		err := c.Get(ctx, types.NamespacedName{Name: doomedNS}, &corev1.Namespace{})
 		if apierrors.IsNotFound(err) {
 			return true, ""

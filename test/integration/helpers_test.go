@@ -21,6 +21,7 @@ import (
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 func createClientSecret(t *testing.T, ns, name, value string) {
@@ -131,29 +132,11 @@ func condMessage(t *testing.T, obj *authv1alpha1.MLflowAccessToken, typ string) 
 	return c.Message
 }
 
-// eventually polls f until it reports true, failing the test with f's last description.
-func eventually(t *testing.T, timeout time.Duration, what string, f func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var last string
-	for {
-		ok, desc := f()
-		if ok {
-			return
-		}
-		last = desc
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; last seen: %s", timeout, what, last)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
-
 // waitReady waits for Ready=True with reason TokenValid and returns the object.
 func waitReady(t *testing.T, ns, name string, timeout time.Duration) *authv1alpha1.MLflowAccessToken {
 	t.Helper()
 	var obj *authv1alpha1.MLflowAccessToken
-	eventually(t, timeout, name+" Ready", func() (bool, string) {
+	testenv.Eventually(t, timeout, name+" Ready", func() (bool, string) {
 		obj = get(t, ns, name)
 		c := cond(obj, authv1alpha1.ConditionReady)
 		if c == nil {
@@ -169,7 +152,7 @@ func waitReady(t *testing.T, ns, name string, timeout time.Duration) *authv1alph
 func waitReason(t *testing.T, ns, name, typ string, status metav1.ConditionStatus, reason string, timeout time.Duration) *authv1alpha1.MLflowAccessToken {
 	t.Helper()
 	var obj *authv1alpha1.MLflowAccessToken
-	eventually(t, timeout, typ+"="+string(status)+"/"+reason, func() (bool, string) {
+	testenv.Eventually(t, timeout, typ+"="+string(status)+"/"+reason, func() (bool, string) {
 		obj = get(t, ns, name)
 		c := cond(obj, typ)
 		if c == nil {
@@ -186,7 +169,7 @@ func deleteAndWait(t *testing.T, obj client.Object, timeout time.Duration) {
 	if err := k8s.Delete(context.Background(), obj); err != nil && !apierrors.IsNotFound(err) {
 		t.Fatal(err)
 	}
-	eventually(t, timeout, "deletion of "+obj.GetName(), func() (bool, string) {
+	testenv.Eventually(t, timeout, "deletion of "+obj.GetName(), func() (bool, string) {
 		err := k8s.Get(context.Background(), client.ObjectKeyFromObject(obj), obj)
 		return apierrors.IsNotFound(err), "still present, finalizers " + strings.Join(obj.GetFinalizers(), ",")
 	})

@@ -12,6 +12,7 @@ import (
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // simulateCrashMidRedemption stops the operator and leaves the state Secret as a SIGKILL between
@@ -68,7 +69,7 @@ func TestInterruptedRedemption(t *testing.T) {
 		RefreshTokenSecretRef: &authv1alpha1.RefreshTokenRef{Name: "ivan-boot"}}))
 	obj := waitReady(t, ns, "notreached", 30*time.Second)
 	simulateCrashMidRedemption(t, obj, false)
-	eventually(t, waitForRotation, "a rotation after the interrupted redemption", func() (bool, string) {
+	testenv.Eventually(t, waitForRotation, "a rotation after the interrupted redemption", func() (bool, string) {
 		o := get(t, ns, "notreached")
 		return o.Status.Rotations > obj.Status.Rotations && condStatus(o, authv1alpha1.ConditionReady) == metav1.ConditionTrue, "waiting"
 	})

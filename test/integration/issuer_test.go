@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // A KeycloakIssuer checks its realm (OIDC discovery against the real Keycloak), and a client
@@ -35,7 +36,7 @@ func TestIssuerRotatedClientSecret(t *testing.T) {
 		}
 		return i
 	}
-	eventually(t, 30*time.Second, "the issuer Ready", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "the issuer Ready", func() (bool, string) {
 		i := issuer()
 		c := meta.FindStatusCondition(i.Status.Conditions, authv1alpha1.ConditionReady)
 		return c != nil && c.Status == metav1.ConditionTrue && i.Status.Issuer == kcServer.URL()+"/realms/"+realm, fmt.Sprintf("%+v", c)

@@ -15,6 +15,7 @@ import (
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // The main promise: a client-credentials token from the real Keycloak lands in the Secret,
@@ -83,7 +84,7 @@ func TestClientCredentialsLifecycle(t *testing.T) {
 	prevExp := obj.Status.ExpiresAt.Time
 	for i := range 3 {
 		var next string
-		eventually(t, waitForRotation, "rotation", func() (bool, string) {
+		testenv.Eventually(t, waitForRotation, "rotation", func() (bool, string) {
 			cur := getSecret(t, ns, "train-token")
 			next = secretToken(cur)
 			return next != "" && !seen[next], "token unchanged"
@@ -116,7 +117,7 @@ func TestClientCredentialsLifecycle(t *testing.T) {
 	}
 
 	// Routine rotations are one Event series, not one Event (one API write) per rotation.
-	eventually(t, 30*time.Second, "the Renewed events folded into one series", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "the Renewed events folded into one series", func() (bool, string) {
 		var l corev1.EventList
 		if err := k8s.List(context.Background(), &l, client.InNamespace(ns)); err != nil {
 			return false, err.Error()
@@ -179,11 +180,11 @@ func TestWrongClientSecret(t *testing.T) {
 	}
 	// The retries (their timing is the scenario tests' business, with a fake clock) are one
 	// Warning series, not an Event per attempt.
-	eventually(t, 30*time.Second, "three failed attempts", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "three failed attempts", func() (bool, string) {
 		n := get(t, ns, "bad").Status.FailedAttempts
 		return n >= 3, fmt.Sprintf("%d attempts", n)
 	})
-	eventually(t, 10*time.Second, "the retries folded into one Warning series", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "the retries folded into one Warning series", func() (bool, string) {
 		var l corev1.EventList
 		if err := k8s.List(context.Background(), &l, client.InNamespace(ns)); err != nil {
 			return false, err.Error()
@@ -225,7 +226,7 @@ func TestMissingClientSecret(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 30*time.Second, "missing-key message", func() (bool, string) {
+	testenv.Eventually(t, 30*time.Second, "missing-key message", func() (bool, string) {
 		c := cond(get(t, ns, "nosecret"), authv1alpha1.ConditionReady)
 		return c != nil && strings.Contains(c.Message, `has no key "client-secret"`) && strings.Contains(c.Message, "clientSecret"), c.Message
 	})

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // scrape reads the operator's /metrics endpoint.
@@ -66,7 +67,7 @@ func TestMetricsMatchStatus(t *testing.T) {
 	id := map[string]string{"namespace": ns, "name": "metered"}
 
 	var fams map[string]*dto.MetricFamily
-	eventually(t, 10*time.Second, "metrics matching status", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "metrics matching status", func() (bool, string) {
 		obj = get(t, ns, "metered")
 		fams = scrape(t)
 		exp, ok1 := sample(fams, metrics.NameExpiry, id)
@@ -94,7 +95,7 @@ func TestMetricsMatchStatus(t *testing.T) {
 	}
 
 	deleteAndWait(t, obj, 30*time.Second)
-	eventually(t, 5*time.Second, "the deleted resource's series to go", func() (bool, string) {
+	testenv.Eventually(t, 5*time.Second, "the deleted resource's series to go", func() (bool, string) {
 		fams = scrape(t)
 		_, ok := sample(fams, metrics.NameExpiry, id)
 		return !ok, "expiry series of a deleted resource is still exported"

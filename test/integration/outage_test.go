@@ -9,6 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // Keycloak stopped mid-life: the Secret keeps its token (never blanked, never deleted), the
@@ -49,7 +50,7 @@ func TestKeycloakOutage(t *testing.T) {
 
 	// While the token is still valid: Ready stays True with reason RenewalFailing.
 	if time.Now().Before(expiresAt.Add(-2 * time.Second)) {
-		eventually(t, time.Until(expiresAt), "RenewalFailing while the token is valid", func() (bool, string) {
+		testenv.Eventually(t, time.Until(expiresAt), "RenewalFailing while the token is valid", func() (bool, string) {
 			o := get(t, ns, "outage")
 			r, f := cond(o, authv1alpha1.ConditionReady), cond(o, authv1alpha1.ConditionRenewalFailing)
 			if r == nil || f == nil {

@@ -14,6 +14,7 @@ import (
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // The strict realm: revokeRefreshToken with reuse 0, so redeeming an old refresh token ends the
@@ -115,7 +116,7 @@ func TestPasswordGrantOfflineSession(t *testing.T) {
 
 	// Two rotations through the offline token: same session, no new login.
 	refreshBefore, loginBefore, rotBefore := kcCalls.count(strictRealm, "refresh_token"), kcCalls.count(strictRealm, "password"), obj.Status.Rotations
-	eventually(t, 2*waitForRotation, "two rotations", func() (bool, string) {
+	testenv.Eventually(t, 2*waitForRotation, "two rotations", func() (bool, string) {
 		o := get(t, ns, "offline")
 		return o.Status.Rotations >= 3, "rotations " + itoa(o.Status.Rotations)
 	})
@@ -187,7 +188,7 @@ func TestRefreshTokenChainUnderStrictRotation(t *testing.T) {
 
 	failures := 0
 	watchRotations := func(until int64) {
-		eventually(t, time.Duration(until-get(t, ns, "chain").Status.Rotations+1)*waitForRotation, "rotations", func() (bool, string) {
+		testenv.Eventually(t, time.Duration(until-get(t, ns, "chain").Status.Rotations+1)*waitForRotation, "rotations", func() (bool, string) {
 			o := get(t, ns, "chain")
 			if c := cond(o, authv1alpha1.ConditionRenewalFailing); c != nil && c.Status == metav1.ConditionTrue {
 				failures++
@@ -270,7 +271,7 @@ func TestExpiredRefreshChain(t *testing.T) {
 	// The RefreshToken grant runs into the end of its chain.
 	var lastToken string
 	obj = nil
-	eventually(t, 60*time.Second, "RenewalFailing=RefreshTokenInvalid", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "RenewalFailing=RefreshTokenInvalid", func() (bool, string) {
 		o := get(t, ns, "byrefresh")
 		c := cond(o, authv1alpha1.ConditionRenewalFailing)
 		if c == nil {
@@ -296,7 +297,7 @@ func TestExpiredRefreshChain(t *testing.T) {
 	}
 
 	// The Password grant logged in again: a new session, still Ready.
-	eventually(t, 60*time.Second, "re-login", func() (bool, string) {
+	testenv.Eventually(t, 60*time.Second, "re-login", func() (bool, string) {
 		o := get(t, ns, "bypassword")
 		r := cond(o, authv1alpha1.ConditionReady)
 		return o.Status.SessionID != firstSession && r != nil && r.Status == metav1.ConditionTrue, "session " + o.Status.SessionID

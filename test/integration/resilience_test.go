@@ -11,6 +11,7 @@ import (
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // A resource in namespace A cannot make the operator read or write a Secret in namespace B:
@@ -48,7 +49,7 @@ func TestConsumerSecretRestored(t *testing.T) {
 	if err := k8s.Delete(context.Background(), s); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, "the deleted Secret restored", func() (bool, string) {
+	testenv.Eventually(t, 20*time.Second, "the deleted Secret restored", func() (bool, string) {
 		n := getSecret(t, ns, "restore")
 		return n != nil && n.UID != s.UID && secretToken(n) != "", "not yet"
 	})
@@ -58,7 +59,7 @@ func TestConsumerSecretRestored(t *testing.T) {
 	if err := k8s.Update(context.Background(), s); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, "the edited Secret restored", func() (bool, string) {
+	testenv.Eventually(t, 20*time.Second, "the edited Secret restored", func() (bool, string) {
 		n := getSecret(t, ns, "restore")
 		_, ok := tokensecret.Read(n)
 		return ok && secretToken(n) != "tampered", "still tampered"
@@ -105,7 +106,7 @@ func TestInputAndSpecChanges(t *testing.T) {
 	if err := k8s.Update(context.Background(), obj); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, "a token for the new spec", func() (bool, string) {
+	testenv.Eventually(t, 20*time.Second, "a token for the new spec", func() (bool, string) {
 		o := get(t, ns, "changing")
 		r := cond(o, authv1alpha1.ConditionReady)
 		return o.Status.Rotations > before && r != nil && r.ObservedGeneration == o.Generation && r.Status == metav1.ConditionTrue, "waiting"
@@ -117,7 +118,7 @@ func TestInputAndSpecChanges(t *testing.T) {
 	if err := k8s.Update(context.Background(), obj); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 20*time.Second, "the token in the renamed Secret", func() (bool, string) {
+	testenv.Eventually(t, 20*time.Second, "the token in the renamed Secret", func() (bool, string) {
 		return secretToken(getSecret(t, ns, "changing-v2")) != "" && getSecret(t, ns, "changing") == nil, "waiting"
 	})
 	if get(t, ns, "changing").Status.SecretName != "changing-v2" {

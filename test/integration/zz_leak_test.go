@@ -13,6 +13,7 @@ import (
 	eventsv1 "k8s.io/api/events/v1"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // No token or client secret appears in the operator's logs (every verbosity), in events or in
@@ -30,7 +31,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 		t.Fatal(err)
 	}
 	statuses = append(statuses, waitReady(t, ns, "leak", 30*time.Second).Status)
-	eventually(t, waitForRotation, "a rotation", func() (bool, string) {
+	testenv.Eventually(t, waitForRotation, "a rotation", func() (bool, string) {
 		return get(t, ns, "leak").Status.Rotations >= 2, "waiting"
 	})
 	seenTokens.add(secretToken(getSecret(t, ns, "leak")))

@@ -55,8 +55,8 @@ func collect(f *ast.File, prefix string, out map[string]string) {
 }
 
 // TestTroubleshootingCoversEveryReason: every condition type and reason of
-// api/v1alpha1/conditions*.go has an entry in docs/troubleshooting.md, and the seed guide's
-// troubleshooting items are answered there.
+// api/v1alpha1/conditions*.go has an entry in docs/troubleshooting.md, and the errors people know
+// from getting tokens by hand (curl to Keycloak, MLFLOW_TRACKING_TOKEN) are answered there.
 func TestTroubleshootingCoversEveryReason(t *testing.T) {
 	doc := string(mustRead(t, "docs/troubleshooting.md"))
 	for _, prefix := range []string{"Reason", "Condition"} {
@@ -66,9 +66,9 @@ func TestTroubleshootingCoversEveryReason(t *testing.T) {
 			}
 		}
 	}
-	for _, seed := range []string{"Invalid token", "Unauthorized", "Bearer", "group membership", "OIDC_CLIENT_ID", "expired"} {
-		if !strings.Contains(doc, seed) {
-			t.Errorf("docs/troubleshooting.md does not answer the seed guide's item %q", seed)
+	for _, manual := range []string{"Invalid token", "Unauthorized", "Bearer", "group membership", "OIDC_CLIENT_ID", "expired"} {
+		if !strings.Contains(doc, manual) {
+			t.Errorf("docs/troubleshooting.md does not answer the manual procedure's error %q", manual)
 		}
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/uninstall"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // newNamespace creates a namespace for one test.
@@ -79,7 +80,7 @@ func issued(t *testing.T, ns, name string) (*authv1alpha1.MLflowAccessToken, str
 	t.Helper()
 	obj := &authv1alpha1.MLflowAccessToken{}
 	var tok string
-	eventually(t, time.Minute, name+" Ready", func() (bool, string) {
+	testenv.Eventually(t, time.Minute, name+" Ready", func() (bool, string) {
 		if err := admin.Get(testCtx, types.NamespacedName{Namespace: ns, Name: name}, obj); err != nil {
 			return false, err.Error()
 		}
@@ -223,7 +224,7 @@ func TestRevokeModeReleasesWhatIsLeftAtTheTimeout(t *testing.T) {
 	if !slices.Contains(res.Orphaned, ns+"/left") {
 		t.Errorf("orphaned %v, want %s/left", res.Orphaned, ns)
 	}
-	eventually(t, 10*time.Second, "the released resource to go", func() (bool, string) {
+	testenv.Eventually(t, 10*time.Second, "the released resource to go", func() (bool, string) {
 		err := admin.Get(testCtx, types.NamespacedName{Namespace: ns, Name: "left"}, &authv1alpha1.MLflowAccessToken{})
 		return notFound(err), "still there"
 	})

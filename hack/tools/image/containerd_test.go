@@ -153,40 +153,7 @@ state = %q
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("containerd", "--config", filepath.Join(dir, "config.toml"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(waited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-waited:
-		case <-time.After(15 * time.Second):
-			_ = cmd.Process.Kill()
-			<-waited
-		}
-		logf.Close()
-		// Shims outlive containerd by design; ours are those given our socket's address.
-		for _, pid := range pidsWithArgPrefix(dir + "/") {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-		unmountUnder(t, dir)
-		if t.Failed() {
-			if log, err := os.ReadFile(filepath.Join(dir, "containerd.log")); err == nil {
-				t.Logf("containerd log (tail):\n%s", tail(string(log), 40))
-			}
-		}
-		if err := os.RemoveAll(dir); err != nil {
-			t.Errorf("removing %s: %v", dir, err)
-		}
-	})
+	startDaemon(t, exec.Command("containerd", "--config", filepath.Join(dir, "config.toml")), dir, "containerd", 15*time.Second, nil)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if err := exec.Command("ctr", "-a", c.sock, "version").Run(); err == nil {
@@ -289,4 +256,48 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// startDaemon starts cmd (a daemon whose state lives under dir) with its output in
+// dir/<name>.log, and on cleanup stops it (SIGTERM, SIGKILL after grace), kills the processes it
+// left behind (its shims outlive it by design; ours are those given a path under dir), unmounts
+// and removes dir, runs after (nil: nothing), and shows the log's tail when the test failed.
+func startDaemon(t *testing.T, cmd *exec.Cmd, dir, name string, grace time.Duration, after func()) {
+	t.Helper()
+	logPath := filepath.Join(dir, name+".log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(waited) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-waited:
+		case <-time.After(grace):
+			_ = cmd.Process.Kill()
+			<-waited
+		}
+		logf.Close()
+		for _, pid := range pidsWithArgPrefix(dir + "/") {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		unmountUnder(t, dir)
+		if after != nil {
+			after()
+		}
+		if t.Failed() {
+			if log, err := os.ReadFile(logPath); err == nil {
+				t.Logf("%s log (tail):\n%s", name, tail(string(log), 40))
+			}
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			t.Errorf("removing %s: %v", dir, err)
+		}
+	})
 }

@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -171,40 +170,9 @@ func startDockerd(t *testing.T, root string) *dockerd {
 		"--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false",
 		"--userland-proxy=false", "--storage-driver=vfs")
 	cmd.Env = env
-	logf, err := os.Create(filepath.Join(dir, "dockerd.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(waited) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-waited:
-		case <-time.After(20 * time.Second):
-			_ = cmd.Process.Kill()
-			<-waited
-		}
-		logf.Close()
-		// The engine's containerd and shims are started with paths under dir.
-		for _, pid := range pidsWithArgPrefix(dir + "/") {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-		unmountUnder(t, dir)
+	startDaemon(t, cmd, dir, "dockerd", 20*time.Second, func() {
 		for _, p := range made {
 			_ = os.Remove(p) // only if empty
-		}
-		if t.Failed() {
-			if log, err := os.ReadFile(filepath.Join(dir, "dockerd.log")); err == nil {
-				t.Logf("dockerd log (tail):\n%s", tail(string(log), 40))
-			}
-		}
-		if err := os.RemoveAll(dir); err != nil {
-			t.Errorf("removing %s: %v", dir, err)
 		}
 	})
 	d := &dockerd{client: filepath.Join(root, "usr", "bin", "docker"), host: "unix://" + filepath.Join(dir, "docker.sock"), env: env}
