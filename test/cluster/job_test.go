@@ -85,17 +85,17 @@ func testTrainingJobs(t *testing.T) {
 	var created struct {
 		ExperimentID string `json:"experiment_id"`
 	}
-	if err := json.Unmarshal(mustCall(t, "POST", "/api/2.0/mlflow/experiments/create", admin.AccessToken, map[string]string{"name": experiment}), &created); err != nil || created.ExperimentID == "" {
+	if err := json.Unmarshal(mlflow.MustCall(t, "POST", "/api/2.0/mlflow/experiments/create", admin.AccessToken, map[string]string{"name": experiment}), &created); err != nil || created.ExperimentID == "" {
 		t.Fatalf("creating the experiment: %v %+v", err, created)
 	}
 	getPath := "/api/2.0/mlflow/experiments/get?experiment_id=" + url.QueryEscape(created.ExperimentID)
-	if status, b := mlflowCall(t, "GET", getPath, tok, nil); status != http.StatusForbidden {
+	if status, b := mlflow.Call(t, "GET", getPath, tok, nil); status != http.StatusForbidden {
 		t.Fatalf("before the grant the service account should get 403, got HTTP %d: %s", status, b)
 	}
-	mustCall(t, "POST", "/api/2.0/mlflow/permissions/users/"+url.PathEscape(saUsername)+"/experiments/"+url.PathEscape(created.ExperimentID),
+	mlflow.MustCall(t, "POST", "/api/2.0/mlflow/permissions/users/"+url.PathEscape(saUsername)+"/experiments/"+url.PathEscape(created.ExperimentID),
 		admin.AccessToken, map[string]string{"permission": "EDIT"})
 	eventually(t, 30*time.Second, 500*time.Millisecond, "the grant to take effect", func() (bool, string) {
-		status, b := mlflowCall(t, "GET", getPath, tokenOf(t, obj), nil)
+		status, b := mlflow.Call(t, "GET", getPath, tokenOf(t, obj), nil)
 		return status == http.StatusOK, fmt.Sprintf("HTTP %d: %s", status, b)
 	})
 

@@ -36,6 +36,7 @@ import (
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/mlflowserver"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/node"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
@@ -58,7 +59,7 @@ var (
 	kc       *keycloak.Server
 	kcURL    string // Keycloak's HTTPS base URL, as the operator and MLflow use it
 	caPEM    []byte // the CA that signed Keycloak's certificate: spec.keycloak.caBundle
-	mlflow   *mlflowServer
+	mlflow   *mlflowserver.Server
 	helmBin  string
 	repoRoot = testenv.RepoRoot()
 	times    = &stepTimes{}

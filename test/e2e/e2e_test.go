@@ -24,6 +24,7 @@ import (
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/mlflowserver"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
@@ -38,7 +39,7 @@ const (
 func TestPluginPytest(t *testing.T) {
 	cmd := exec.Command(filepath.Join(venv, "bin", "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "clients/python")
 	cmd.Dir = repoRoot
-	cmd.Env = cleanEnv()
+	cmd.Env = mlflowserver.CleanEnv()
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("pytest clients/python failed: %v\n%s", err, out)
@@ -118,21 +119,21 @@ func TestTrainingJobAcrossRotations(t *testing.T) {
 	var created struct {
 		ExperimentID string `json:"experiment_id"`
 	}
-	if err := json.Unmarshal(mustCall(t, "POST", "/api/2.0/mlflow/experiments/create", admin, map[string]string{"name": expName}), &created); err != nil || created.ExperimentID == "" {
+	if err := json.Unmarshal(mlflowSrv.MustCall(t, "POST", "/api/2.0/mlflow/experiments/create", admin, map[string]string{"name": expName}), &created); err != nil || created.ExperimentID == "" {
 		t.Fatalf("experiment create by admin: %v %+v", err, created)
 	}
 	expID := created.ExperimentID
 	getPath := "/api/2.0/mlflow/experiments/get?experiment_id=" + url.QueryEscape(expID)
 	// The service account's first bearer request provisions its MLflow user (group mlflow_users);
 	// it has no permission on the admin's experiment yet.
-	if status, b := mlflowCall(t, "GET", getPath, tok, nil); status != http.StatusForbidden {
+	if status, b := mlflowSrv.Call(t, "GET", getPath, tok, nil); status != http.StatusForbidden {
 		t.Fatalf("before the grant the service account should get 403 on the experiment, got HTTP %d: %s", status, b)
 	}
 	permPath := "/api/2.0/mlflow/permissions/users/" + url.PathEscape(saUsername) + "/experiments/" + url.PathEscape(expID)
-	mustCall(t, "POST", permPath, adminToken(t), map[string]string{"permission": "EDIT"})
+	mlflowSrv.MustCall(t, "POST", permPath, adminToken(t), map[string]string{"permission": "EDIT"})
 	t.Logf("granted EDIT on experiment %s to %s: POST %s", expID, saUsername, permPath)
 	testenv.Eventually(t, 15*time.Second, "the grant to take effect", func() (bool, string) {
-		status, b := mlflowCall(t, "GET", getPath, secretToken(t, secretKey), nil)
+		status, b := mlflowSrv.Call(t, "GET", getPath, secretToken(t, secretKey), nil)
 		return status == http.StatusOK, fmt.Sprintf("HTTP %d: %s", status, b)
 	})
 
@@ -145,10 +146,10 @@ func TestTrainingJobAcrossRotations(t *testing.T) {
 	}
 	// The guide sends `-d '{}'`; MLflow 3.17 refuses that (max_results defaults to 0 → 400), so
 	// the call that must work names max_results.
-	if status, b := mlflowCall(t, "POST", "/api/2.0/mlflow/experiments/search", tok, map[string]any{}); status != http.StatusOK {
+	if status, b := mlflowSrv.Call(t, "POST", "/api/2.0/mlflow/experiments/search", tok, map[string]any{}); status != http.StatusOK {
 		t.Logf("note: experiments/search with the seed guide's literal body {}: HTTP %d: %s", status, b)
 	}
-	if err := json.Unmarshal(mustCall(t, "POST", "/api/2.0/mlflow/experiments/search", tok, map[string]any{"max_results": 100}), &search); err != nil {
+	if err := json.Unmarshal(mlflowSrv.MustCall(t, "POST", "/api/2.0/mlflow/experiments/search", tok, map[string]any{"max_results": 100}), &search); err != nil {
 		t.Fatal(err)
 	}
 	if !slices.ContainsFunc(search.Experiments, func(e struct {
@@ -158,9 +159,9 @@ func TestTrainingJobAcrossRotations(t *testing.T) {
 	}) {
 		t.Fatalf("experiments/search does not list %s: %+v", expName, search.Experiments)
 	}
-	mustCall(t, "GET", getPath, tok, nil)
-	mustCall(t, "POST", "/api/2.0/mlflow/runs/search", tok, map[string]any{"experiment_ids": []string{expID}})
-	mustCall(t, "POST", "/api/2.0/mlflow/experiments/create", tok, map[string]string{"name": "my-new-experiment"})
+	mlflowSrv.MustCall(t, "GET", getPath, tok, nil)
+	mlflowSrv.MustCall(t, "POST", "/api/2.0/mlflow/runs/search", tok, map[string]any{"experiment_ids": []string{expID}})
+	mlflowSrv.MustCall(t, "POST", "/api/2.0/mlflow/experiments/create", tok, map[string]string{"name": "my-new-experiment"})
 	t.Logf("seed guide REST calls with the Secret's token: experiments/search, experiments/get, runs/search, experiments/create: all 200")
 
 	// --- Two training jobs side by side ----------------------------------------------------
@@ -246,14 +247,14 @@ func TestTrainingJobAcrossRotations(t *testing.T) {
 	if time.Until(lastExp) > 2*time.Second {
 		// mlflow-oidc-auth validates JWTs locally: the operator's revocation at Keycloak does not
 		// reach it, so the token keeps working until it expires.
-		status, b := mlflowCall(t, "POST", "/api/2.0/mlflow/experiments/search", last, map[string]any{"max_results": 10})
+		status, b := mlflowSrv.Call(t, "POST", "/api/2.0/mlflow/experiments/search", last, map[string]any{"max_results": 10})
 		t.Logf("after deletion (token revoked at Keycloak by the operator), %.0fs before its exp: HTTP %d", time.Until(lastExp).Seconds(), status)
 		if status != http.StatusOK {
 			t.Logf("note: the deleted resource's last token was refused before its expiry: %s", b)
 		}
 	}
 	time.Sleep(time.Until(lastExp.Add(1500 * time.Millisecond)))
-	if status, b := mlflowCall(t, "POST", "/api/2.0/mlflow/experiments/search", last, map[string]any{"max_results": 10}); status != http.StatusUnauthorized {
+	if status, b := mlflowSrv.Call(t, "POST", "/api/2.0/mlflow/experiments/search", last, map[string]any{"max_results": 10}); status != http.StatusUnauthorized {
 		t.Errorf("the last token after its expiry: HTTP %d, want 401: %s", status, b)
 	}
 	for _, w := range proj.Writes()[writesAtDelete:] {
@@ -318,7 +319,7 @@ func runJob(t *testing.T, mode, experiment string, duration time.Duration, env [
 		"--mode", mode, "--experiment", experiment,
 		"--duration", fmt.Sprint(duration.Seconds()), "--interval", fmt.Sprint(jobInterval.Seconds()),
 		"--out", out)
-	cmd.Env = append(cleanEnv(), env...)
+	cmd.Env = append(mlflowserver.CleanEnv(), env...)
 	cmd.Env = append(cmd.Env, "MLFLOW_HTTP_REQUEST_TIMEOUT=20", "MLFLOW_HTTP_REQUEST_MAX_RETRIES=2", "PYTHONUNBUFFERED=1")
 	b, runErr := cmd.CombinedOutput()
 	var r jobResult

@@ -193,7 +193,7 @@ func TestMLflowCheckAnswers(t *testing.T) {
 	check := func(t *testing.T, name, token string) mlflowcheck.Result {
 		t.Helper()
 		// The raw answer, as the report quotes it.
-		status, body := mlflowCall(t, "GET", "/api/2.0/mlflow/users/current", token, nil)
+		status, body := mlflowSrv.Call(t, "GET", "/api/2.0/mlflow/users/current", token, nil)
 		t.Logf("GET /api/2.0/mlflow/users/current: HTTP %d %s", status, strings.TrimSpace(string(body)))
 		key := types.NamespacedName{Namespace: "measure", Name: name}
 		checker.Submit(mlflowcheck.Request{Key: key, TrackingURI: mlflowSrv.URL, Token: token, TokenID: name})
@@ -249,7 +249,7 @@ func TestMLflowCheckAnswers(t *testing.T) {
 		tok := clientCredentialsToken(t, kcServer.URL(), clientID, clientSecret)
 		exp := time.Unix(int64(num(jwtClaims(t, tok)["exp"])), 0)
 		time.Sleep(time.Until(exp) + 1500*time.Millisecond)
-		status, body := mlflowCall(t, "GET", "/api/2.0/mlflow/users/current", tok, nil)
+		status, body := mlflowSrv.Call(t, "GET", "/api/2.0/mlflow/users/current", tok, nil)
 		t.Logf("expired token: HTTP %d %s", status, strings.TrimSpace(string(body)))
 		if status != http.StatusUnauthorized {
 			t.Fatalf("HTTP %d for an expired token, want 401", status)

@@ -35,6 +35,7 @@ import (
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/mlflowserver"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
@@ -62,7 +63,7 @@ const EnvVenv = "MLFLOW_VENV"
 var (
 	k8s       client.Client
 	kcServer  *keycloak.Server
-	mlflowSrv *mlflowServer
+	mlflowSrv *mlflowserver.Server
 	venv      string
 	repoRoot  string
 	opLogs    = &syncBuffer{}
