@@ -76,9 +76,15 @@ else
   done
 
   log "go: $(go env GOVERSION), GOCACHE=$(go env GOCACHE)"
-  log "downloading modules (Go module proxy) ..."
+  log "downloading modules (Go module proxy; the first time a few hundred MB) ..."
   t=$(date +%s)
-  go mod download
+  ( while sleep 60; do log "  ... still downloading ($(( $(date +%s) - t ))s)"; done ) &
+  ticker=$!
+  status=0
+  go mod download || status=$?
+  kill "${ticker}" 2>/dev/null || true
+  wait "${ticker}" 2>/dev/null || true
+  if ((status)); then log "go mod download failed"; exit "${status}"; fi
   log "modules ready in $(( $(date +%s) - t ))s"
 
   for b in "${binaries[@]}"; do
