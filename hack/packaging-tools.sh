@@ -57,7 +57,7 @@ for tool in "${wanted[@]}"; do
   fi
   echo "[packaging-tools] ${tool}: building (cold: a few minutes) ..."
   # A cold build prints nothing for minutes: say that it is still going.
-  ( while sleep 60; do echo "[packaging-tools]   ... still building ${tool} ($(( $(date +%s) - start ))s)"; done ) &
+  ( while sleep 60 >/dev/null 2>&1; do echo "[packaging-tools]   ... still building ${tool} ($(( $(date +%s) - start ))s)"; done ) &
   ticker=$!
   status=0
   (cd "${mod_dir}" && go build -trimpath -ldflags="${ldflags}" -o "${out_dir}/${tool}" "${pkg}") || status=$?

@@ -23,7 +23,7 @@ ticking() {
   local what="$1" t status=0 ticker
   shift
   t=$(date +%s)
-  ( while sleep 60; do echo "    ... still ${what} ($(( $(date +%s) - t ))s)"; done ) &
+  ( while sleep 60 >/dev/null 2>&1; do echo "    ... still ${what} ($(( $(date +%s) - t ))s)"; done ) &
   ticker=$!
   "$@" || status=$?
   kill "${ticker}" 2>/dev/null || true

@@ -6,8 +6,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -30,6 +28,7 @@ import (
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+	"github.com/mlflow-token-operator/mlflow-token-operator/hack/localdemo/tokenline"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
 )
@@ -167,13 +166,12 @@ func watchRotations(ctx context.Context, c client.Client, name string) int {
 		}
 		last = tok
 		seen++
-		sum := sha256.Sum256([]byte(tok))
 		verb := "issued "
 		if seen > 1 {
 			verb = "rotated"
 		}
-		say("token %s #%d  sha256:%s…  user=%s  expires=%s  next renewal=%s  Ready=%s/%s",
-			verb, seen, hex.EncodeToString(sum[:4]), who(obj), obj.Status.ExpiresAt.Format("15:04:05"),
+		say("token %s #%d  %s  user=%s  expires=%s  next renewal=%s  Ready=%s/%s",
+			verb, seen, tokenline.Fingerprint([]byte(tok)), who(obj), obj.Status.ExpiresAt.Format("15:04:05"),
 			obj.Status.RenewalTime.Format("15:04:05"), ready.Status, ready.Reason)
 	}
 }
