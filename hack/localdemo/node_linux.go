@@ -62,15 +62,14 @@ func runNode(duration time.Duration) error {
 	if err == nil {
 		seen, err = d.watch(runCtx, duration, begin)
 	}
-	if err != nil && runCtx.Err() == nil {
-		say("Failed: %v", err)
-		say("Logs of this run: %s", d.logDir)
-	}
 	interrupted := runCtx.Err() != nil
+	if err != nil && !interrupted {
+		say("Failed: %v", err)
+	}
 	stopRun()
 	downErr := d.down(hurry, err == nil || interrupted)
 	if err != nil && !interrupted {
-		return errors.Join(err, downErr)
+		return errors.Join(errors.New("failed (the error is above)"), downErr)
 	}
 	if downErr != nil {
 		return downErr
@@ -203,7 +202,12 @@ func (d *demo) down(ctx context.Context, careful bool) error {
 	if d.fwd != nil {
 		d.fwd.Close()
 	}
-	<-d.kcDone // Start returns soon after its context ends
+	select {
+	case <-d.kcDone:
+	default:
+		say("Stopping Keycloak, which was still starting")
+		<-d.kcDone // Start stops it once its context ends
+	}
 	if d.kc != nil {
 		d.kc.Close()
 		say("Keycloak stopped")
