@@ -15,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 started=$(date +%s)
+export RUN_LOCAL_STARTED="${started}" # hack/localdemo counts from here
 step() { echo "==> [$(( $(date +%s) - started ))s] $*"; }
 
 # ticking WHAT CMD...: runs CMD, saying every minute that it still runs (a cold Go build prints

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -44,7 +45,9 @@ func (d *demo) helm(ctx context.Context, args ...string) error {
 	args = append(args, "--kubeconfig", d.n.Kubeconfig())
 	cmd := exec.CommandContext(ctx, filepath.Join("bin", "tools", "helm"), args...)
 	home, _ := filepath.Abs(filepath.Join(localDir, "helm"))
-	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+home+"/cache", "HELM_CONFIG_HOME="+home+"/config", "HELM_DATA_HOME="+home+"/data")
+	// None of the caller's Helm settings (HELM_KUBECONTEXT, HELM_NAMESPACE, ...): this node only.
+	env := slices.DeleteFunc(os.Environ(), func(e string) bool { return strings.HasPrefix(e, "HELM_") })
+	cmd.Env = append(env, "HELM_CACHE_HOME="+home+"/cache", "HELM_CONFIG_HOME="+home+"/config", "HELM_DATA_HOME="+home+"/data")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	// Its own process group: a terminal's Ctrl-C reaches this program, which decides (through ctx)

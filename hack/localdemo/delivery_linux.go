@@ -144,7 +144,7 @@ func (d *demo) watch(ctx context.Context, duration time.Duration, begin time.Tim
 			exp = l.Expires.Local().Format("15:04:05")
 		}
 		if len(seen) == 1 {
-			say("%s read token %s (expires %s) at start, %s after this command started", readerPod, l.Fingerprint, exp, since(begin))
+			say("%s read token %s (expires %s) at start, %s after the command started", readerPod, l.Fingerprint, exp, since(begin))
 			if duration > 0 {
 				deadline = time.After(duration)
 			}

@@ -75,6 +75,17 @@ func say(format string, args ...any) {
 	fmt.Printf("%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 }
 
+// commandStart is when `make run-local` started (hack/run-local.sh exports it, in Unix seconds,
+// so that the times printed include its build checks), else now.
+func commandStart() time.Time {
+	if s, err := strconv.ParseInt(os.Getenv("RUN_LOCAL_STARTED"), 10, 64); err == nil {
+		if t := time.Unix(s, 0); time.Since(t) >= 0 && time.Since(t) < time.Hour {
+			return t
+		}
+	}
+	return time.Now()
+}
+
 // since formats the time since t for progress lines.
 func since(t time.Time) string { return fmt.Sprintf("%.1f s", time.Since(t).Seconds()) }
 

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -34,7 +35,7 @@ func operatorProcAttr() *syscall.SysProcAttr {
 }
 
 func runNode(duration time.Duration) error {
-	begin := time.Now()
+	begin := commandStart()
 	// The first Ctrl-C ends the watching and starts a careful cleanup (revocation, helm
 	// uninstall); a second one skips to stopping Keycloak and the node, which removes everything.
 	sigs := make(chan os.Signal, 2)
@@ -82,20 +83,22 @@ func runNode(duration time.Duration) error {
 
 // demo is one run of the node mode and everything it started, for the teardown.
 type demo struct {
-	logDir   string
-	version  string
-	kcDone   chan struct{}
-	kc       *keycloak.Server
-	kcErr    error
-	n        *node.Node
-	fwd      *forwarder
-	c        client.Client
-	kcURL    string // Keycloak as pods (and the issuer) reach it
-	secrets  *secretWatch
-	bg       context.Context // lives until the teardown is done: watches and log copies
-	stopBg   context.CancelFunc
-	helmUp   bool
-	tokenSet bool
+	logDir  string
+	version string
+	kcDone  chan struct{}
+	kc      *keycloak.Server
+	kcErr   error
+	n       *node.Node
+	fwd     *forwarder
+	c       client.Client
+	kcURL   string // Keycloak as pods (and the issuer) reach it
+	// keycloakAddr is where Keycloak itself listens: 127.0.0.1:keycloakPort, unless taken.
+	keycloakAddr string
+	secrets      *secretWatch
+	bg           context.Context // lives until the teardown is done: watches and log copies
+	stopBg       context.CancelFunc
+	helmUp       bool
+	tokenSet     bool
 }
 
 func newDemo() (*demo, error) {
@@ -133,10 +136,23 @@ func (d *demo) up(ctx context.Context, begin time.Time) error {
 		return err
 	}
 	say("Starting Keycloak (realm %s from %s, client %s, tokens live %s) and, meanwhile, a node", realm, realmPath, clientID, tokenLifetime)
+	// Pods use the forwarder's port, always keycloakPort: Keycloak's own may be any (another run on
+	// this machine may hold keycloakPort on loopback).
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", keycloakPort))
+	if err != nil {
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+	}
+	if err != nil {
+		close(d.kcDone)
+		return err
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	d.keycloakAddr = fmt.Sprintf("127.0.0.1:%d", port)
 	go func() {
 		defer close(d.kcDone)
 		d.kc, d.kcErr = keycloak.Start(ctx, keycloak.Options{
-			Home: keycloak.HomeFromEnv(), Host: "127.0.0.1", Port: keycloakPort,
+			Home: keycloak.HomeFromEnv(), Host: "127.0.0.1", Port: port,
 			RealmFiles: []string{realmFile}, LogFile: filepath.Join(d.logDir, "keycloak.log"),
 		})
 	}()
@@ -153,12 +169,12 @@ func (d *demo) up(ctx context.Context, begin time.Time) error {
 	if d.c, err = client.New(n.RESTConfig(), client.Options{Scheme: scheme.New()}); err != nil {
 		return err
 	}
-	say("Node %s Ready after %s: a real kubelet, containerd and control plane (KUBECONFIG=%s)", n.Name(), since(begin), n.Kubeconfig())
+	say("Node %s Ready %s after the command started: a real kubelet, containerd and control plane (KUBECONFIG=%s)", n.Name(), since(begin), n.Kubeconfig())
 
 	// Keycloak's `iss` is the URL a request used: everyone (operator, issuer check, this program's
 	// revocation check) uses this one.
 	d.kcURL = fmt.Sprintf("http://%s:%d", n.HostIP(), keycloakPort)
-	if d.fwd, err = forward(fmt.Sprintf("%s:%d", n.HostIP(), keycloakPort), fmt.Sprintf("127.0.0.1:%d", keycloakPort)); err != nil {
+	if d.fwd, err = forward(fmt.Sprintf("%s:%d", n.HostIP(), keycloakPort), d.keycloakAddr); err != nil {
 		return fmt.Errorf("forwarding %s to Keycloak: %w", d.kcURL, err)
 	}
 	if err := d.installOperator(ctx); err != nil {
@@ -176,7 +192,7 @@ func (d *demo) up(ctx context.Context, begin time.Time) error {
 	if d.kcErr != nil {
 		return fmt.Errorf("starting Keycloak: %w", d.kcErr)
 	}
-	say("Keycloak ready after %s: pods reach it at %s, you at %s (admin console: admin/admin)", since(begin), d.kcURL, d.kc.URL())
+	say("Keycloak ready %s after the command started: pods reach it at %s, you at %s (admin console: admin/admin)", since(begin), d.kcURL, d.kc.URL())
 
 	d.secrets = watchSecret(d.bg, d.n.Client(), demoNS, secretName)
 	if err := d.createIssuerAndToken(ctx); err != nil {
