@@ -97,7 +97,7 @@ build_tool() {
   fi
   log "building the image builder (hack/tools/image) ..."
   mkdir -p "$(dirname "${TOOL}")"
-  (cd hack/tools/image && CGO_ENABLED=0 go build -trimpath -o "${TOOL}" .)
+  (cd hack/tools/image && CGO_ENABLED=0 heartbeat "building the image builder" go build -trimpath -o "${TOOL}" .)
   echo "${want}" >"${stamp}"
 }
 

@@ -66,7 +66,7 @@ if [[ "${mode}" == node ]]; then
   hack/build-envtest.sh node | without KUBEBUILDER_ASSETS=
 fi
 step "Keycloak 26.7.3 (hack/keycloak.sh install, from Maven Central; first run: about a minute)"
-hack/keycloak.sh install | without KEYCLOAK_
+ticking "fetching or preparing Keycloak" hack/keycloak.sh install | without KEYCLOAK_
 export KUBEBUILDER_ASSETS="${PWD}/bin/k8s"
 KEYCLOAK_HOME="$(hack/keycloak.sh home)"
 export KEYCLOAK_HOME
