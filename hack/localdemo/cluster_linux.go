@@ -29,6 +29,7 @@ import (
 
 const (
 	release    = "mlflow-token-operator"
+	chartName  = "mlflow-token-operator" // the operator pods' app.kubernetes.io/name
 	operatorNS = "mlflow-token-operator-system"
 	chartDir   = "charts/mlflow-token-operator"
 	demoNS     = "team-a"
@@ -65,8 +66,12 @@ func (d *demo) installOperator(ctx context.Context) error {
 	t := time.Now()
 	// The chart as it is: its default image is the one imported into the node (pull policy
 	// IfNotPresent: nothing is pulled).
-	say("helm install %s %s --namespace %s --create-namespace --wait", release, chartDir, operatorNS)
-	if err := d.helm(ctx, "install", release, chartDir, "--namespace", operatorNS, "--create-namespace", "--wait", "--timeout", "5m"); err != nil {
+	// Both namespaces enforce Pod Security "restricted", as a production cluster's would.
+	if err := d.n.EnsureNamespace(ctx, operatorNS, restricted); err != nil {
+		return err
+	}
+	say("helm install %s %s --namespace %s --wait", release, chartDir, operatorNS)
+	if err := d.helm(ctx, "install", release, chartDir, "--namespace", operatorNS, "--wait", "--timeout", "5m"); err != nil {
 		return err
 	}
 	d.helmUp = true
@@ -75,7 +80,7 @@ func (d *demo) installOperator(ctx context.Context) error {
 		return err
 	}
 	for _, p := range pods.Items {
-		if !podReady(&p) || p.Labels["app.kubernetes.io/name"] != release {
+		if !podReady(&p) || p.Labels["app.kubernetes.io/name"] != chartName {
 			continue
 		}
 		say("Operator pod %s/%s Ready %s after helm install began (image %s)", p.Namespace, p.Name, since(t), p.Spec.Containers[0].Image)
@@ -95,11 +100,12 @@ func (d *demo) uninstallOperator(ctx context.Context) error {
 	return nil
 }
 
-// prepareNamespaces: the team's namespace, under Pod Security "restricted" as a production one
-// would be, and the client secret, which a ClusterKeycloakIssuer reads from the operator's
-// namespace: the team never sees it.
+var restricted = map[string]string{"pod-security.kubernetes.io/enforce": "restricted"}
+
+// prepareNamespaces: the team's namespace, and the client secret, which a ClusterKeycloakIssuer
+// reads from the operator's namespace: the team never sees it.
 func (d *demo) prepareNamespaces(ctx context.Context) error {
-	if err := d.n.EnsureNamespace(ctx, demoNS, map[string]string{"pod-security.kubernetes.io/enforce": "restricted"}); err != nil {
+	if err := d.n.EnsureNamespace(ctx, demoNS, restricted); err != nil {
 		return err
 	}
 	return d.c.Create(ctx, &corev1.Secret{
@@ -152,7 +158,7 @@ func (d *demo) createIssuerAndToken(ctx context.Context) error {
 		if err := d.c.Get(ctx, client.ObjectKeyFromObject(tok), tok); err != nil {
 			return false, err.Error()
 		}
-		if _, exp := d.secrets.latest(); exp.IsZero() {
+		if token, _ := d.secrets.latest(); token == nil {
 			return false, "no token in Secret " + secretName + " yet"
 		}
 		return conditionTrue(tok.Status.Conditions, authv1alpha1.ConditionReady)
