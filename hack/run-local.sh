@@ -78,11 +78,11 @@ if [[ "${mode}" == envtest ]]; then
   exec bin/localdemo -envtest "$@"
 fi
 
-step "helm (hack/packaging-tools.sh helm; first run: about 3 min)"
+step "helm (hack/packaging-tools.sh helm; first run: about a minute)"
 hack/packaging-tools.sh helm | without PACKAGING_TOOLS=
 # This machine's platform only: the two-platform image of `make image` takes twice as long to
 # build cold, and a node here runs one. An operator.tar with both platforms is used as it is.
-step "images: operator (linux/$(go env GOARCH)), pause, tokenwatch (hack/images.sh; first run: a few minutes)"
+step "images: operator (linux/$(go env GOARCH)), pause, tokenwatch (hack/images.sh; first run: about a minute)"
 PLATFORMS="linux/$(go env GOARCH)" hack/images.sh operator pause tokenwatch
 step "starting (Ctrl-C stops and cleans up)"
 exec bin/localdemo "$@"
