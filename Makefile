@@ -49,7 +49,7 @@ test: ## Run the whole test suite (unit, API server, Keycloak integration).
 	hack/test.sh
 
 .PHONY: run-local
-run-local: ## Local API server + Keycloak + operator + sample resource; shows the Secret rotating.
+run-local: ## A local node, the operator from its chart, Keycloak, a token and a pod printing each rotation (ARGS="-duration 60s", -envtest). Ctrl-C cleans up.
 	hack/run-local.sh $(ARGS)
 
 ##@ Build

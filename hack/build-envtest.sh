@@ -77,9 +77,15 @@ else
   done
 
   log "go: $(go env GOVERSION), GOCACHE=$(go env GOCACHE)"
-  log "downloading modules (Go module proxy) ..."
+  log "downloading modules (Go module proxy; the first time a few hundred MB) ..."
   t=$(date +%s)
-  go mod download
+  ( while sleep 60 >/dev/null 2>&1; do log "  ... still downloading ($(( $(date +%s) - t ))s)"; done ) &
+  ticker=$!
+  status=0
+  go mod download || status=$?
+  kill "${ticker}" 2>/dev/null || true
+  wait "${ticker}" 2>/dev/null || true
+  if ((status)); then log "go mod download failed"; exit "${status}"; fi
   log "modules ready in $(( $(date +%s) - t ))s"
 
   for b in "${binaries[@]}"; do
@@ -91,7 +97,7 @@ else
     log "building ${b} ${version} -> ${out_dir}/${b} ..."
     t=$(date +%s)
     # A cold build prints nothing for minutes: say that it is still going.
-    ( while sleep 60; do log "  ... still building ${b} ($(( $(date +%s) - t ))s)"; done ) &
+    ( while sleep 60 >/dev/null 2>&1; do log "  ... still building ${b} ($(( $(date +%s) - t ))s)"; done ) &
     ticker=$!
     status=0
     go build -trimpath -tags "${build_tags}" -ldflags "${ldflags}" \

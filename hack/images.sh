@@ -9,16 +9,21 @@
 #   training-job.tar  localhost/mlflow-token-operator/training-job:v$VERSION: Python, the MLflow
 #                     client, the token-file plugin (clients/python) and /app/training_job.py
 #                     (this machine's platform; needs root: debootstrap and chroot)
+#   tokenwatch.tar    localhost/mlflow-token-operator/tokenwatch:v$VERSION, the reader pod of
+#                     `make run-local` (hack/localdemo/tokenwatch; this machine's platform; not in
+#                     `all`: only the local demo runs it)
 #
 # Each tarball is accepted by `ctr -n k8s.io images import`, `docker load` and
 # `skopeo copy --all oci-archive:FILE docker://...` (see docs/images.md).
 #
-# Usage: hack/images.sh [operator] [pause] [training-job] [all]   (default: operator)
+# Usage: hack/images.sh [operator] [pause] [training-job] [tokenwatch] [all]   (default: operator)
 #
 # Environment:
 #   VERSION           version without the v (default: the VERSION file)
 #   IMG               operator image reference (default: ghcr.io/mlflow-token-operator/mlflow-token-operator:v$VERSION)
-#   PLATFORMS         operator platforms (default: linux/amd64,linux/arm64)
+#   PLATFORMS         operator platforms (default: linux/amd64,linux/arm64); an operator.tar that
+#                     holds more platforms than asked for is up to date (`make run-local` asks for
+#                     this machine's only, and takes the two-platform image when there is one)
 #   IMAGES_DIR        where the tarballs go (default: bin/images)
 #   SOURCE_DATE_EPOCH every time in the operator and pause images (default: the commit time, or 0
 #                     outside git), so two builds of one commit give the same digest
@@ -45,6 +50,7 @@ CACHE_DIR="${repo_root}/bin/images-cache"
 TOOL="${repo_root}/bin/tools/image-build"
 PAUSE_IMG="localhost/mlflow-token-operator/pause:v${VERSION}"
 TRAINING_IMG="localhost/mlflow-token-operator/training-job:v${VERSION}"
+TOKENWATCH_IMG="localhost/mlflow-token-operator/tokenwatch:v${VERSION}"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 DEBIAN_SUITE=bookworm
 
@@ -73,7 +79,7 @@ hash_of() { sha256sum | cut -d' ' -f1; }
 if git rev-parse --git-dir >/dev/null 2>&1; then
   REVISION="$(git rev-parse HEAD)"
   EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}"
-  if [[ -n "$(git status --porcelain -- cmd api controllers internal go.mod go.sum VERSION hack/tools/image 2>/dev/null)" ]]; then
+  if [[ -n "$(git status --porcelain -- cmd api controllers internal go.mod go.sum VERSION hack/tools/image hack/localdemo 2>/dev/null)" ]]; then
     log "note: uncommitted changes; the images say revision ${REVISION:0:12} but hold the working tree"
   fi
 else
@@ -91,7 +97,7 @@ build_tool() {
   fi
   log "building the image builder (hack/tools/image) ..."
   mkdir -p "$(dirname "${TOOL}")"
-  (cd hack/tools/image && CGO_ENABLED=0 go build -trimpath -o "${TOOL}" .)
+  (cd hack/tools/image && CGO_ENABLED=0 heartbeat "building the image builder" go build -trimpath -o "${TOOL}" .)
   echo "${want}" >"${stamp}"
 }
 
@@ -105,11 +111,23 @@ common_flags() {
   echo -revision "${REVISION}" -epoch "${EPOCH}" -version "${VERSION}"
 }
 
+# operator_up_to_date HASH: operator.tar was made from HASH for every platform in PLATFORMS (its
+# stamp is "HASH PLATFORM,PLATFORM...": a two-platform image serves a one-platform request).
+operator_up_to_date() {
+  local stamp="${IMAGES_DIR}/.stamp-operator" have_hash have_platforms p
+  [[ "${FORCE:-0}" != 1 && -f "${IMAGES_DIR}/operator.tar" && -f "${stamp}" ]] || return 1
+  read -r have_hash have_platforms <"${stamp}" || true
+  [[ "${have_hash}" == "$1" ]] || return 1
+  for p in ${PLATFORMS//,/ }; do
+    [[ ",${have_platforms}," == *",${p},"* ]] || return 1
+  done
+}
+
 build_operator() {
   local want start
   want="$(
     {
-      echo "operator ${IMG} ${PLATFORMS} ${REVISION} ${EPOCH} ${VERSION}"
+      echo "operator ${IMG} ${REVISION} ${EPOCH} ${VERSION}"
       go env GOVERSION
       cat go.mod go.sum
       # Every file the manager is built from (embedded files too); tests do not go into it.
@@ -117,7 +135,7 @@ build_operator() {
       tool_files | xargs cat
     } | hash_of
   )"
-  if up_to_date operator "${want}"; then
+  if operator_up_to_date "${want}"; then
     log "operator: up to date (${IMAGES_DIR}/operator.tar, ${IMG})"
     return
   fi
@@ -129,7 +147,7 @@ build_operator() {
     -platforms "${PLATFORMS}" -ref "${IMG}" -out "${IMAGES_DIR}/operator.tar" \
     -title mlflow-token-operator \
     -description "Kubernetes operator that keeps a Keycloak access token for MLflow fresh in a Secret"
-  echo "${want}" >"${IMAGES_DIR}/.stamp-operator"
+  echo "${want} ${PLATFORMS}" >"${IMAGES_DIR}/.stamp-operator"
   log "operator: done in $(($(date +%s) - start))s"
 }
 
@@ -151,6 +169,34 @@ build_pause() {
     -description "Pod sandbox image of the mlflow-token-operator local test node"
   echo "${want}" >"${IMAGES_DIR}/.stamp-pause"
   log "pause: done in $(($(date +%s) - start))s"
+}
+
+build_tokenwatch() {
+  local want start
+  want="$(
+    {
+      echo "tokenwatch ${TOKENWATCH_IMG} ${REVISION} ${EPOCH} ${VERSION}"
+      go env GOVERSION GOARCH
+      cat go.mod
+      find hack/localdemo/tokenwatch hack/localdemo/tokenline -type f -name '*.go' ! -name '*_test.go' | LC_ALL=C sort | xargs sha256sum
+      tool_files | xargs cat
+    } | hash_of
+  )"
+  if up_to_date tokenwatch "${want}"; then
+    log "tokenwatch: up to date (${IMAGES_DIR}/tokenwatch.tar, ${TOKENWATCH_IMG})"
+    return
+  fi
+  start=$(date +%s)
+  log "tokenwatch: building ${TOKENWATCH_IMG} ..."
+  rm -f "${IMAGES_DIR}/.stamp-tokenwatch"
+  # 65532: a numeric non-root user, which Pod Security "restricted" (runAsNonRoot) needs.
+  # shellcheck disable=SC2046
+  "${TOOL}" go-binary $(common_flags) -dir . -pkg ./hack/localdemo/tokenwatch -binary tokenwatch \
+    -platforms "linux/$(go env GOARCH)" -user 65532:65532 -ref "${TOKENWATCH_IMG}" \
+    -out "${IMAGES_DIR}/tokenwatch.tar" -title "mlflow-token-operator tokenwatch" \
+    -description "Reader pod of make run-local: prints a fingerprint of each token its mounted Secret receives"
+  echo "${want}" >"${IMAGES_DIR}/.stamp-tokenwatch"
+  log "tokenwatch: done in $(($(date +%s) - start))s"
 }
 
 # --- training-job ------------------------------------------------------------------------------
@@ -315,8 +361,9 @@ for target in "${targets[@]}"; do
     operator) build_operator ;;
     pause) build_pause ;;
     training-job) build_training_job ;;
+    tokenwatch) build_tokenwatch ;;
     all) build_operator; build_pause; build_training_job ;;
-    *) log "unknown image ${target}: want operator, pause, training-job or all"; exit 2 ;;
+    *) log "unknown image ${target}: want operator, pause, training-job, tokenwatch or all"; exit 2 ;;
   esac
 done
 log "images in ${IMAGES_DIR}: $(cd "${IMAGES_DIR}" && ls -- *.tar 2>/dev/null | tr '\n' ' ')"

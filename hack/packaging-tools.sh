@@ -9,6 +9,7 @@
 # module's files and the Go version; a tool is rebuilt only when that changes.
 #
 # Usage: hack/packaging-tools.sh            # build what is missing or stale
+#        hack/packaging-tools.sh helm       # only these tools (`make run-local` needs only helm)
 #        hack/packaging-tools.sh path       # print the absolute path of bin/tools
 set -euo pipefail
 
@@ -29,7 +30,10 @@ declare -A tools=(
   [argocd-lua]="argocd-lua|."
 )
 
-for tool in kustomize helm promql-check argocd-lua; do
+wanted=("$@")
+((${#wanted[@]})) || wanted=(kustomize helm promql-check argocd-lua)
+for tool in "${wanted[@]}"; do
+  [[ -n "${tools[$tool]:-}" ]] || { echo "[packaging-tools] unknown tool ${tool}: want kustomize, helm, promql-check or argocd-lua" >&2; exit 2; }
   IFS='|' read -r dir pkg <<<"${tools[$tool]}"
   mod_dir="${repo_root}/hack/tools/${dir}"
   stamp="${out_dir}/.stamp-${tool}"
@@ -51,7 +55,15 @@ for tool in kustomize helm promql-check argocd-lua; do
       ldflags+=" -X ${pkg_path}.k8sVersionMajor=1 -X ${pkg_path}.k8sVersionMinor=${kube_minor}"
     done
   fi
-  (cd "${mod_dir}" && go build -trimpath -ldflags="${ldflags}" -o "${out_dir}/${tool}" "${pkg}")
+  echo "[packaging-tools] ${tool}: building (cold: a few minutes) ..."
+  # A cold build prints nothing for minutes: say that it is still going.
+  ( while sleep 60 >/dev/null 2>&1; do echo "[packaging-tools]   ... still building ${tool} ($(( $(date +%s) - start ))s)"; done ) &
+  ticker=$!
+  status=0
+  (cd "${mod_dir}" && go build -trimpath -ldflags="${ldflags}" -o "${out_dir}/${tool}" "${pkg}") || status=$?
+  kill "${ticker}" 2>/dev/null || true
+  wait "${ticker}" 2>/dev/null || true
+  if ((status)); then echo "[packaging-tools] building ${tool} failed" >&2; exit "${status}"; fi
   echo "${want}" >"${stamp}"
   echo "[packaging-tools] ${tool}: built in $(( $(date +%s) - start ))s"
 done

@@ -1,55 +1,71 @@
-// Command localdemo runs the operator's main job on a laptop with nothing but this repo:
-// a local API server (envtest's etcd + kube-apiserver from bin/k8s), a local Keycloak (from
-// bin/, with the test realm: 12-second tokens), the operator binary, and the sample resource.
-// It prints the Secret rotating until Ctrl-C (or -duration), then deletes the resource, which
-// revokes the token, and stops everything. Run it through `make run-local`.
+// Command localdemo is what `make run-local` runs (hack/run-local.sh builds it and everything it
+// needs). Two modes:
+//
+//   - node (the default): a real single-node Kubernetes cluster on this machine (package
+//     test/node: containerd, kubelet, the control plane), the operator installed by its Helm
+//     chart from the locally built image, a local Keycloak (12-second tokens), a
+//     ClusterKeycloakIssuer and an MLflowAccessToken, and a pod that mounts the token's Secret
+//     and prints a fingerprint of each token as it arrives. Each rotation is shown with how long
+//     after the operator wrote the Secret the pod read it. Needs Linux, root and the Debian
+//     packages containerd, runc, containernetworking-plugins and iptables.
+//   - envtest (-envtest; hack/run-local.sh picks it where no node can run): a local API server
+//     (etcd + kube-apiserver), the operator binary on the host, the same Keycloak, and the Secret
+//     rotating.
+//
+// Both run until Ctrl-C (or -duration), then delete the MLflowAccessToken, check that the
+// operator revoked its token, and remove everything. `localdemo -preflight` prints why no node
+// can run here (exit status 3), or nothing (0).
 package main
 
 import (
-	"bufio"
-	"context"
-	"crypto/sha256"
-	"encoding/hex"
+	"encoding/json"
 	"flag"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
-	"strings"
-	"syscall"
+	"sort"
+	"strconv"
 	"time"
-
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	"sigs.k8s.io/yaml"
-
-	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
-	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
-	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
-	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
 )
 
 const (
-	// The sample resource points at this port and client; the realm fixture holds the secret.
+	// Keycloak listens here in both modes (the admin console: admin/admin); the envtest sample
+	// points at it.
 	keycloakPort = 18080
+	// The realm fixture's confidential client (service accounts on).
+	clientID     = "mlflow-operator"
 	clientSecret = "mlflowOperatorTestSecret0001"
-	samplePath   = "config/samples/auth_v1alpha1_mlflowaccesstoken.yaml"
+	realm        = "mlflow"
 	realmPath    = "test/keycloak/realm-mlflow.json"
+	// tokenLifetime replaces the fixture's 12 s: a new token every 10 s, and the shortest life
+	// whose renewal leaves a nudged pod the 5 s the operator allows it (it would report
+	// DeliveryAtRisk for 12 s).
+	tokenLifetime = 15 * time.Second
+	// Everything a run writes (kubeconfig, logs), replaced by the next run.
+	localDir = "bin/local"
 )
 
 func main() {
-	duration := flag.Duration("duration", 0, "Stop after watching this long (0: run until Ctrl-C). With a duration, exit non-zero unless the token rotated at least twice.")
-	managerBin := flag.String("manager", "bin/manager", "The operator binary.")
+	duration := flag.Duration("duration", 0, "Stop after watching this long (0: run until Ctrl-C). With a duration, exit non-zero unless the token rotated at least twice (in node mode: reached the pod twice).")
+	envtestMode := flag.Bool("envtest", false, "Run the operator on the host against a local API server instead of in a pod on a local node.")
+	preflight := flag.Bool("preflight", false, "Print why no node can run on this machine and exit 3, or exit 0 when one can.")
+	managerBin := flag.String("manager", "bin/manager", "The operator binary (envtest mode).")
 	flag.Parse()
-	if err := run(*duration, *managerBin); err != nil {
+
+	if *preflight {
+		if err := nodePreflight(); err != nil {
+			fmt.Println(err)
+			os.Exit(3)
+		}
+		return
+	}
+	var err error
+	if *envtestMode {
+		err = runEnvtest(*duration, *managerBin)
+	} else {
+		err = runNode(*duration)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "localdemo:", err)
 		os.Exit(1)
 	}
@@ -59,166 +75,70 @@ func say(format string, args ...any) {
 	fmt.Printf("%s  %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(format, args...))
 }
 
-func run(duration time.Duration, managerBin string) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if os.Getenv("KUBEBUILDER_ASSETS") == "" || keycloak.HomeFromEnv() == "" {
-		return fmt.Errorf("KUBEBUILDER_ASSETS and KEYCLOAK_HOME must be set; run `make run-local`")
-	}
-
-	say("Starting a local API server (etcd + kube-apiserver from %s)", os.Getenv("KUBEBUILDER_ASSETS"))
-	env := &envtest.Environment{CRDDirectoryPaths: []string{"config/crd/bases"}, ErrorIfCRDPathMissing: true}
-	cfg, err := env.Start()
-	if err != nil {
-		return fmt.Errorf("starting the API server: %w", err)
-	}
-	defer func() { _ = env.Stop(); say("API server stopped") }()
-	kubeconfig, _ := filepath.Abs("bin/local/kubeconfig")
-	if err := os.MkdirAll(filepath.Dir(kubeconfig), 0o700); err != nil {
-		return err
-	}
-	if err := os.WriteFile(kubeconfig, env.KubeConfig, 0o600); err != nil {
-		return err
-	}
-	say("API server at %s (kubeconfig: %s)", cfg.Host, kubeconfig)
-
-	say("Starting Keycloak on 127.0.0.1:%d with realm %s (tokens live 12 s)", keycloakPort, realmPath)
-	kctx, kcancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	kc, err := keycloak.Start(kctx, keycloak.Options{Home: keycloak.HomeFromEnv(), Port: keycloakPort, RealmFiles: []string{realmPath}})
-	kcancel()
-	if err != nil {
-		return fmt.Errorf("starting Keycloak: %w", err)
-	}
-	defer func() { kc.Close(); say("Keycloak stopped") }()
-	say("Keycloak ready at %s (admin console: admin/admin)", kc.URL())
-
-	say("Starting the operator: %s --kubeconfig %s", managerBin, kubeconfig)
-	op := exec.Command(managerBin, "--kubeconfig", kubeconfig, "--metrics-bind-address=0", "--health-probe-bind-address=0",
-		"--allow-insecure-http") // the local Keycloak serves plain HTTP on 127.0.0.1
-	op.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	out, _ := op.StdoutPipe()
-	op.Stderr = op.Stdout
-	if err := op.Start(); err != nil {
-		return fmt.Errorf("starting the operator: %w", err)
-	}
-	go prefix("operator | ", out)
-	defer func() { _ = op.Process.Signal(syscall.SIGTERM); _ = op.Wait(); say("Operator stopped") }()
-
-	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
-	if err != nil {
-		return err
-	}
-	bg := context.Background()
-	if err := c.Create(bg, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: "mlflow-operator-client", Namespace: "default"},
-		StringData: map[string]string{"client-secret": clientSecret},
-	}); err != nil {
-		return err
-	}
-	raw, err := os.ReadFile(samplePath)
-	if err != nil {
-		return err
-	}
-	sample := &unstructured.Unstructured{}
-	if err := yaml.Unmarshal(raw, &sample.Object); err != nil {
-		return err
-	}
-	sample.SetNamespace("default")
-	if err := c.Create(bg, sample, client.FieldValidation("Strict")); err != nil {
-		return fmt.Errorf("applying %s: %w", samplePath, err)
-	}
-	say("Applied %s; watching Secret %q (Ctrl-C to stop and clean up)", samplePath, "mlflow-token")
-
-	if duration > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, duration)
-		defer cancel()
-	}
-	rotations := watch(ctx, c, sample.GetName())
-
-	say("Deleting the MLflowAccessToken: the operator revokes the token and deletes the Secret")
-	obj := &authv1alpha1.MLflowAccessToken{}
-	key := types.NamespacedName{Namespace: "default", Name: sample.GetName()}
-	_ = c.Delete(bg, sample)
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if err := c.Get(bg, key, obj); apierrors.IsNotFound(err) {
-			break
+// commandStart is when `make run-local` started (hack/run-local.sh exports it, in Unix seconds,
+// so that the times printed include its build checks), else now.
+func commandStart() time.Time {
+	if s, err := strconv.ParseInt(os.Getenv("RUN_LOCAL_STARTED"), 10, 64); err == nil {
+		if t := time.Unix(s, 0); time.Since(t) >= 0 && time.Since(t) < time.Hour {
+			return t
 		}
-		time.Sleep(300 * time.Millisecond)
 	}
-	printEvents(c, sample.GetName())
-	if s := (&corev1.Secret{}); c.Get(bg, types.NamespacedName{Namespace: "default", Name: "mlflow-token"}, s) == nil {
-		say("Secret still exists after deletion")
-	} else {
-		say("Secret mlflow-token deleted")
-	}
-	if duration > 0 && rotations < 2 {
-		return fmt.Errorf("saw %d rotations in %s, want at least 2", rotations, duration)
-	}
-	return nil
+	return time.Now()
 }
 
-// watch prints the Secret and status whenever the token changes, and returns how many times
-// it rotated. Tokens are shown by a short SHA-256 fingerprint, never in clear.
-func watch(ctx context.Context, c client.Client, name string) int {
-	var last string
-	seen := 0
-	tick := time.NewTicker(500 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return max(seen-1, 0)
-		case <-tick.C:
-		}
-		obj := &authv1alpha1.MLflowAccessToken{}
-		if err := c.Get(context.Background(), types.NamespacedName{Namespace: "default", Name: name}, obj); err != nil {
-			continue
-		}
-		s := &corev1.Secret{}
-		_ = c.Get(context.Background(), types.NamespacedName{Namespace: "default", Name: obj.SecretNameOrDefault()}, s)
-		tok := string(s.Data[tokensecret.KeyToken])
-		ready := meta.FindStatusCondition(obj.Status.Conditions, authv1alpha1.ConditionReady)
-		if tok == "" || tok == last || ready == nil || obj.Status.ExpiresAt == nil {
-			continue
-		}
-		last = tok
-		seen++
-		sum := sha256.Sum256([]byte(tok))
-		verb := "issued "
-		if seen > 1 {
-			verb = "rotated"
-		}
-		say("token %s #%d  sha256:%s…  user=%s  expires=%s  next renewal=%s  Ready=%s/%s",
-			verb, seen, hex.EncodeToString(sum[:4]), who(obj), obj.Status.ExpiresAt.Format("15:04:05"),
-			obj.Status.RenewalTime.Format("15:04:05"), ready.Status, ready.Reason)
+// since formats the time since t for progress lines.
+func since(t time.Time) string { return fmt.Sprintf("%.1f s", time.Since(t).Seconds()) }
+
+// delayStats is "min a, median b, max c" of the delays, in seconds.
+func delayStats(d []time.Duration) string {
+	if len(d) == 0 {
+		return "none"
 	}
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return fmt.Sprintf("min %.2f s, median %.2f s, max %.2f s", s[0].Seconds(), s[len(s)/2].Seconds(), s[len(s)-1].Seconds())
 }
 
-func who(obj *authv1alpha1.MLflowAccessToken) string {
-	if obj.Status.Token == nil {
-		return "?"
+// demoRealm writes the realm fixture, with the client's tokens living tokenLifetime, into
+// localDir and returns its path.
+func demoRealm() (string, error) {
+	data, err := os.ReadFile(realmPath)
+	if err != nil {
+		return "", err
 	}
-	return obj.Status.Token.PreferredUsername
-}
-
-func printEvents(c client.Client, name string) {
-	var evs corev1.EventList
-	if err := c.List(context.Background(), &evs, client.InNamespace("default")); err != nil {
-		return
+	var r struct {
+		Clients []map[string]any `json:"clients"`
 	}
-	for _, e := range evs.Items {
-		if e.InvolvedObject.Name == name && (e.Reason == "Revoked" || strings.HasPrefix(e.Reason, "Revocation")) {
-			say("event %s: %s", e.Reason, e.Message)
+	var all map[string]any
+	if err := json.Unmarshal(data, &all); err != nil {
+		return "", fmt.Errorf("%s: %w", realmPath, err)
+	}
+	if err := json.Unmarshal(data, &r); err != nil {
+		return "", fmt.Errorf("%s: %w", realmPath, err)
+	}
+	found := false
+	for _, c := range r.Clients {
+		if c["clientId"] == clientID {
+			attrs, _ := c["attributes"].(map[string]any)
+			if attrs == nil {
+				attrs = map[string]any{}
+				c["attributes"] = attrs
+			}
+			attrs["access.token.lifespan"] = strconv.Itoa(int(tokenLifetime.Seconds()))
+			found = true
 		}
 	}
-}
-
-func prefix(p string, r io.Reader) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fmt.Println(p + sc.Text())
+	if !found {
+		return "", fmt.Errorf("%s has no client %s", realmPath, clientID)
 	}
+	all["clients"] = r.Clients
+	out, err := json.Marshal(all)
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(localDir, filepath.Base(realmPath))
+	if err := os.MkdirAll(localDir, 0o755); err != nil {
+		return "", err
+	}
+	return path, os.WriteFile(path, out, 0o644)
 }

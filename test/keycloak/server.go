@@ -7,7 +7,8 @@
 // distribution itself is never written to when it was built by hack/keycloak.sh (the server is
 // started with `start --optimized`), so several Servers may run side by side.
 //
-// Only the standard library is used. Linux only (process-group and parent-death-signal handling).
+// Only the standard library is used. On Linux a Keycloak dies with the process that started it
+// (a parent-death signal); elsewhere only Close stops it.
 //
 // Typical use:
 //
@@ -502,11 +503,7 @@ func (s *Server) launch(what string) error {
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.Env = s.env()
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Setpgid: true,
-		// kc.sh traps TERM and forwards it to the JVM.
-		Pdeathsig: syscall.SIGTERM,
-	}
+	cmd.SysProcAttr = childProcAttr()
 
 	p := &process{cmd: cmd, logFile: logFile, done: make(chan struct{})}
 	started := make(chan error, 1)

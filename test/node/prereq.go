@@ -34,6 +34,16 @@ var debianParts = []struct{ path, pkg string }{
 // Preflight says in one line what is missing for a node to run on this machine (root, Debian
 // packages, the Kubernetes binaries in o.BinDir), and the command that fixes it; nil when nothing is.
 func Preflight(o Options) error {
+	if err := HostPreflight(); err != nil {
+		return err
+	}
+	return checkBinaries(o)
+}
+
+// HostPreflight is the part of Preflight that no build fixes: root, the Debian packages, the
+// kernel's overlay filesystem and a cgroup hierarchy. A program that can also do without a node
+// (`make run-local`) asks it before building the node's binaries.
+func HostPreflight() error {
 	if !isRoot() {
 		return errors.New("the node needs root (it creates a network namespace, cgroups and mounts): run the tests as root")
 	}
@@ -54,6 +64,10 @@ func Preflight(o Options) error {
 	if len(cgroupMounts()) == 0 {
 		return errors.New("no cgroup hierarchy is mounted under /sys/fs/cgroup: the kubelet needs one")
 	}
+	return nil
+}
+
+func checkBinaries(o Options) error {
 	if o.BinDir == "" {
 		return errors.New("no directory with the Kubernetes binaries: set KUBEBUILDER_ASSETS, or run the tests with `make test` (hack/build-envtest.sh node builds them into bin/k8s)")
 	}

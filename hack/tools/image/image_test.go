@@ -21,6 +21,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -585,6 +586,112 @@ func TestPauseImage(t *testing.T) {
 	for _, sig := range []string{"TERM", "INT"} {
 		t.Run("reaps orphans, exits 0 on SIG"+sig, func(t *testing.T) { checkPause(t, exe, sig) })
 	}
+}
+
+// TestTokenwatchImage: the reader pod of `make run-local`, a static binary run as 65532 that
+// prints a fingerprint of each new token in a file, never the token.
+func TestTokenwatchImage(t *testing.T) {
+	ref := "localhost/mlflow-token-operator/tokenwatch:v" + version(t)
+	dir := buildImages(t, t.TempDir(), "tokenwatch")
+	e := extract(t, filepath.Join(dir, "tokenwatch.tar"))
+	checkNamed(t, e, ref)
+	img, err := e.layout.Image(e.top.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := validate.Image(img); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Architecture != runtime.GOARCH || cfg.Config.User != "65532:65532" || !slices.Equal(cfg.Config.Entrypoint, []string{"/tokenwatch"}) {
+		t.Errorf("%s, user %q, entrypoint %q; want %s, 65532:65532 and [/tokenwatch]", cfg.Architecture, cfg.Config.User, cfg.Config.Entrypoint, runtime.GOARCH)
+	}
+	if files := layerFiles(t, img); len(files) != 1 || files["tokenwatch"] == nil {
+		t.Errorf("layers hold %d files, want only tokenwatch", len(files))
+	}
+	bin := fileFromImage(t, img, "tokenwatch")
+	checkStaticGoBinary(t, bin, runtime.GOARCH)
+
+	tmp := t.TempDir()
+	exe, tokenFile := filepath.Join(tmp, "tokenwatch"), filepath.Join(tmp, "token")
+	if err := os.WriteFile(exe, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Two JWT-shaped tokens; the kubelet replaces a Secret volume's files by renaming.
+	tokens := []string{"eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjE3OTYwMzI4MTd9.c2lnMQ", "eyJhbGciOiJSUzI1NiJ9.eyJleHAiOjE3OTYwMzI4Mjd9.c2lnMg"}
+	write := func(tok string) {
+		if err := os.WriteFile(tokenFile+".new", []byte(tok), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tokenFile+".new", tokenFile); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(tokens[0])
+	cmd := exec.Command(exe, "-every", "10ms", tokenFile)
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	waitLines := func(n int) []string {
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+			if len(lines) >= n && lines[0] != "" {
+				return lines
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("tokenwatch printed %q, want %d lines", out.String(), n)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitLines(1)
+	write(tokens[1])
+	lines := waitLines(2)
+	wantExp := []string{"2026-11-30T10:00:17Z", "2026-11-30T10:00:27Z"}
+	for i, tok := range tokens {
+		sum := sha256.Sum256([]byte(tok))
+		f := strings.Fields(lines[i])
+		if len(f) < 5 || f[1] != "token" || f[2] != fmt.Sprintf("sha256:%x", sum[:6]) || f[4] != wantExp[i] {
+			t.Errorf("line %d: %q, want the fingerprint sha256:%x and expiry %s", i, lines[i], sum[:6], wantExp[i])
+		}
+		if _, err := time.Parse(time.RFC3339Nano, f[0]); err != nil {
+			t.Errorf("line %d starts with %q, not a time: %v", i, f[0], err)
+		}
+		if strings.Contains(out.String(), strings.Split(tok, ".")[1]) {
+			t.Errorf("tokenwatch printed (part of) the token: %q", out.String())
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("tokenwatch after SIGTERM: %v, want exit 0", err)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer that a child process's output goroutine writes while the test reads.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // checkPause runs the pause binary as PID 1 of a new PID namespace, as in a pod that shares its
