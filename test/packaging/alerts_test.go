@@ -2,6 +2,7 @@ package packaging
 
 import (
 	"math"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -24,12 +25,14 @@ func downBetween(from, to float64) func(float64) bool {
 }
 
 // fleet returns n tokens of one lifetime whose renewals are spread over a renewal period, with
-// jitters spread over 0-10%, created from start on, all talking to the same Keycloak.
+// jitters spread over 0-10%, created from start on, all talking to the same Keycloak, and all
+// accepted by MLflow.
 func fleet(prefix string, n int, lifetime, start float64, kc func(float64) bool) []simToken {
 	var out []simToken
 	for i := range n {
 		out = append(out, simToken{namespace: "team-a", name: prefix + "-" + string(rune('a'+i%26)) + strings.Repeat("x", i/26),
-			lifetime: lifetime, jitter: 0.1 * float64(i) / float64(n), created: start + float64(i)*(2*lifetime/3)/float64(n), keycloakUp: kc})
+			lifetime: lifetime, jitter: 0.1 * float64(i) / float64(n), created: start + float64(i)*(2*lifetime/3)/float64(n), keycloakUp: kc,
+			mlflow: alwaysAccepts})
 	}
 	return out
 }
@@ -48,9 +51,20 @@ func TestPrometheusAlertsFire(t *testing.T) {
 		tl := newTimeline(start, end)
 		tl.addOperator(leader)
 		keycloakB := downBetween(end-70*minute, math.Inf(1)) // one team's Keycloak went down and stays down
+		mlflowFixed := end - 39*minute
+		fixedAt := func(fix float64) func(float64) mlflowAnswer {
+			return func(t float64) mlflowAnswer {
+				if t < fix {
+					return mlflowRejects
+				}
+				return mlflowAccepts
+			}
+		}
 		tokens := []simToken{
-			{namespace: "team-a", name: "healthy-5m", lifetime: 300, jitter: 0.05, created: start},
-			{namespace: "team-a", name: "healthy-1h", lifetime: hour, jitter: 0.02, created: start},
+			{namespace: "team-a", name: "healthy-5m", lifetime: 300, jitter: 0.05, created: start, mlflow: alwaysAccepts},
+			{namespace: "team-a", name: "healthy-1h", lifetime: hour, jitter: 0.02, created: start, mlflow: alwaysAccepts},
+			{namespace: "team-a", name: "healthy-mlflow-down", lifetime: 300, created: start, // MLflow never answers: no series, no alert
+				mlflow: func(float64) mlflowAnswer { return mlflowNoAnswer }},
 			{namespace: "team-a", name: "healthy-60s", lifetime: 60, jitter: 0.07, created: start},
 			{namespace: "team-a", name: "healthy-12s", lifetime: 12, created: start},
 			{namespace: "team-a", name: "misconfigured", lifetime: 300, created: end - 30*minute, misconfigured: true},
@@ -61,6 +75,15 @@ func TestPrometheusAlertsFire(t *testing.T) {
 			{namespace: "team-a", name: "chain-rt-12h", lifetime: 300, created: start},
 			{namespace: "team-a", name: "chain-pw-12h", lifetime: 300, created: start},
 			{namespace: "team-a", name: "chain-offline-29d", lifetime: 300, created: start},
+			// MLflow rejects every token of one resource (an audience mapper is missing).
+			{namespace: "team-a", name: "mlflow-rejected", lifetime: 300, created: end - 30*minute,
+				mlflow: func(float64) mlflowAnswer { return mlflowRejects }},
+			// MLflow rejects the first token, is fixed a minute later; the next rotation is
+			// checked and accepted (200 s later): too soon to alert.
+			{namespace: "team-a", name: "mlflow-fixed", lifetime: 300, created: end - 40*minute, mlflow: fixedAt(mlflowFixed)},
+			// The same for a one-hour token: it is checked again only at its next rotation, 40
+			// minutes later, and alerts until then.
+			{namespace: "team-c", name: "mlflow-fixed-1h", lifetime: hour, created: start, mlflow: fixedAt(start + minute)},
 		}
 		tl.addTokens(leader, false, tokens...)
 		for _, c := range []struct {
@@ -75,6 +98,18 @@ func TestPrometheusAlertsFire(t *testing.T) {
 			tl.add(scrapedLabels(chainExpiryMetric, leader.pod, "namespace", "team-a", "name", c.name, "grant", c.grant),
 				func(float64) (float64, bool) { return end + c.in, true })
 		}
+		tl.addIssuers(leader,
+			simIssuer{kind: "ClusterKeycloakIssuer", name: "shared", created: start},
+			simIssuer{kind: "KeycloakIssuer", namespace: "team-a", name: "healthy", created: start},
+			// team-b's Keycloak is down: its issuer turns NotReady at its next check.
+			simIssuer{kind: "KeycloakIssuer", namespace: "team-b", name: "keycloak-b", created: start, keycloakUp: keycloakB},
+			// Issuers that never pass their check (a wrong URL, a missing client secret).
+			simIssuer{kind: "KeycloakIssuer", namespace: "team-a", name: "wrong-url", created: end - 30*minute, misconfigured: true},
+			simIssuer{kind: "ClusterKeycloakIssuer", name: "broken", created: end - 20*minute, misconfigured: true},
+			// Created broken and fixed 5 minutes later: no alert.
+			simIssuer{kind: "KeycloakIssuer", namespace: "team-a", name: "fixed", created: end - 40*minute,
+				keycloakUp: func(t float64) bool { return t >= end-35*minute }},
+		)
 		evals := tl.evaluate(t)
 
 		want := []string{
@@ -88,15 +123,86 @@ func TestPrometheusAlertsFire(t *testing.T) {
 			"MLflowTokenRefreshChainExpiring[warning] team-a/chain-rt-48h",
 			"MLflowTokenRefreshChainExpiring[warning] team-a/chain-rt-12h",
 			"MLflowTokenRefreshChainExpiring[critical] team-a/chain-rt-12h",
+			"MLflowTokenRejectedByMLflow[warning] team-a/mlflow-rejected",
+			"MLflowTokenIssuerNotReady[warning] KeycloakIssuer team-b/keycloak-b",
+			"MLflowTokenIssuerNotReady[warning] KeycloakIssuer team-a/wrong-url",
+			"MLflowTokenIssuerNotReady[warning] ClusterKeycloakIssuer broken",
 		}
 		expectAt(t, evals, end, want...)
 		cover(want...)
+		quiet := map[string]bool{"ClusterKeycloakIssuer shared": true, "KeycloakIssuer team-a/healthy": true,
+			"KeycloakIssuer team-a/fixed": true, "team-a/mlflow-fixed": true}
 		for _, f := range evals {
 			for _, n := range f.names() {
-				if strings.Contains(n, "/healthy-") {
-					t.Errorf("at %.0fs: %s fires for a healthy token", f.Time-end, n)
+				_, key, _ := strings.Cut(n, "] ")
+				if quiet[key] || strings.HasPrefix(key, "team-a/healthy-") {
+					t.Errorf("at %.0fs: %s fires for a healthy or quickly fixed resource", f.Time-end, n)
 				}
 			}
+		}
+
+		// Issuers alert 10 minutes after the check that failed, with their kind and name in the
+		// summary; a ClusterKeycloakIssuer's without a namespace.
+		for id, since := range map[string]float64{
+			"MLflowTokenIssuerNotReady[warning] KeycloakIssuer team-a/wrong-url": end - 30*minute,
+			"MLflowTokenIssuerNotReady[warning] ClusterKeycloakIssuer broken":    end - 20*minute,
+		} {
+			if fired := firstFiring(evals, id); fired < since+10*minute || fired > since+11*minute {
+				t.Errorf("%s fired %.0fs after the issuer failed its check, want 10-11 min", id, fired-since)
+			}
+		}
+		for _, a := range at(t, evals, end).Firing {
+			if a.Alert != "MLflowTokenIssuerNotReady" {
+				continue
+			}
+			want := map[string]string{"broken": "ClusterKeycloakIssuer broken is not Ready",
+				"wrong-url": "KeycloakIssuer team-a/wrong-url is not Ready", "keycloak-b": "KeycloakIssuer team-b/keycloak-b is not Ready"}[a.Labels["name"]]
+			if a.Annotations["summary"] != want {
+				t.Errorf("IssuerNotReady summary %q, want %q", a.Annotations["summary"], want)
+			}
+			if a.Labels["name"] == "broken" && !strings.Contains(a.Annotations["description"], "`kubectl describe clusterkeycloakissuer broken`") {
+				t.Errorf("IssuerNotReady for a ClusterKeycloakIssuer should name its kubectl command: %s", a.Annotations["description"])
+			}
+		}
+
+		// MLflow: a rejection alerts 5 minutes after the first check; one cleared by the next
+		// rotation of a 5-minute token does not (and was there: the gauge was 0 for a while);
+		// a one-hour token stays rejected until its next rotation is checked.
+		if fired := firstFiring(evals, "MLflowTokenRejectedByMLflow[warning] team-a/mlflow-rejected"); fired < end-25*minute || fired > end-24*minute {
+			t.Errorf("RejectedByMLflow fired %.0fs after the first rejection, want 5-6 min", fired-(end-30*minute))
+		}
+		rejectedFor := func(name string) float64 {
+			for _, tk := range tokens {
+				if tk.name != name {
+					continue
+				}
+				changes, _ := tk.simulate(end)
+				total := 0.0
+				for i, c := range changes {
+					if c.s.mlflow == 0 {
+						until := end
+						if i+1 < len(changes) {
+							until = changes[i+1].t
+						}
+						total += until - c.t
+					}
+				}
+				return total
+			}
+			return 0
+		}
+		if d := rejectedFor("mlflow-fixed"); d < 2*minute {
+			t.Errorf("mlflow-fixed was rejected for %.0fs: the scenario should leave the gauge at 0 for minutes", d)
+		} else {
+			t.Logf("mlflow-fixed: MLflow's rejection showed for %.0fs, no alert", d)
+		}
+		rejected1h := "MLflowTokenRejectedByMLflow[warning] team-c/mlflow-fixed-1h"
+		cover(rejected1h)
+		if fired := firstFiring(evals, rejected1h); fired < start+5*minute || fired > start+6*minute {
+			t.Errorf("%s fired %.0fs after the rejection, want 5-6 min", rejected1h, fired-start)
+		}
+		if d := rejectedFor("mlflow-fixed-1h"); d < 35*minute || d > 41*minute {
+			t.Errorf("mlflow-fixed-1h was rejected for %.0fs, want until its next rotation, 40 min", d)
 		}
 
 		// The tokens whose Keycloak went down: ExpiringWhileRenewalFails warns before they
@@ -173,7 +279,16 @@ func TestPrometheusAlertsFire(t *testing.T) {
 		tl.add(scrapedLabels(metrics.NameRevocations, leader.pod, "outcome", "revoked"), func(ts float64) (float64, bool) {
 			return float64(countBefore(ts, outage+65)), true
 		})
+		// The issuer's periodic check comes during the restart (its checks are 5 minutes apart
+		// from start, and the restart begins 12 of them later).
+		issuer := simIssuer{kind: "KeycloakIssuer", namespace: "team-a", name: "kc", created: start, keycloakUp: kc}
+		tl.addIssuers(leader, issuer, simIssuer{kind: "ClusterKeycloakIssuer", name: "shared", created: start + 7})
 		expectNothingFires(t, tl.evaluate(t))
+		if d := issuer.notReadyFor(start, end); d < 60 {
+			t.Errorf("the issuer was NotReady for %.0fs during the restart: the scenario should have hit its check", d)
+		} else {
+			t.Logf("the issuer was NotReady for %.0fs during the restart", d)
+		}
 
 		// The scenario must have hurt: many tokens failed during the restart, some several times.
 		failedTokens, maxFailures, expired := restartImpact(tokens, end, outage, outage+60)
@@ -201,12 +316,17 @@ func TestPrometheusAlertsFire(t *testing.T) {
 		tl := newTimeline(start, end)
 		tl.addOperator(leader)
 		tl.addTokens(leader, true, tokens...)
+		tl.addIssuers(leader, simIssuer{kind: "KeycloakIssuer", namespace: "team-a", name: "kc", created: start, keycloakUp: kc})
 		evals := tl.evaluate(t)
+		if fired := firstFiring(evals, "MLflowTokenIssuerNotReady[warning] KeycloakIssuer team-a/kc"); fired < outage+10*minute {
+			t.Errorf("IssuerNotReady fired %.0fs into the outage, want 10 minutes after the failed check at the earliest", fired-outage)
+		}
 		for _, want := range []string{
 			"MLflowTokenExpiringWhileRenewalFails[critical] team-a/five-minute-a",
 			"MLflowTokenNotReady[critical] team-a/five-minute-a",
 			"MLflowTokenRenewalFailing[warning] team-a/five-minute-a",
 			"MLflowTokenKeycloakErrors[warning] token",
+			"MLflowTokenIssuerNotReady[warning] KeycloakIssuer team-a/kc",
 		} {
 			if fired := firstFiring(evals, want); math.IsNaN(fired) {
 				t.Errorf("%s never fired during a 15-minute Keycloak outage", want)
@@ -296,6 +416,70 @@ func TestPrometheusAlertsFire(t *testing.T) {
 		tl.addTokens(a, true, tokens...)
 		tl.addTokens(b, false, tokens...)
 		expectNothingFires(t, tl.evaluate(t))
+	})
+
+	t.Run("pod nudges", func(t *testing.T) {
+		start := end - 90*minute
+		tokens := fleet("tok", 20, 300, start, always)
+		nudgesFailing := "MLflowTokenPodNudgesFailing[warning] " + operatorJob + "@" + operatorNS
+		nudged := []string{"nudged"}
+
+		// An API server that throttles every nudge for 5 minutes (each works at its retry), and
+		// pods of finished jobs deleted before their nudge: nothing fires.
+		blip := end - 45*minute
+		tl := newTimeline(start, end)
+		tl.addOperator(leader)
+		tl.addTokens(leader, false, tokens...)
+		failed := tl.addNudges(leader, tokens, 3, func(ts float64, token, pod int) []string {
+			switch {
+			case ts >= blip && ts < blip+5*minute:
+				return []string{"throttled", "nudged"}
+			case token%2 == 0 && pod == 0: // a sixth of the pods: neither nudged nor failed
+				return []string{"gone"}
+			}
+			return nudged
+		})
+		if failed < 50 {
+			t.Errorf("the throttled API server should fail many nudges, got %d", failed)
+		}
+		expectNothingFires(t, tl.evaluate(t))
+
+		// The operator lost its permission to patch pods: every nudge is forbidden.
+		lost := end - 30*minute
+		tl = newTimeline(start, end)
+		tl.addOperator(leader)
+		tl.addTokens(leader, false, tokens...)
+		tl.addNudges(leader, tokens, 3, func(ts float64, _, _ int) []string {
+			if ts >= lost {
+				return []string{"forbidden"}
+			}
+			return nudged
+		})
+		evals := tl.evaluate(t)
+		expectAt(t, evals, end, nudgesFailing)
+		cover(nudgesFailing)
+		if fired := firstFiring(evals, nudgesFailing); fired < lost+15*minute || fired > lost+17*minute {
+			t.Errorf("PodNudgesFailing fired %.0fs after the nudges began to fail, want 15-17 min", fired-lost)
+		}
+
+		// An admission webhook rejects the nudges of one team's pods, a fifth of them: it fires
+		// with the ratio in its summary.
+		tl = newTimeline(start, end)
+		tl.addOperator(leader)
+		tl.addTokens(leader, false, tokens...)
+		tl.addNudges(leader, tokens, 3, func(_ float64, token, _ int) []string {
+			if token%5 == 0 {
+				return []string{"rejected"}
+			}
+			return nudged
+		})
+		evals = tl.evaluate(t)
+		expectAt(t, evals, end, nudgesFailing)
+		for _, a := range at(t, evals, end).Firing {
+			if s := a.Annotations["summary"]; !regexp.MustCompile(`^(19|20|21)(\.\d+)?% of consumer pod nudges fail$`).MatchString(s) {
+				t.Errorf("PodNudgesFailing summary %q, want about 20%%", s)
+			}
+		}
 	})
 
 	t.Run("Keycloak errors, slowness and abandoned revocations", func(t *testing.T) {

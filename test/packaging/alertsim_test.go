@@ -44,11 +44,27 @@ type simToken struct {
 	// stuckAt: the operator stops acting on this token from then on (0: never); its series
 	// keep their last values, as a stuck but running process would serve them.
 	stuckAt float64
+	// mlflow, when set, is the resource's MLflow (a tracking URI is configured): what it answers
+	// at t when asked about a new token (see mlflowAnswer).
+	mlflow func(t float64) mlflowAnswer
 }
+
+// mlflowAnswer is what MLflow answers the operator's check of a new token.
+type mlflowAnswer int
+
+const (
+	mlflowNoAnswer mlflowAnswer = iota // unreachable, 5xx: MLflowAccepted=Unknown
+	mlflowAccepts                      // 2xx: MLflowAccepted=True
+	mlflowRejects                      // 401/403: MLflowAccepted=False
+)
+
+func alwaysAccepts(float64) mlflowAnswer { return mlflowAccepts }
 
 type tokenState struct {
 	expiry, renewal, ready, failed float64
 	issued                         bool
+	// mlflow is the mlflow_token_mlflow_accepted gauge: 1, 0, or -1 for no series.
+	mlflow float64
 }
 
 type stateChange struct {
@@ -67,7 +83,7 @@ type attempt struct {
 func (tk simToken) simulate(end float64) ([]stateChange, []attempt) {
 	var changes []stateChange
 	var calls []attempt
-	var s tokenState
+	s := tokenState{mlflow: -1}
 	for t := tk.created; t <= end; {
 		if tk.stuckAt > 0 && t >= tk.stuckAt {
 			break
@@ -76,7 +92,21 @@ func (tk simToken) simulate(end float64) ([]stateChange, []attempt) {
 		switch {
 		case up && !tk.misconfigured:
 			calls = append(calls, attempt{t, "success"})
-			s = tokenState{expiry: t + tk.lifetime, renewal: math.Floor(t + (2.0/3-tk.jitter)*tk.lifetime), ready: 1, issued: true}
+			// A new token is shown to MLflow, except at a routine renewal (the previous token still
+			// valid) of a token MLflow accepted; the last answer stands until the next one.
+			routine := s.issued && s.expiry > t && s.mlflow == 1
+			answer := s.mlflow
+			if tk.mlflow != nil && !routine {
+				switch tk.mlflow(t) {
+				case mlflowAccepts:
+					answer = 1
+				case mlflowRejects:
+					answer = 0
+				default:
+					answer = -1
+				}
+			}
+			s = tokenState{expiry: t + tk.lifetime, renewal: math.Floor(t + (2.0/3-tk.jitter)*tk.lifetime), ready: 1, issued: true, mlflow: answer}
 		default:
 			outcome := "KeycloakUnreachable"
 			if up {
@@ -205,6 +235,10 @@ func (tl *timeline) addTokens(leader operator, withCalls bool, tokens ...simToke
 		tl.add(lbl(metrics.NameRenewal), func(ts float64) (float64, bool) { s, ok := at(ts); return s.renewal, ok })
 		tl.add(lbl(metrics.NameReady), func(ts float64) (float64, bool) { s, ok := at(ts); return s.ready, ok })
 		tl.add(lbl(metrics.NameFailedAttempts), func(ts float64) (float64, bool) { s, ok := at(ts); return s.failed, ok })
+		tl.add(lbl(metrics.NameMLflowAccepted), func(ts float64) (float64, bool) {
+			s, ok := at(ts)
+			return s.mlflow, ok && s.mlflow >= 0
+		})
 	}
 	if withCalls {
 		tl.addCalls(leader, calls)
@@ -250,7 +284,7 @@ type firing struct {
 }
 
 // names lists the firing alerts of one evaluation as "Alert[severity] key": key is
-// namespace/name for per-token alerts, the endpoint or outcome for Keycloak and revocation
+// namespace/name for per-token alerts, the kind and namespace/name (or name) for issuers, the endpoint or outcome for Keycloak and revocation
 // alerts, job@namespace (or job) for alerts about the operator.
 func (f firing) names() []string {
 	var out []string
@@ -258,6 +292,10 @@ func (f firing) names() []string {
 		l := a.Labels
 		var id string
 		switch {
+		case l["kind"] != "" && l["namespace"] != "":
+			id = l["kind"] + " " + l["namespace"] + "/" + l["name"]
+		case l["kind"] != "":
+			id = l["kind"] + " " + l["name"]
 		case l["name"] != "":
 			id = l["namespace"] + "/" + l["name"]
 		case l["endpoint"] != "":
@@ -376,4 +414,104 @@ func cover(ids ...string) {
 	for _, id := range ids {
 		covered[strings.SplitN(id, "[", 2)[0]] = true
 	}
+}
+
+// simIssuer is a KeycloakIssuer or ClusterKeycloakIssuer as the operator checks it: at created,
+// then every issuerRecheck while Ready and every issuerRecheckFailing while not.
+type simIssuer struct {
+	kind, namespace, name string // namespace "" for a ClusterKeycloakIssuer
+	created               float64
+	// keycloakUp says whether its realm answers at t (nil: always).
+	keycloakUp func(t float64) bool
+	// misconfigured issuers fail every check (a wrong URL, a missing client secret).
+	misconfigured bool
+}
+
+const (
+	issuerRecheck        = 300.0 // --issuer-recheck-interval
+	issuerRecheckFailing = 30.0  // a tenth of it, at least 30 s
+)
+
+// checks returns the issuer's checks until end: their times and whether each passed.
+func (is simIssuer) checks(end float64) []stateChange {
+	var out []stateChange
+	for t := is.created; t <= end; {
+		ok := !is.misconfigured && (is.keycloakUp == nil || is.keycloakUp(t))
+		s := tokenState{}
+		next := issuerRecheckFailing
+		if ok {
+			s.ready, next = 1, issuerRecheck
+		}
+		out = append(out, stateChange{t, s})
+		t += next
+	}
+	return out
+}
+
+// notReadyFor returns how long in total the issuer was not Ready between from and to.
+func (is simIssuer) notReadyFor(from, to float64) float64 {
+	checks := is.checks(to)
+	total := 0.0
+	for i, c := range checks {
+		until := to
+		if i+1 < len(checks) {
+			until = checks[i+1].t
+		}
+		if c.s.ready == 0 {
+			total += math.Max(0, math.Min(until, to)-math.Max(c.t, from))
+		}
+	}
+	return total
+}
+
+// addIssuers adds mlflow_token_issuer_ready as the leader exports it. A ClusterKeycloakIssuer's
+// series is exported with namespace="", which Prometheus stores as no namespace label (with
+// honorLabels the target's namespace does not replace a label the series has).
+func (tl *timeline) addIssuers(leader operator, issuers ...simIssuer) {
+	for _, is := range issuers {
+		checks := is.checks(tl.end)
+		lbl := scrapedLabels(metrics.NameIssuerReady, leader.pod, "kind", is.kind, "name", is.name, "namespace", is.namespace)
+		if is.namespace == "" {
+			delete(lbl, "namespace")
+		}
+		tl.add(lbl, func(ts float64) (float64, bool) {
+			i := sort.Search(len(checks), func(i int) bool { return checks[i].t > ts })
+			if i == 0 || !leader.isLeader(ts) {
+				return 0, false
+			}
+			return checks[i-1].s.ready, true
+		})
+	}
+}
+
+// addNudges adds mlflow_token_pod_nudges_total as the leader exports it: at every new token of
+// each token (its rotations and first issue), each of its consumer pods is nudged, with
+// the outcomes outcome gives for that pod (two when the first failed transiently and was
+// retried). It returns how many nudges failed.
+func (tl *timeline) addNudges(leader operator, tokens []simToken, pods int, outcome func(t float64, token, pod int) []string) (failed int) {
+	events := map[string][]float64{}
+	for i, tk := range tokens {
+		changes, _ := tk.simulate(tl.end)
+		lastExpiry := math.Inf(-1)
+		for _, c := range changes {
+			if !c.s.issued || c.s.expiry == lastExpiry {
+				continue // not a new token
+			}
+			lastExpiry = c.s.expiry
+			for p := range pods {
+				for _, o := range outcome(c.t, i, p) {
+					events[o] = append(events[o], c.t)
+					if o != "nudged" && o != "gone" {
+						failed++
+					}
+				}
+			}
+		}
+	}
+	for o, ts := range events {
+		tl.add(scrapedLabels(metrics.NamePodNudges, leader.pod, "outcome", o), func(t float64) (float64, bool) {
+			return float64(countBefore(t, ts...)), leader.isAlive(t)
+		})
+	}
+	return failed
 }

@@ -3,6 +3,7 @@ package packaging
 import (
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -20,13 +21,58 @@ import (
 func knownMetrics() map[string]bool {
 	m := map[string]bool{}
 	for _, n := range []string{metrics.NameExpiry, metrics.NameRenewal, metrics.NameReady, metrics.NameFailedAttempts,
-		metrics.NameKeycloakRequests, metrics.NameRevocations, chainExpiryMetric} {
+		metrics.NameKeycloakRequests, metrics.NameRevocations, chainExpiryMetric, metrics.NameMLflowAccepted,
+		metrics.NameIssuerReady, metrics.NameSATokenRequests, metrics.NamePodNudges} {
 		m[n] = true
 	}
-	for _, s := range []string{"_bucket", "_sum", "_count"} {
-		m[metrics.NameKeycloakDuration+s] = true
+	for _, h := range histogramMetrics {
+		for _, s := range []string{"_bucket", "_sum", "_count"} {
+			m[h+s] = true
+		}
 	}
 	return m
+}
+
+// histogramMetrics are the operator's histograms: Prometheus stores each as _bucket, _sum and
+// _count series.
+var histogramMetrics = []string{metrics.NameKeycloakDuration, metrics.NamePodNudgeDelay}
+
+// TestKnownMetricsComplete: knownMetrics lists exactly the metric names internal/metrics
+// defines, so that the dashboard check (every metric shown) and the rule checks cover a new
+// metric too.
+func TestKnownMetricsComplete(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join(repoRoot(t), "internal", "metrics", "*.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defined := map[string]bool{}
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		for _, m := range regexp.MustCompile(`"(mlflow_token_[a-z_]+)"`).FindAllStringSubmatch(string(mustRead(t, "internal/metrics/"+filepath.Base(f))), -1) {
+			defined[m[1]] = true
+		}
+	}
+	listed := map[string]bool{}
+	for m := range knownMetrics() {
+		for _, h := range histogramMetrics {
+			if strings.HasPrefix(m, h+"_") {
+				m = h
+			}
+		}
+		listed[m] = true
+	}
+	for m := range defined {
+		if !listed[m] {
+			t.Errorf("internal/metrics defines %s, which knownMetrics (test/packaging/monitoring_test.go) lacks", m)
+		}
+	}
+	for m := range listed {
+		if !defined[m] {
+			t.Errorf("knownMetrics lists %s, which internal/metrics does not define", m)
+		}
+	}
 }
 
 type promqlResult struct {
@@ -189,7 +235,8 @@ func TestPrometheusRules(t *testing.T) {
 	}
 	for _, want := range []string{"MLflowTokenOperatorAbsent", "MLflowTokenOperatorNoLeader", "MLflowTokenExpiringWhileRenewalFails",
 		"MLflowTokenNotReady", "MLflowTokenRenewalFailing", "MLflowTokenRenewalOverdue", "MLflowTokenRefreshChainExpiring",
-		"MLflowTokenRevocationAbandoned", "MLflowTokenKeycloakErrors"} {
+		"MLflowTokenRevocationAbandoned", "MLflowTokenKeycloakErrors", "MLflowTokenIssuerNotReady", "MLflowTokenRejectedByMLflow",
+		"MLflowTokenPodNudgesFailing"} {
 		if !alerts[want] {
 			t.Errorf("alert %s is missing", want)
 		}
@@ -309,7 +356,7 @@ func TestGrafanaDashboard(t *testing.T) {
 	}
 	used := checkExprs(t, where, exprs)
 	for m := range knownMetrics() {
-		if m == metrics.NameKeycloakDuration+"_count" || m == metrics.NameKeycloakDuration+"_sum" {
+		if strings.HasSuffix(m, "_count") || strings.HasSuffix(m, "_sum") { // a histogram's; its buckets must show
 			continue
 		}
 		if !used[m] {
