@@ -47,12 +47,13 @@ type Config struct {
 	Deadline           time.Time
 	Notes              string
 	Smoke              bool
+	Secretless         Secretless
 }
 
 func main() {
 	var c Config
 	var sizes, sweep string
-	smoke := flag.Bool("smoke", false, "small and quick: N=50, 60 s steady state, 1,000 unrelated Secrets; writes into bin/bench-smoke/ unless -out is given")
+	smoke := flag.Bool("smoke", false, "small and quick: N=50, 60 s steady states (with client secrets and secretless), 1,000 unrelated Secrets; writes into bin/bench-smoke/ unless -out is given")
 	flag.StringVar(&c.Root, "root", ".", "repository root")
 	flag.StringVar(&c.Out, "out", "", "Markdown report (default docs/benchmarks.md; smoke: bin/bench-smoke/benchmarks.md)")
 	flag.StringVar(&sizes, "sizes", "100,1000,5000", "burst sizes N of the scaling curve (five-minute tokens)")
@@ -76,6 +77,10 @@ func main() {
 	flag.IntVar(&c.CompareConcurrency, "compare-concurrency", 4, "also a raised-limit burst of defaults-n at this --concurrency (0: skip)")
 	flag.BoolVar(&keepWork, "keep", false, "keep the work directory (operator and Keycloak logs)")
 	flag.BoolVar(&inline, "inline", false, "resources name their Keycloak and client secret inline (read at every rotation) instead of using a KeycloakIssuer (the secret watched)")
+	flag.BoolVar(&c.Secretless.Run, "secretless", true, "also a steady state of clients without secrets: a KeycloakIssuer with clientAuth.serviceAccount (service-account tokens, Keycloak's federated client authentication)")
+	flag.IntVar(&c.Secretless.N, "secretless-n", 200, "resources in the secretless steady state (30 s tokens)")
+	flag.DurationVar(&c.Secretless.Steady, "secretless-steady", 6*time.Minute, "length of the secretless steady state (with 10-minute service-account tokens ≥ 6m lets the window include one token renewal)")
+	flag.DurationVar(&c.Secretless.SALifetime, "secretless-sa-lifetime", 10*time.Minute, "operator --serviceaccount-token-lifetime in the secretless phase (0: the operator's default, 1h)")
 	flag.StringVar(&c.Notes, "notes", "", "text added to the report (e.g. what was scaled down)")
 	render := flag.String("render", "", "only re-render the report (markdown and plots) from a results.json of an earlier run")
 	deadline := flag.String("deadline", "", "UTC HH:MM after which no further phase starts (skipped phases are listed in the report)")
@@ -110,6 +115,8 @@ func main() {
 		def("raw-duration", func() { c.RawDur = 5 * time.Second })
 		def("raw-sweep", func() { sweep = "" })
 		def("defaults-n", func() { c.DefaultsN = 50 })
+		def("secretless-n", func() { c.Secretless.N = 50 })
+		def("secretless-steady", func() { c.Secretless.Steady = time.Minute })
 		def("out", func() { c.Out = filepath.Join(c.Root, "bin", "bench-smoke", "benchmarks.md") })
 	}
 	if c.Out == "" {
@@ -206,6 +213,7 @@ type Report struct {
 	SteadyBurst *BurstResult
 	Steady      *SteadyResult
 	Restart     *RestartResult
+	Secretless  *SecretlessResult
 	Defaults    *BurstResult
 	Compare     *BurstResult
 	Errors      []string
@@ -248,7 +256,7 @@ func run(ctx context.Context, c Config) (*Report, error) {
 		logf("  %.1f tokens/s, p50 %s, p99 %s; CPU: %s", r.Rate, r.P50, r.P99, r.Cores)
 		rep.RawKC = append(rep.RawKC, r)
 	}
-	if err := e.namespace(ctx, "raw"); err != nil {
+	if err := e.namespace(ctx, "raw", withSecrets); err != nil {
 		return rep, err
 	}
 	for _, q := range []struct {
@@ -273,8 +281,8 @@ func run(ctx context.Context, c Config) (*Report, error) {
 	}
 
 	// Phases in order of priority: the scaling sizes up to the steady state's N, the steady
-	// state, larger sizes, then the comparison runs. A phase that would start after -deadline is
-	// skipped and listed in the report.
+	// state, the secretless steady state, larger sizes, then the comparison runs. A phase that
+	// would start after -deadline is skipped and listed in the report.
 	type phase struct {
 		name string
 		run  func() error
@@ -284,7 +292,7 @@ func run(ctx context.Context, c Config) (*Report, error) {
 		return phase{fmt.Sprintf("burst and memory at N=%d", n), func() error {
 			ns := fmt.Sprintf("scale-%d", n)
 			logf("burst N=%d (five-minute tokens), operator %s", n, c.Flags)
-			b, err := e.burstPhase(ctx, ns, n, 5*time.Minute, c.Flags, fmt.Sprintf("burst N=%d", n), func(op *Operator, b *BurstResult) error {
+			b, err := e.burstPhase(ctx, ns, withSecrets, n, 5*time.Minute, c.Flags, fmt.Sprintf("burst N=%d", n), func(op *Operator, b *BurstResult) error {
 				return e.memory(ctx, op, ns, b, c.Unrelated)
 			})
 			if b != nil {
@@ -302,33 +310,18 @@ func run(ctx context.Context, c Config) (*Report, error) {
 		phases = append(phases, phase{fmt.Sprintf("steady state and restart at N=%d", c.SteadyN), func() error {
 			ns := "steady"
 			logf("steady state: burst N=%d (30 s tokens), then %s", c.SteadyN, c.Steady)
-			_, err := e.burstPhase(ctx, ns, c.SteadyN, 30*time.Second, c.Flags, "steady-state burst", func(op *Operator, b *BurstResult) error {
+			_, err := e.burstPhase(ctx, ns, withSecrets, c.SteadyN, 30*time.Second, c.Flags, "steady-state burst", func(op *Operator, b *BurstResult) error {
 				rep.SteadyBurst = b
 				w, err := e.watch(ctx, ns)
 				if err != nil {
 					return err
 				}
 				defer w.Stop()
-				// The burst's first rotations compete with its last issuances: expiries in this
-				// transition are counted apart from the steady state's.
-				settleStart := time.Now()
-				logf("  transition: %s before the steady state is counted", c.Settle)
-				time.Sleep(c.Settle)
-				transition := w.Expired(settleStart, time.Now())
-				c0, m0, a0 := e.cpuSnapshot(op), readMachine(), e.apiSnapshot(ctx)
-				s, err := e.steady(ctx, op, w, ns, c.SteadyN, c.Steady)
+				s, err := e.settleAndSteady(ctx, op, w, ns, c.SteadyN, c.Settle, c.Steady)
 				if err != nil {
 					return err
 				}
-				s.Settle, s.TransitionExpired = c.Settle, transition
-				logf("  %d tokens expired in the transition", transition)
-				s.Cores, s.Machine = e.cpuSnapshot(op).CoresSince(c0), readMachine().coresSince(m0)
-				s.API = e.apiSnapshot(ctx).Since(a0)
 				rep.Steady = s
-				logf("  operator: %s; machine busy %.2f cores", s.Delta.Latencies(), s.Machine)
-				logf("  API server: %s", s.API)
-				logf("  %d rotations, %.0f reconciles, %.0f Keycloak requests, %.0f writes (PUT %.0f, PATCH %.0f, POST %.0f; %.0f answered 409), %.0f GETs, %d expired, %.2f CPU s; CPU: %s",
-					s.Rotations, s.Delta.Reconciles, s.Delta.KC, s.Delta.Writes, s.Delta.Puts, s.Delta.Patches, s.Delta.Posts, s.Delta.Conflicts, s.Delta.Gets, s.Expired, s.Delta.CPU, s.Cores)
 				logf("restart with %d valid tokens", c.SteadyN)
 				rr, err := e.restart(ctx, op, w, ns, c.SteadyN, c.Flags, c.RestartWindow)
 				if rr != nil && rr.NewOp != nil {
@@ -345,6 +338,13 @@ func run(ctx context.Context, c Config) (*Report, error) {
 			return err
 		}})
 	}
+	if c.Secretless.Run && c.Secretless.Steady > 0 {
+		phases = append(phases, phase{fmt.Sprintf("secretless steady state at N=%d", c.Secretless.N), func() error {
+			s, err := e.secretlessPhase(ctx, c.Secretless, c.Flags, c.Settle)
+			rep.Secretless = s
+			return err
+		}})
+	}
 	for _, n := range c.Sizes {
 		if n > c.SteadyN {
 			phases = append(phases, scale(n))
@@ -353,7 +353,7 @@ func run(ctx context.Context, c Config) (*Report, error) {
 	if c.DefaultsRun {
 		phases = append(phases, phase{"default-flag burst", func() error {
 			logf("burst N=%d with the operator's default flags", c.DefaultsN)
-			b, err := e.burstPhase(ctx, "defaults", c.DefaultsN, 5*time.Minute, OperatorFlags{Defaults: true}, "default flags", nil)
+			b, err := e.burstPhase(ctx, "defaults", withSecrets, c.DefaultsN, 5*time.Minute, OperatorFlags{Defaults: true}, "default flags", nil)
 			rep.Defaults = b
 			return err
 		}})
@@ -363,7 +363,7 @@ func run(ctx context.Context, c Config) (*Report, error) {
 			f := c.Flags
 			f.Concurrency = c.CompareConcurrency
 			logf("burst N=%d with raised limits at --concurrency=%d", c.DefaultsN, f.Concurrency)
-			b, err := e.burstPhase(ctx, fmt.Sprintf("concurrency-%d", f.Concurrency), c.DefaultsN, 5*time.Minute, f, fmt.Sprintf("raised limits, concurrency %d", f.Concurrency), nil)
+			b, err := e.burstPhase(ctx, fmt.Sprintf("concurrency-%d", f.Concurrency), withSecrets, c.DefaultsN, 5*time.Minute, f, fmt.Sprintf("raised limits, concurrency %d", f.Concurrency), nil)
 			rep.Compare = b
 			return err
 		}})
@@ -383,68 +383,4 @@ func run(ctx context.Context, c Config) (*Report, error) {
 		}
 	}
 	return rep, nil
-}
-
-// burstPhase: namespace, operator, watcher, burst, then `then` with the operator still running.
-func (e *Env) burstPhase(ctx context.Context, ns string, n int, lifespan time.Duration, f OperatorFlags, label string, then func(*Operator, *BurstResult) error) (*BurstResult, error) {
-	if err := e.namespace(ctx, ns); err != nil {
-		return nil, err
-	}
-	op, err := e.startOperator(ctx, ns, ns, f)
-	if err != nil {
-		return nil, err
-	}
-	defer op.Stop()
-	if err := e.waitIssuers(ctx, ns); err != nil {
-		return nil, err
-	}
-	w, err := e.watch(ctx, ns)
-	if err != nil {
-		return nil, err
-	}
-	c0, m0, a0 := e.cpuSnapshot(op), readMachine(), e.apiSnapshot(ctx)
-	timeout := 2*time.Minute + time.Duration(n)*100*time.Millisecond
-	b, err := e.burst(ctx, op, w, ns, n, lifespan, timeout)
-	w.Stop()
-	if b != nil {
-		b.Label, b.Flags = label, f
-		b.Cores, b.Machine = e.cpuSnapshot(op).CoresSince(c0), readMachine().coresSince(m0)
-		b.API = e.apiSnapshot(ctx).Since(a0)
-		logf("  all %d Ready after %s (%.1f/s; 10–90%%: %.1f/s), p50 %s, p99 %s; Keycloak requests %.0f, writes %.0f; max %d renewals in one second; CPU: %s",
-			b.Ready, b.AllReady.Round(time.Millisecond), b.Rate, b.Rate1090, b.P50.Round(time.Millisecond), b.P99.Round(time.Millisecond),
-			b.Delta.KC, b.Delta.Writes, b.MaxPerSec, b.Cores)
-		logf("  operator: %s; %.0f answers 409; machine busy %.2f cores", b.Delta.Latencies(), b.Delta.Conflicts, b.Machine)
-		logf("  API server: %s", b.API)
-	}
-	if err != nil {
-		return b, err
-	}
-	if then != nil {
-		return b, then(op, b)
-	}
-	return b, nil
-}
-
-func memTotal() string {
-	b, _ := os.ReadFile("/proc/meminfo")
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "MemTotal:") {
-			f := strings.Fields(l)
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return fmt.Sprintf("%.0f GiB", kb/(1<<20))
-		}
-	}
-	return "?"
-}
-
-func cpuModel() string {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "model name") {
-			if _, v, ok := strings.Cut(l, ":"); ok {
-				return strings.TrimSpace(v)
-			}
-		}
-	}
-	return "?"
 }

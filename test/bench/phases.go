@@ -12,8 +12,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-
-	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 )
 
 // BurstResult is one burst: N resources created at once.
@@ -42,27 +40,44 @@ type BurstResult struct {
 	API         APIDelta
 }
 
-func newToken(ns, name, kcURL string, lifespan time.Duration) *authv1alpha1.MLflowAccessToken {
-	clientID, key, issuer := clientShort, "client-secret", issuerShort
-	if lifespan > time.Minute {
-		clientID, key, issuer = clientLong, "client-secret-5m", issuerLong
+// burstPhase: namespace, operator, watcher, burst, then `then` with the operator still running.
+func (e *Env) burstPhase(ctx context.Context, ns string, fl fleet, n int, lifespan time.Duration, f OperatorFlags, label string, then func(*Operator, *BurstResult) error) (*BurstResult, error) {
+	if err := e.namespace(ctx, ns, fl); err != nil {
+		return nil, err
 	}
-	t := &authv1alpha1.MLflowAccessToken{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns,
-			// The harness leaves the resources behind (each run uses fresh namespaces); nothing
-			// here measures revocation.
-			Annotations: map[string]string{annSkipRevoke: "true"}},
-		Spec: authv1alpha1.MLflowAccessTokenSpec{
-			Grant: authv1alpha1.GrantSpec{Type: authv1alpha1.GrantClientCredentials},
-		},
+	op, err := e.startOperator(ctx, ns, ns, f)
+	if err != nil {
+		return nil, err
 	}
-	if inline {
-		t.Spec.Keycloak = &authv1alpha1.KeycloakSpec{URL: kcURL, Realm: realm, ClientID: clientID,
-			ClientSecretRef: &authv1alpha1.SecretKeyRef{Name: inputSecret, Key: key}}
-	} else {
-		t.Spec.IssuerRef = &authv1alpha1.IssuerRef{Name: issuer}
+	defer op.Stop()
+	if err := e.waitIssuers(ctx, ns, fl); err != nil {
+		return nil, err
 	}
-	return t
+	w, err := e.watch(ctx, ns)
+	if err != nil {
+		return nil, err
+	}
+	c0, m0, a0 := e.cpuSnapshot(op), readMachine(), e.apiSnapshot(ctx)
+	timeout := 2*time.Minute + time.Duration(n)*100*time.Millisecond
+	b, err := e.burst(ctx, op, w, ns, fl, n, lifespan, timeout)
+	w.Stop()
+	if b != nil {
+		b.Label, b.Flags = label, f
+		b.Cores, b.Machine = e.cpuSnapshot(op).CoresSince(c0), readMachine().coresSince(m0)
+		b.API = e.apiSnapshot(ctx).Since(a0)
+		logf("  all %d Ready after %s (%.1f/s; 10–90%%: %.1f/s), p50 %s, p99 %s; Keycloak requests %.0f, writes %.0f; max %d renewals in one second; CPU: %s",
+			b.Ready, b.AllReady.Round(time.Millisecond), b.Rate, b.Rate1090, b.P50.Round(time.Millisecond), b.P99.Round(time.Millisecond),
+			b.Delta.KC, b.Delta.Writes, b.MaxPerSec, b.Cores)
+		logf("  operator: %s; %.0f answers 409; machine busy %.2f cores", b.Delta.Latencies(), b.Delta.Conflicts, b.Machine)
+		logf("  API server: %s", b.API)
+	}
+	if err != nil {
+		return b, err
+	}
+	if then != nil {
+		return b, then(op, b)
+	}
+	return b, nil
 }
 
 // parallel runs fn(i) for i in [0,n) on `workers` goroutines; the first error wins.
@@ -96,7 +111,7 @@ func parallel(ctx context.Context, n, workers int, fn func(i int) error) error {
 
 // burst creates N resources at once in ns (the operator already runs) and waits until all are
 // Ready.
-func (e *Env) burst(ctx context.Context, op *Operator, w *Watcher, ns string, n int, lifespan time.Duration, timeout time.Duration) (*BurstResult, error) {
+func (e *Env) burst(ctx context.Context, op *Operator, w *Watcher, ns string, f fleet, n int, lifespan time.Duration, timeout time.Duration) (*BurstResult, error) {
 	r := &BurstResult{N: n, Lifespan: lifespan}
 	before, err := op.Counters()
 	if err != nil {
@@ -106,7 +121,7 @@ func (e *Env) burst(ctx context.Context, op *Operator, w *Watcher, ns string, n 
 	start := time.Now()
 	err = parallel(ctx, n, 16, func(i int) error {
 		created[i] = time.Now()
-		return e.C.Create(ctx, newToken(ns, fmt.Sprintf("t-%05d", i), e.KC.URL(), lifespan))
+		return e.C.Create(ctx, newToken(ns, fmt.Sprintf("t-%05d", i), e.KC.URL(), lifespan, f))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("creating resources: %w", err)
@@ -242,88 +257,6 @@ func (e *Env) memory(ctx context.Context, op *Operator, ns string, r *BurstResul
 	r.RSSUnrel, r.HeapUnrel = settledRSS(op)
 	logf("  RSS %s → %s after %d unrelated Secrets (created in %s)", mib(r.RSS), mib(r.RSSUnrel), unrelated, r.UnrelCreate.Round(time.Millisecond))
 	return e.C.DeleteAllOf(ctx, &corev1.Secret{}, client.InNamespace(ns), client.MatchingLabels{"bench": "unrelated"})
-}
-
-// SteadyResult is the steady state with short tokens.
-type SteadyResult struct {
-	N              int
-	Duration       time.Duration
-	Rotations      int64
-	Delta          Counters
-	Expired        int
-	RotationSeries []int // rotations seen per 10 s
-	KCSeries       []float64
-	Cores          Cores
-	Machine        float64
-	API            APIDelta
-	// Expiries between the end of the burst and the start of the steady state.
-	Settle            time.Duration
-	TransitionExpired int
-}
-
-func (e *Env) sumRotations(ctx context.Context, ns string) (int64, error) {
-	var l authv1alpha1.MLflowAccessTokenList
-	if err := e.C.List(ctx, &l, client.InNamespace(ns)); err != nil {
-		return 0, err
-	}
-	var s int64
-	for _, t := range l.Items {
-		s += t.Status.Rotations
-	}
-	return s, nil
-}
-
-func (e *Env) steady(ctx context.Context, op *Operator, w *Watcher, ns string, n int, d time.Duration) (*SteadyResult, error) {
-	r := &SteadyResult{N: n, Duration: d}
-	rot0, err := e.sumRotations(ctx, ns)
-	if err != nil {
-		return nil, err
-	}
-	c0, err := op.Counters()
-	if err != nil {
-		return nil, err
-	}
-	start := time.Now()
-	prevKC := c0.KC
-	tick := time.NewTicker(10 * time.Second)
-	defer tick.Stop()
-	for time.Since(start) < d && ctx.Err() == nil {
-		<-tick.C
-		if c, err := op.Counters(); err == nil {
-			r.KCSeries = append(r.KCSeries, c.KC-prevKC)
-			prevKC = c.KC
-		}
-		if el := time.Since(start); el.Round(time.Second)%time.Minute < 10*time.Second {
-			logf("  steady state: %s of %s, expired so far %d", el.Round(time.Second), d, w.Expired(start, time.Now()))
-		}
-	}
-	c1, err := op.Counters()
-	if err != nil {
-		return nil, err
-	}
-	rot1, err := e.sumRotations(ctx, ns)
-	if err != nil {
-		return nil, err
-	}
-	end := time.Now()
-	r.Duration = end.Sub(start)
-	r.Delta = c1.Sub(c0)
-	r.Rotations = rot1 - rot0
-	r.Expired = w.Expired(start, end)
-	for _, t := range w.RotationTimes() {
-		if t.Before(start) || t.After(end) {
-			continue
-		}
-		i := int(t.Sub(start) / (10 * time.Second))
-		if i >= int(r.Duration/(10*time.Second)) {
-			continue // a partial last bin
-		}
-		for len(r.RotationSeries) <= i {
-			r.RotationSeries = append(r.RotationSeries, 0)
-		}
-		r.RotationSeries[i]++
-	}
-	return r, nil
 }
 
 // RestartResult: the operator restarted with N valid tokens.

@@ -127,6 +127,7 @@ func (r *Report) rows() [][4]string {
 			fmt.Sprintf("%d", s.TransitionExpired), mark(s.TransitionExpired == 0))
 		add("Operator CPU seconds per 1,000 rotations", "", f2(div(s.Delta.CPU*1000, float64(s.Rotations))), "")
 	}
+	rows = append(rows, r.secretlessRows()...)
 	if rr := r.Restart; rr != nil {
 		add(fmt.Sprintf("Restart with %d valid tokens: Keycloak requests in the first %s", rr.N, rr.Window), "= renewals due",
 			fmt.Sprintf("%.0f requests, %d due (%d of them already due at start); first 10 s: %.0f requests, %d due; premature rotations %d",
@@ -279,6 +280,9 @@ func (r *Report) write(c Config) error {
 	w("| run | N | create all | all Ready | tokens/s | 10–90%% /s | ratio to raw | p50 | p99 | Keycloak req. | API writes | operator CPU s | CPU cores during the burst | RSS | RSS +unrelated | heap | heap +unrelated |\n")
 	w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	all := append(append([]*BurstResult{}, r.Scaling...), r.SteadyBurst, r.Compare, r.Defaults)
+	if r.Secretless != nil {
+		all = append(all, r.Secretless.Burst)
+	}
 	for _, b := range all {
 		if b == nil {
 			continue
@@ -326,6 +330,7 @@ func (r *Report) write(c Config) error {
 	} else {
 		w("Not measured in this run.\n\n")
 	}
+	sb.WriteString(r.secretlessSection())
 	w("## 4. Restart\n\n")
 	if rr := r.Restart; rr != nil {
 		w("After the steady state the operator got SIGTERM and a new process started at once (down for %s) with %d valid tokens. "+
@@ -350,8 +355,9 @@ func (r *Report) write(c Config) error {
 			w("![spread](%s)\n\n", p)
 		}
 	}
-	w("## Reproducing\n\n```sh\nmake bench         # full run; rewrites docs/benchmarks.md and docs/benchmarks/*.png\nmake bench-smoke   # N=50, one-minute steady state; writes bin/bench-smoke/\n" +
-		"# knobs: go -C test/bench run . -h (e.g. BENCH_ARGS='-sizes=100,1000,2000 -steady=10m')\n```\n")
+	w("## Reproducing\n\n```sh\nmake bench         # full run; rewrites docs/benchmarks.md and docs/benchmarks/*.png\nmake bench-smoke   # N=50, one-minute steady states; writes bin/bench-smoke/\n" +
+		"# knobs: go -C test/bench run . -h (e.g. BENCH_ARGS='-sizes=100,1000,2000 -steady=10m';\n" +
+		"# the secretless phase: -secretless=false, -secretless-n, -secretless-steady, -secretless-sa-lifetime)\n```\n")
 	if err := os.MkdirAll(filepath.Dir(c.Out), 0o755); err != nil {
 		return err
 	}
