@@ -120,6 +120,11 @@ type MLflowAccessTokenReconciler struct {
 
 	// Delivery: nudges of consumer pods and the DeliveryAtRisk check (nudge.go).
 	Delivery Delivery
+
+	// behind: resources whose last status write was refused as a conflict (types.NamespacedName
+	// → struct{}). The cache may have missed an update of the resource: its next reconcile reads
+	// it from the API server (see readResource).
+	behind sync.Map
 }
 
 // clientCredentials is the grant of ClientCredentials resources (and of the admin API token).
@@ -138,8 +143,8 @@ var clientCredentials = keycloak.Grant{Type: keycloak.GrantClientCredentials}
 
 // Reconcile is get → ensure finalizer → delete or normal path → one status write.
 func (r *MLflowAccessTokenReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
-	obj := &authv1alpha1.MLflowAccessToken{}
-	if err := r.Get(ctx, req.NamespacedName, obj); err != nil {
+	obj, err := r.readResource(ctx, req.NamespacedName)
+	if err != nil {
 		if apierrors.IsNotFound(err) {
 			return ctrl.Result{}, r.releaseOrphans(ctx, req.NamespacedName)
 		}
@@ -156,7 +161,6 @@ func (r *MLflowAccessTokenReconciler) Reconcile(ctx context.Context, req ctrl.Re
 	before := obj.DeepCopy()
 	var (
 		res  ctrl.Result
-		err  error
 		gone bool
 	)
 	if !obj.DeletionTimestamp.IsZero() {
@@ -177,6 +181,28 @@ func (r *MLflowAccessTokenReconciler) Reconcile(ctx context.Context, req ctrl.Re
 	}
 	metrics.Observe(obj)
 	return res, err
+}
+
+// readResource reads the resource from the cache, or from the API server when its last status
+// write was refused as a conflict. Usually the conflict was a race that the cache has caught up
+// with by then; but a cache can miss an update for good (seen after an API server restart: one
+// resource in 60 kept a status 8 rotations old while its Secret rotated on, as every status
+// write based on the cached version was refused). Reading it afresh then lets the next status write succeed, and the
+// watch event of that write brings the cache up to date.
+func (r *MLflowAccessTokenReconciler) readResource(ctx context.Context, key types.NamespacedName) (*authv1alpha1.MLflowAccessToken, error) {
+	obj := &authv1alpha1.MLflowAccessToken{}
+	if _, ok := r.behind.LoadAndDelete(key); !ok || r.APIReader == nil {
+		return obj, r.Get(ctx, key, obj)
+	}
+	if err := r.APIReader.Get(ctx, key, obj); err != nil {
+		return obj, err
+	}
+	cached := &authv1alpha1.MLflowAccessToken{}
+	if err := r.Get(ctx, key, cached); err == nil && cached.ResourceVersion != obj.ResourceVersion {
+		log.FromContext(ctx).Info("The cache is behind the API server for this resource; using the API server's version",
+			"cachedResourceVersion", cached.ResourceVersion, "resourceVersion", obj.ResourceVersion)
+	}
+	return obj, nil
 }
 
 // PriorityKeepAlive is the work queue priority of a resource whose token is still valid: its
@@ -208,6 +234,7 @@ func (r *MLflowAccessTokenReconciler) writeStatus(ctx context.Context, before, o
 		return res, err
 	case apierrors.IsConflict(perr) || apierrors.IsNotFound(perr):
 		log.FromContext(ctx).V(1).Info("Status write lost a race; reconciling again", "reason", apierrors.ReasonForError(perr))
+		r.behind.Store(client.ObjectKeyFromObject(obj), struct{}{})
 		return ctrl.Result{RequeueAfter: 200 * time.Millisecond}, err
 	default:
 		return ctrl.Result{}, errors.Join(err, perr)

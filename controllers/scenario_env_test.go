@@ -61,6 +61,10 @@ type env struct {
 	sent                                    []string
 	// uncachedReads counts reads through the APIReader (API requests in a real cluster).
 	uncachedReads int
+	// staleResource, when set, is what the cache answers for the resource (a cache that missed
+	// an update); reads through the APIReader see the real one.
+	staleResource *authv1alpha1.MLflowAccessToken
+	uncachedRead  bool
 	// tokenRequests counts service-account TokenRequests.
 	tokenRequests int
 }
@@ -98,6 +102,13 @@ func newEnv(t *testing.T, mutate func(*authv1alpha1.MLflowAccessToken), extra ..
 	e.c = fake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(objs...).
 		WithStatusSubresource(&authv1alpha1.MLflowAccessToken{}, &authv1alpha1.KeycloakIssuer{}, &authv1alpha1.ClusterKeycloakIssuer{}).
 		WithInterceptorFuncs(interceptor.Funcs{
+			Get: func(ctx context.Context, c client.WithWatch, k client.ObjectKey, o client.Object, opts ...client.GetOption) error {
+				if r, ok := o.(*authv1alpha1.MLflowAccessToken); ok && e.staleResource != nil && !e.uncachedRead && k == client.ObjectKeyFromObject(e.staleResource) {
+					e.staleResource.DeepCopyInto(r)
+					return nil
+				}
+				return c.Get(ctx, k, o, opts...)
+			},
 			Create: func(ctx context.Context, c client.WithWatch, o client.Object, opts ...client.CreateOption) error {
 				if _, ok := o.(*corev1.Secret); ok && e.secretCreate != nil {
 					if err := e.secretCreate(isDryRun(opts)); err != nil {
@@ -156,6 +167,8 @@ type uncached struct{ e *env }
 
 func (u uncached) Get(ctx context.Context, key client.ObjectKey, o client.Object, opts ...client.GetOption) error {
 	u.e.uncachedReads++
+	u.e.uncachedRead = true
+	defer func() { u.e.uncachedRead = false }()
 	if u.e.uncachedGet != nil {
 		if err := u.e.uncachedGet(key); err != nil {
 			return err

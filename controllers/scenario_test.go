@@ -358,6 +358,31 @@ var scenarios = []scenario{
 		e.wantCalls("client_credentials", 1)
 		e.wantCond(authv1alpha1.ConditionReady, "True/TokenValid")
 	}},
+	{"a cache that missed an update of the resource: after a refused status write, it is read from the API server", func(t *testing.T) {
+		e := newEnv(t, nil)
+		e.reconcile()
+		stale := e.obj()
+		e.next() // the first renewal: Secret and status move on, the cache does not
+		e.wantCalls("client_credentials", 2)
+		e.staleResource = stale
+		if res := e.reconcile(); res.RequeueAfter != 200*time.Millisecond {
+			t.Fatalf("the status write based on the stale resource was not refused: %+v", res)
+		}
+		reads := e.uncachedReads
+		if res := e.reconcile(); res.RequeueAfter == 200*time.Millisecond {
+			t.Fatalf("the status write was refused again: the resource was read from the stale cache (%+v)", res)
+		}
+		if e.uncachedReads == reads {
+			t.Fatal("the resource was not read from the API server after a refused status write")
+		}
+		e.wantCalls("client_credentials", 2)
+		e.staleResource = nil // the watch event of the status write brings the cache up to date
+		s := e.secret(e.obj().SecretNameOrDefault())
+		if got, want := e.obj().Status.ExpiresAt.Time, s.Data[tokensecret.KeyExpiresAt]; got.UTC().Format(time.RFC3339) != string(want) {
+			t.Fatalf("status expiresAt %s, the Secret's %s", got, want)
+		}
+		e.wantCond(authv1alpha1.ConditionReady, "True/TokenValid")
+	}},
 	{"renewBefore longer than the lifetime: a Warning says what happens instead", func(t *testing.T) {
 		e := newEnv(t, func(o *authv1alpha1.MLflowAccessToken) { o.Spec.RenewBefore = &metav1.Duration{Duration: time.Hour} })
 		e.reconcile()

@@ -389,3 +389,12 @@ func chainProblem(t *testing.T, obj *authv1alpha1.MLflowAccessToken) string {
 	}
 	return "the stored refresh token is not active at Keycloak"
 }
+
+// condMessageOf is "<status> <reason>: <message>" of a condition, or "no <typ> condition".
+func condMessageOf(obj *authv1alpha1.MLflowAccessToken, typ string) string {
+	c := cond(obj, typ)
+	if c == nil {
+		return "no " + typ + " condition"
+	}
+	return string(c.Status) + " " + c.Reason + ": " + c.Message
+}

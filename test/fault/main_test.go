@@ -72,10 +72,10 @@ func run(m *testing.M) int {
 	}
 	code := 1
 	defer func() {
-		if code == 0 {
+		if code == 0 && os.Getenv("FAULT_KEEP_LOGS") == "" {
 			os.RemoveAll(workDir)
 		} else {
-			fmt.Fprintf(os.Stderr, "Operator and Keycloak logs kept in %s\n", workDir)
+			fmt.Fprintf(os.Stderr, "Operator and Keycloak logs kept in %s (FAULT_KEEP_LOGS keeps them after a pass too)\n", workDir)
 		}
 	}()
 

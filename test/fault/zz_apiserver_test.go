@@ -54,6 +54,7 @@ func TestAPIServerRestart(t *testing.T) {
 	// that race (up to 46 s) instead of the operator.
 	var healed time.Duration
 	healedAt := map[string]time.Duration{}
+	notHealed := map[string]string{} // the last reason a resource still counted as not healed
 	var pending []string
 	for deadline := back.Add(3 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
 		pending = pending[:0]
@@ -75,12 +76,25 @@ func TestAPIServerRestart(t *testing.T) {
 				// A broken chain never heals by itself: chainsAlive below counts and reports it.
 				continue
 			}
-			if !isReady(&obj) || issued.Before(back.Add(-time.Second)) || obj.Status.ExpiresAt == nil || !exp.Equal(obj.Status.ExpiresAt.Time) {
+			var reason string
+			switch {
+			case !isReady(&obj):
+				reason = "not Ready: " + condMessageOf(&obj, authv1alpha1.ConditionReady)
+			case issued.Before(back.Add(-time.Second)):
+				reason = "token issued at " + issued.Format(time.RFC3339) + ", before the API server came back at " + back.Format(time.RFC3339)
+			case obj.Status.ExpiresAt == nil || !exp.Equal(obj.Status.ExpiresAt.Time):
+				reason = "the Secret's expiresAt " + exp.Format(time.RFC3339) + " differs from the status' " + obj.Status.ExpiresAt.String()
+			}
+			if reason != "" {
+				notHealed[key] = fmtDur(time.Since(back)) + ": " + reason
 				pending = append(pending, key)
 				continue
 			}
 			healedAt[key] = time.Since(back)
-			healed = max(healed, healedAt[key])
+			if healedAt[key] > healed {
+				healed = healedAt[key]
+				notHealed["(last)"] = key + " (" + notHealed[key] + ")"
+			}
 		}
 		if len(pending) == 0 {
 			break
@@ -95,8 +109,8 @@ func TestAPIServerRestart(t *testing.T) {
 	stuck := 0
 	if healBound := tokenLifespan + maxRetry + 15*time.Second; healed > healBound {
 		stuck = 1
-		t.Errorf("the last resource got a new token %s after the API server came back (its token had expired during the outage); want within %s",
-			fmtDur(healed), healBound)
+		t.Errorf("the last resource got a new token %s after the API server came back (its token had expired during the outage); want within %s; the last one: %s",
+			fmtDur(healed), healBound, notHealed["(last)"])
 	}
 	lost := lostUpdates(t, namespaces)
 	w.Stop()
