@@ -115,6 +115,13 @@ func (r *Report) secretlessRows() [][4]string {
 	phase := div(sl.PhaseTokenRequests, float64(sl.PhaseTokens))
 	wr := div(s.Delta.Writes, rot)
 	kc := div(s.Delta.KC, rot)
+	// Each resource's state Secret keeps a copy of the current service-account token (its
+	// revocation kit, for revoking after the namespace's ServiceAccount is gone): when the
+	// operator renews the service-account token, every resource's state Secret is updated once.
+	kit, kitNote := sl.kitUpdates(), ""
+	if kit > 0 {
+		kitNote = fmt.Sprintf("; the service-account token was renewed in the window, and each of the %d resources' state Secrets took the new one for its revocation kit: %.0f PUTs, %s per rotation", sl.N, kit, f2(div(kit, rot)))
+	}
 	failed := ""
 	if sl.PhaseTokenRequestsFailed > 0 {
 		failed = fmt.Sprintf("; %.0f of them failed", sl.PhaseTokenRequestsFailed)
@@ -127,12 +134,22 @@ func (r *Report) secretlessRows() [][4]string {
 				f3(tr), s.Delta.SATokens, s.Rotations, sl.PhaseTokenRequests, sl.PhaseTokens, f4(phase), failed),
 			mark(tr <= 0.1 && phase <= 0.1)},
 		{"Keycloak requests per rotation (secretless)", "1.0", f2(kc), mark(kc <= 1.01)},
-		{"API writes per rotation (secretless; PUT+PATCH+POST, TokenRequests are POSTs)", "≤ 2",
-			fmt.Sprintf("%s (PUT %s, POST %s, PATCH %s)", f2(wr), f2(div(s.Delta.Puts, rot)), f2(div(s.Delta.Posts, rot)), f2(div(s.Delta.Patches, rot))), mark(wr <= 2.0)},
+		{"API writes per rotation (secretless; PUT+PATCH+POST, TokenRequests are POSTs)", "≤ 2 + kit updates",
+			fmt.Sprintf("%s (PUT %s, POST %s, PATCH %s)%s", f2(wr), f2(div(s.Delta.Puts, rot)), f2(div(s.Delta.Posts, rot)), f2(div(s.Delta.Patches, rot)), kitNote),
+			mark(wr <= 2.0+div(kit, rot)+0.005)},
 		{"API reads per rotation (GET, secretless)", "", f2(div(s.Delta.Gets, rot)), ""},
 		{"Tokens that expired before being rotated (secretless)", "0",
 			fmt.Sprintf("%d (%d in the %s after the burst)", s.Expired, s.TransitionExpired, s.Settle), mark(s.Expired == 0 && s.TransitionExpired == 0)},
 	}
+}
+
+// kitUpdates is the number of revocation-kit updates expected in the steady-state window: one per
+// resource when the service-account token's renewal fell inside it.
+func (sl *SecretlessResult) kitUpdates() float64 {
+	if sl.RenewalDue >= sl.WindowFrom && sl.RenewalDue <= sl.WindowTo {
+		return float64(sl.N)
+	}
+	return 0
 }
 
 // secretlessSection is the report's section on the phase.
