@@ -26,6 +26,10 @@ import (
 type saTokens struct {
 	mu sync.Mutex
 	m  map[saKey]saToken
+	// locks serialize the look-up and request per key: first issuances running at the same time
+	// under one ServiceAccount make one TokenRequest, and the others take its token from the
+	// cache (without it a burst of 200 made 9).
+	locks map[saKey]*sync.Mutex
 }
 
 type saKey struct {
@@ -59,6 +63,7 @@ func (r *MLflowAccessTokenReconciler) serviceAccountToken(ctx context.Context, s
 		}
 		return "", time.Time{}, asFailure(err)
 	}
+	defer r.saTokens.lock(key)()
 	now := r.now()
 	if t, ok := r.saTokens.get(key); ok && t.uid == m.UID && now.Before(t.issued.Add(time.Duration(reuseFraction*float64(t.expires.Sub(t.issued))))) {
 		return t.token, t.expires, nil
@@ -84,6 +89,22 @@ func (r *MLflowAccessTokenReconciler) serviceAccountToken(ctx context.Context, s
 	}
 	r.saTokens.put(key, saToken{token: tr.Status.Token, uid: m.UID, issued: now, expires: exp})
 	return tr.Status.Token, exp, nil
+}
+
+// lock takes k's lock and returns its unlock.
+func (c *saTokens) lock(k saKey) func() {
+	c.mu.Lock()
+	if c.locks == nil {
+		c.locks = map[saKey]*sync.Mutex{}
+	}
+	l, ok := c.locks[k]
+	if !ok {
+		l = &sync.Mutex{}
+		c.locks[k] = l
+	}
+	c.mu.Unlock()
+	l.Lock()
+	return l.Unlock
 }
 
 func (c *saTokens) get(k saKey) (saToken, bool) {

@@ -65,8 +65,10 @@ type env struct {
 	// an update); reads through the APIReader see the real one.
 	staleResource *authv1alpha1.MLflowAccessToken
 	uncachedRead  bool
-	// tokenRequests counts service-account TokenRequests.
-	tokenRequests int
+	// tokenRequests counts service-account TokenRequests; each takes tokenRequestLatency of real
+	// time (0: none), so that concurrent callers overlap as they would against an API server.
+	tokenRequests       int
+	tokenRequestLatency time.Duration
 }
 
 func baseResource() *authv1alpha1.MLflowAccessToken {
@@ -132,6 +134,7 @@ func newEnv(t *testing.T, mutate func(*authv1alpha1.MLflowAccessToken), extra ..
 					if err := c.Get(ctx, client.ObjectKeyFromObject(o), &corev1.ServiceAccount{}); err != nil {
 						return err
 					}
+					time.Sleep(e.tokenRequestLatency)
 					e.tokenRequests++
 					tr.Status.Token = keycloaktest.ServiceAccountJWT(o.GetNamespace(), o.GetName(), e.tokenRequests)
 					tr.Status.ExpirationTimestamp = metav1.NewTime(e.clk.Now().Add(time.Duration(*tr.Spec.ExpirationSeconds) * time.Second))

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -168,6 +169,29 @@ var issuerScenarios = []scenario{
 		}
 		t.Logf("%d TokenRequests for 31 rotations of a 30 s token", e.tokenRequests)
 		e.wantCond(authv1alpha1.ConditionReady, "True/TokenValid")
+	}},
+	{"service-account client authentication: concurrent first issuances make one TokenRequest", func(t *testing.T) {
+		sa := authv1alpha1.IssuerClientAuth{ClientID: "team-a-training", ServiceAccount: &authv1alpha1.ServiceAccountAuth{Name: "mlflow-token"}}
+		e := newEnv(t, useIssuer(authv1alpha1.KindClusterKeycloakIssuer, "platform"), clusterIssuer("platform", sa, nil),
+			&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: testNS, Name: "mlflow-token", UID: "sa-uid-1"}})
+		e.tokenRequestLatency = 20 * time.Millisecond
+		var wg sync.WaitGroup
+		errs := make(chan string, 8)
+		for range 8 {
+			wg.Go(func() {
+				if _, _, f := e.r.serviceAccountToken(e.ctx, types.NamespacedName{Namespace: testNS, Name: "mlflow-token"}, "https://keycloak.example.com/realms/mlflow"); f != nil {
+					errs <- f.Message
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for m := range errs {
+			t.Fatal(m)
+		}
+		if e.tokenRequests != 1 {
+			t.Fatalf("%d TokenRequests for 8 concurrent callers, want 1", e.tokenRequests)
+		}
 	}},
 	{"service-account authentication: another namespace's identity gets a clear reason, no token", func(t *testing.T) {
 		sa := authv1alpha1.IssuerClientAuth{ClientID: "team-b-training", ServiceAccount: &authv1alpha1.ServiceAccountAuth{Name: "mlflow-token"}}
