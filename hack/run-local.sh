@@ -59,10 +59,10 @@ elif ! reason="$(bin/localdemo -preflight)"; then
   echo "run-local: no real node here (${reason}): running the operator on the host against a local API server instead"
 fi
 
-step "etcd and kube-apiserver (hack/build-envtest.sh; first run: about 10 min)"
+step "etcd and kube-apiserver (hack/build-envtest.sh; first run: about 4 min on 2 cores, more on a busy machine)"
 hack/build-envtest.sh | without KUBEBUILDER_ASSETS=
 if [[ "${mode}" == node ]]; then
-  step "kubelet, controller-manager, scheduler, kube-proxy (hack/build-envtest.sh node; first run: about 7 min)"
+  step "kubelet, controller-manager, scheduler, kube-proxy (hack/build-envtest.sh node; first run: about 3 min on 2 cores, more on a busy machine)"
   hack/build-envtest.sh node | without KUBEBUILDER_ASSETS=
 fi
 step "Keycloak 26.7.3 (hack/keycloak.sh install, from Maven Central; first run: about a minute)"
