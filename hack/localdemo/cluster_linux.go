@@ -25,6 +25,7 @@ import (
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/hack/localdemo/tokenline"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/node"
 )
 
 const (
@@ -80,7 +81,7 @@ func (d *demo) installOperator(ctx context.Context) error {
 		return err
 	}
 	for _, p := range pods.Items {
-		if !podReady(&p) || p.Labels["app.kubernetes.io/name"] != chartName {
+		if !node.PodReady(&p) || p.Labels["app.kubernetes.io/name"] != chartName {
 			continue
 		}
 		say("Operator pod %s/%s Ready %s after helm install began (image %s)", p.Namespace, p.Name, since(t), p.Spec.Containers[0].Image)
@@ -248,15 +249,6 @@ func (d *demo) deleteToken(ctx context.Context) error {
 		say("Token %s revoked: Keycloak's token introspection answers active=false, %.1f s before it would have expired", tokenline.Fingerprint(token), left.Seconds())
 	}
 	return nil
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // conditionTrue: whether the condition is True, else how it reads.

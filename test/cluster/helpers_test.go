@@ -28,6 +28,7 @@ import (
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/node"
 )
 
 // restricted is the Pod Security level of every namespace the suite creates.
@@ -266,7 +267,7 @@ func waitDeployment(t testing.TB, ns, name string, replicas int32, timeout time.
 			if p.DeletionTimestamp != nil {
 				return false, "pod " + p.Name + " is terminating"
 			}
-			if !podReady(&p) {
+			if !node.PodReady(&p) {
 				return false, "pod " + p.Name + " is not Ready: " + podState(&p)
 			}
 			pods = append(pods, p)
@@ -274,15 +275,6 @@ func waitDeployment(t testing.TB, ns, name string, replicas int32, timeout time.
 		return int32(len(pods)) == replicas, fmt.Sprintf("%d pods", len(pods))
 	})
 	return pods
-}
-
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // podState says where a pod is, for messages.

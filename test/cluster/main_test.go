@@ -35,6 +35,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/internal/freeport"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/mlflowserver"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/node"
@@ -191,7 +192,7 @@ func startServers(logDir string) (stop func(), err error) {
 	// (mlflow-oidc-auth fetches the keys only at the first bearer request).
 	var ports [3]int
 	for i := range ports {
-		if ports[i], err = freePort(host); err != nil {
+		if ports[i], err = freeport.On(host); err != nil {
 			return stop, err
 		}
 	}
@@ -236,13 +237,4 @@ func startServers(logDir string) (stop func(), err error) {
 	fmt.Printf("Keycloak ready at %s in %s; MLflow (mlflow-oidc-auth) ready at %s in %s\n",
 		kcURL, kcTime.Round(100*time.Millisecond), mlflow.URL, mlTime.Round(100*time.Millisecond))
 	return stop, nil
-}
-
-func freePort(host string) (int, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

@@ -16,7 +16,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,6 +33,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/internal/freeport"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/mlflowserver"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
@@ -126,7 +126,7 @@ func run(m *testing.M) int {
 
 	// The Keycloak port is chosen up front so that the MLflow server (issuer, discovery URL)
 	// can start alongside it: mlflow-oidc-auth fetches the keys only at the first bearer request.
-	kcPort, err := freePort()
+	kcPort, err := freeport.On("127.0.0.1")
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -170,15 +170,6 @@ func run(m *testing.M) int {
 // it, with no metrics or probe listeners and short backoffs.
 func startOperator(ctx context.Context, cfg *rest.Config) (func(), error) {
 	return testenv.StartOperator(ctx, cfg, testenv.OperatorOptions())
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func newNamespace(t *testing.T) string {

@@ -42,6 +42,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/internal/freeport"
 )
 
 // Environment variables read by this package.
@@ -662,12 +664,11 @@ func defaultJavaHome() string {
 }
 
 func freePort(host string) (int, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	p, err := freeport.On(host)
 	if err != nil {
 		return 0, fmt.Errorf("keycloak: picking a free port: %w", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return p, nil
 }
 
 // checkPortFree fails when something already listens on host:port, so readiness checks can

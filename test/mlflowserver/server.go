@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/internal/freeport"
 )
 
 // Options configure a server. Empty strings take the defaults given.
@@ -71,7 +73,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	port := o.Port
 	if port == 0 {
 		var err error
-		if port, err = FreePort(o.Host); err != nil {
+		if port, err = freeport.On(o.Host); err != nil {
 			return nil, err
 		}
 	}
@@ -235,14 +237,4 @@ func CleanEnv() []string {
 		}
 	}
 	return out
-}
-
-// FreePort returns a TCP port free on host.
-func FreePort(host string) (int, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

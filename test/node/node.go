@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/internal/freeport"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -239,7 +240,7 @@ func (n *Node) writeConfigs() error {
 	n.pki = p
 	// HostIP does not exist yet; a port free on loopback is free on it too (a wildcard listener
 	// would hold both).
-	apiPort, err := freePort("127.0.0.1")
+	apiPort, err := freeport.On("127.0.0.1")
 	if err != nil {
 		return err
 	}
@@ -419,11 +420,11 @@ func (n *Node) startControlPlane(ctx context.Context) error {
 	l := n.l
 	bin := func(name string) string { return filepath.Join(n.o.BinDir, name) }
 	t := time.Now()
-	clientPort, err := freePort("127.0.0.1")
+	clientPort, err := freeport.On("127.0.0.1")
 	if err != nil {
 		return err
 	}
-	peerPort, err := freePort("127.0.0.1")
+	peerPort, err := freeport.On("127.0.0.1")
 	if err != nil {
 		return err
 	}
@@ -756,16 +757,17 @@ func httpOK(url string) error {
 	return nil
 }
 
-func freePort(host string) (int, error) {
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
 func round(d time.Duration) time.Duration { return d.Round(100 * time.Millisecond) }
+
+// PodReady reports whether p's Ready condition is True.
+func PodReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
 
 // Nodes stopped by the first SIGINT/SIGTERM.
 var (
