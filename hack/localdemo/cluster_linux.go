@@ -25,6 +25,7 @@ import (
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/hack/localdemo/tokenline"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/node"
 )
 
@@ -241,7 +242,7 @@ func (d *demo) deleteToken(ctx context.Context) error {
 	if left := time.Until(exp); left <= 0 {
 		say("Token %s expired before it could be checked with Keycloak", tokenline.Fingerprint(token))
 		return nil
-	} else if active, err := introspect(ctx, d.kcURL, token); err != nil {
+	} else if active, err := keycloak.IntrospectContext(ctx, d.kcURL, realm, clientID, clientSecret, string(token), ""); err != nil {
 		return fmt.Errorf("asking Keycloak whether token %s is revoked: %w", tokenline.Fingerprint(token), err)
 	} else if active {
 		return fmt.Errorf("token %s is still active at Keycloak after the MLflowAccessToken was deleted", tokenline.Fingerprint(token))

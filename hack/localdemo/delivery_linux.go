@@ -7,13 +7,9 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -222,26 +218,4 @@ func copyLog(ctx context.Context, cs kubernetes.Interface, ns, pod, path string)
 	}
 	defer r.Close()
 	_, _ = io.Copy(f, r)
-}
-
-// introspect asks Keycloak whether the token is active (RFC 7662), as the realm's client.
-func introspect(ctx context.Context, base string, token []byte) (bool, error) {
-	form := url.Values{"token": {string(token)}, "client_id": {clientID}, "client_secret": {clientSecret}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/realms/"+realm+"/protocol/openid-connect/token/introspect", strings.NewReader(form.Encode()))
-	if err != nil {
-		return false, err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
-	if err != nil {
-		return false, err
-	}
-	defer resp.Body.Close()
-	var body struct {
-		Active *bool `json:"active"`
-	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&body); err != nil || resp.StatusCode != http.StatusOK || body.Active == nil {
-		return false, fmt.Errorf("introspection answered %s (%v)", resp.Status, err)
-	}
-	return *body.Active, nil
 }

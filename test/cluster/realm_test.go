@@ -10,8 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
+
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
 )
 
 // Realm "mlflow" is test/e2e/realm-e2e.json: the operator's client (client credentials; its
@@ -175,21 +176,5 @@ func kcEvents(ctx context.Context, realm string, since time.Time, types ...strin
 // introspect asks Keycloak whether a token is active, through the URL it was issued through
 // (Keycloak checks the issuer), authenticating as the client that obtained it.
 func introspect(realm, clientID, clientSecret, token, hint string) (bool, error) {
-	form := url.Values{"token": {token}, "client_id": {clientID}, "client_secret": {clientSecret}}
-	if hint != "" {
-		form.Set("token_type_hint", hint)
-	}
-	resp, err := http.PostForm(kcURL+"/realms/"+realm+"/protocol/openid-connect/token/introspect", form)
-	if err != nil {
-		return false, err
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	var r struct {
-		Active *bool `json:"active"`
-	}
-	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &r) != nil || r.Active == nil {
-		return false, fmt.Errorf("introspection in realm %s: HTTP %d: %s", realm, resp.StatusCode, strings.TrimSpace(string(body)))
-	}
-	return *r.Active, nil
+	return keycloak.Introspect(kcURL, realm, clientID, clientSecret, token, hint)
 }

@@ -722,20 +722,33 @@ func tailFile(path string, n int) string {
 // (which must be in the token's audience). hint is an optional token_type_hint. baseURL must
 // be the URL the token was issued through: Keycloak checks the issuer's host.
 func Introspect(baseURL, realm, clientID, clientSecret, token, hint string) (bool, error) {
+	return IntrospectContext(context.Background(), baseURL, realm, clientID, clientSecret, token, hint)
+}
+
+// IntrospectContext is Introspect bounded by ctx and a 10 s timeout. Any answer other than a
+// 200 with an "active" field is an error, never "inactive": a refused client must not read as
+// a revoked token.
+func IntrospectContext(ctx context.Context, baseURL, realm, clientID, clientSecret, token, hint string) (bool, error) {
 	form := url.Values{"token": {token}, "client_id": {clientID}, "client_secret": {clientSecret}}
 	if hint != "" {
 		form.Set("token_type_hint", hint)
 	}
-	resp, err := http.PostForm(baseURL+"/realms/"+realm+"/protocol/openid-connect/token/introspect", form)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, baseURL+"/realms/"+realm+"/protocol/openid-connect/token/introspect", strings.NewReader(form.Encode()))
+	if err != nil {
+		return false, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
 	if err != nil {
 		return false, err
 	}
 	defer resp.Body.Close()
-	var body struct {
-		Active bool `json:"active"`
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	var r struct {
+		Active *bool `json:"active"`
 	}
-	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&body); err != nil {
-		return false, fmt.Errorf("introspection answered %s: %v", resp.Status, err)
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &r) != nil || r.Active == nil {
+		return false, fmt.Errorf("introspection in realm %s: HTTP %d: %s", realm, resp.StatusCode, strings.TrimSpace(string(body)))
 	}
-	return body.Active, nil
+	return *r.Active, nil
 }
