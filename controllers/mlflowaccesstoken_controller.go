@@ -173,6 +173,7 @@ func (r *MLflowAccessTokenReconciler) Reconcile(ctx context.Context, req ctrl.Re
 	if gone {
 		metrics.Forget(obj.Namespace, obj.Name)
 		r.forgetMLflow(req.NamespacedName)
+		r.forgetDelivery(req.NamespacedName)
 		return res, err
 	}
 	res, err = r.writeStatus(ctx, before, obj, res, err)

@@ -39,6 +39,13 @@ type Delivery struct {
 	KubeletSyncFrequency time.Duration
 }
 
+// forgetDelivery drops the Nudger's memory of a deleted resource.
+func (r *MLflowAccessTokenReconciler) forgetDelivery(key types.NamespacedName) {
+	if r.Delivery.Nudger != nil {
+		r.Delivery.Nudger.Forget(key)
+	}
+}
+
 // nudgeConsumers queues the nudges of the consumer pods after a new token was written to the
 // Secret. It reads the cache only and returns at once: the nudges never delay the reconcile.
 func (r *MLflowAccessTokenReconciler) nudgeConsumers(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, st tokensecret.State) {

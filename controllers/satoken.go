@@ -127,4 +127,5 @@ func (c *saTokens) drop(k saKey) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.m, k)
+	delete(c.locks, k) // a holder keeps its own *sync.Mutex; the next caller makes a new one
 }

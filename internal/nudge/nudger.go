@@ -242,12 +242,21 @@ func (n *Nudger) Report(owner types.NamespacedName) (Report, bool) {
 	return r.clone(), true
 }
 
+// Forget drops what the Nudger holds for a deleted owner: its report, and the nudges of its
+// last rotation that have not run yet (a job in flight stops before its next pod).
+func (n *Nudger) Forget(owner types.NamespacedName) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.reports, owner)
+	delete(n.pending, owner)
+}
+
 // reportTTL: a report only has to live until the reconcile that its event triggers has copied it
 // into status; an hour covers any retry of that reconcile.
 const reportTTL = time.Hour
 
-// prune forgets reports of owners that have not rotated for reportTTL (deleted resources
-// included). Called with n.mu held.
+// prune forgets reports of owners that have not rotated for reportTTL (a safety net: deleted
+// owners are forgotten at once by Forget). Called with n.mu held.
 func (n *Nudger) prune(now time.Time) {
 	for k, r := range n.reports {
 		if r.Done && now.Sub(r.created) > reportTTL {
@@ -356,7 +365,7 @@ func (n *Nudger) awaitCache(ctx context.Context, j *job) {
 			return
 		}
 		if time.Now().After(deadline) {
-			log.FromContext(ctx).V(1).Info("The cache does not show the new Secret yet; nudging anyway", "secret", klogRef(key.Namespace, key.Name), "waited", n.opts.CacheWait)
+			log.FromContext(ctx).V(1).Info("The cache does not show the new Secret yet; nudging anyway", "secret", key.String(), "waited", n.opts.CacheWait)
 			return
 		}
 		if n.superseded(j) || ctx.Err() != nil {
@@ -383,7 +392,7 @@ func (n *Nudger) nudge(ctx context.Context, j *job, pod string) (string, error) 
 	out := outcomeOf(err)
 	metrics.PodNudge(out, n.opts.Clock.Since(j.rot.WrittenAt))
 	if err != nil && out != OutcomeGone {
-		log.FromContext(ctx).V(1).Info("Could not nudge a consumer pod", "pod", klogRef(j.rot.Owner.Namespace, pod), "outcome", out, "error", err.Error())
+		log.FromContext(ctx).V(1).Info("Could not nudge a consumer pod", "pod", types.NamespacedName{Namespace: j.rot.Owner.Namespace, Name: pod}.String(), "outcome", out, "error", err.Error())
 	}
 	return out, err
 }
@@ -456,4 +465,3 @@ func (n *Nudger) finish(ctx context.Context, j *job) {
 	}
 }
 
-func klogRef(ns, name string) string { return ns + "/" + name }

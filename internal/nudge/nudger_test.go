@@ -160,6 +160,24 @@ func TestNoConsumersNoWork(t *testing.T) {
 	}
 }
 
+func TestForgetDropsReportAndPendingNudges(t *testing.T) {
+	w := newWorld(t)
+	n := New(w.c, Options{QPS: 1000, Burst: 10})
+	if _, err := n.Rotated(context.Background(), Rotation{Owner: owner, Secret: tokenSecret, TokenIssuedAt: time.Now(), WrittenAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	n.Forget(owner)
+	if _, ok := n.Report(owner); ok {
+		t.Fatal("the report of a forgotten owner is still there")
+	}
+	n.mu.Lock()
+	pending := n.pending[owner]
+	n.mu.Unlock()
+	if pending != nil {
+		t.Fatal("the nudges of a forgotten owner are still pending")
+	}
+}
+
 // Failures are counted and harmless: a pod gone is not a failure, a forbidden or rejected patch
 // is not retried, a throttled or failing one is retried once.
 func TestOutcomes(t *testing.T) {
