@@ -146,10 +146,16 @@ func (r *Report) secretlessRows() [][4]string {
 // kitUpdates is the number of revocation-kit updates expected in the steady-state window: one per
 // resource when the service-account token's renewal fell inside it.
 func (sl *SecretlessResult) kitUpdates() float64 {
-	if sl.RenewalDue >= sl.WindowFrom && sl.RenewalDue <= sl.WindowTo {
+	if sl.renewalInWindow() {
 		return float64(sl.N)
 	}
 	return 0
+}
+
+// renewalInWindow reports whether the service-account token's renewal fell inside the
+// steady-state window.
+func (sl *SecretlessResult) renewalInWindow() bool {
+	return sl.RenewalDue >= sl.WindowFrom && sl.RenewalDue <= sl.WindowTo
 }
 
 // secretlessSection is the report's section on the phase.
@@ -179,7 +185,7 @@ func (r *Report) secretlessSection() string {
 		s.Expired, f2(div(s.Delta.CPU*1000, rot)), f2(keycloakMsPerRotation(s)), s.Cores)
 	w("Operator: %s. API server: %s.\n\n", s.Delta.Latencies(), s.API)
 	in := "outside"
-	if sl.RenewalDue >= sl.WindowFrom && sl.RenewalDue <= sl.WindowTo {
+	if sl.renewalInWindow() {
 		in = "inside"
 	}
 	who := "the first issuance asked for it"
