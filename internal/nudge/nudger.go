@@ -464,4 +464,3 @@ func (n *Nudger) finish(ctx context.Context, j *job) {
 		}()
 	}
 }
-
