@@ -43,6 +43,8 @@ recipe="v1 tags=${build_tags} trimpath ldflags=-s,-w,version-X"
 
 start=$(date +%s)
 log() { echo "[build-envtest ${set_name}] $*"; }
+# shellcheck source=hack/lib.sh
+source "${script_dir}/lib.sh"
 
 want_stamp="$(
   {
@@ -79,12 +81,8 @@ else
   log "go: $(go env GOVERSION), GOCACHE=$(go env GOCACHE)"
   log "downloading modules (Go module proxy; the first time a few hundred MB) ..."
   t=$(date +%s)
-  ( while sleep 60 >/dev/null 2>&1; do log "  ... still downloading ($(( $(date +%s) - t ))s)"; done ) &
-  ticker=$!
   status=0
-  go mod download || status=$?
-  kill "${ticker}" 2>/dev/null || true
-  wait "${ticker}" 2>/dev/null || true
+  ticking log downloading go mod download || status=$?
   if ((status)); then log "go mod download failed"; exit "${status}"; fi
   log "modules ready in $(( $(date +%s) - t ))s"
 
@@ -96,14 +94,9 @@ else
     fi
     log "building ${b} ${version} -> ${out_dir}/${b} ..."
     t=$(date +%s)
-    # A cold build prints nothing for minutes: say that it is still going.
-    ( while sleep 60 >/dev/null 2>&1; do log "  ... still building ${b} ($(( $(date +%s) - t ))s)"; done ) &
-    ticker=$!
     status=0
-    go build -trimpath -tags "${build_tags}" -ldflags "${ldflags}" \
+    ticking log "building ${b}" go build -trimpath -tags "${build_tags}" -ldflags "${ldflags}" \
       -o "${out_dir}/${b}.tmp" "${pkg}" || status=$?
-    kill "${ticker}" 2>/dev/null || true
-    wait "${ticker}" 2>/dev/null || true
     if ((status)); then log "building ${b} failed"; exit "${status}"; fi
     mv -f "${out_dir}/${b}.tmp" "${out_dir}/${b}"
     log "${b} built in $(( $(date +%s) - t ))s"
@@ -127,11 +120,7 @@ build_coredns() {
   rm -f "${cstamp}"
   log "building coredns $(cd "${dir}" && go list -m -f '{{.Version}}' github.com/coredns/coredns) -> ${out_dir}/coredns ..."
   t=$(date +%s)
-  ( while sleep 60; do log "  ... still building coredns ($(( $(date +%s) - t ))s)"; done ) &
-  local ticker=$!
-  (cd "${dir}" && go build -trimpath -ldflags "-s -w" -o "${out_dir}/coredns.tmp" .) || status=$?
-  kill "${ticker}" 2>/dev/null || true
-  wait "${ticker}" 2>/dev/null || true
+  (cd "${dir}" && ticking log "building coredns" go build -trimpath -ldflags "-s -w" -o "${out_dir}/coredns.tmp" .) || status=$?
   if ((status)); then log "building coredns failed"; exit "${status}"; fi
   mv -f "${out_dir}/coredns.tmp" "${out_dir}/coredns"
   echo "${want}" > "${cstamp}"

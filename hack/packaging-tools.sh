@@ -14,6 +14,9 @@
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=hack/lib.sh
+source "${repo_root}/hack/lib.sh"
+say() { echo "[packaging-tools] $*"; }
 out_dir="${repo_root}/bin/tools"
 if [[ "${1:-}" == path ]]; then echo "${out_dir}"; exit 0; fi
 
@@ -56,13 +59,8 @@ for tool in "${wanted[@]}"; do
     done
   fi
   echo "[packaging-tools] ${tool}: building (cold: a few minutes) ..."
-  # A cold build prints nothing for minutes: say that it is still going.
-  ( while sleep 60 >/dev/null 2>&1; do echo "[packaging-tools]   ... still building ${tool} ($(( $(date +%s) - start ))s)"; done ) &
-  ticker=$!
   status=0
-  (cd "${mod_dir}" && go build -trimpath -ldflags="${ldflags}" -o "${out_dir}/${tool}" "${pkg}") || status=$?
-  kill "${ticker}" 2>/dev/null || true
-  wait "${ticker}" 2>/dev/null || true
+  (cd "${mod_dir}" && ticking say "building ${tool}" go build -trimpath -ldflags="${ldflags}" -o "${out_dir}/${tool}" "${pkg}") || status=$?
   if ((status)); then echo "[packaging-tools] building ${tool} failed" >&2; exit "${status}"; fi
   echo "${want}" >"${stamp}"
   echo "[packaging-tools] ${tool}: built in $(( $(date +%s) - start ))s"
