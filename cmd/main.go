@@ -56,6 +56,7 @@ func main() {
 	flag.DurationVar(&o.MLflowCheck.Timeout, "mlflow-check-timeout", o.MLflowCheck.Timeout, "Timeout of one request to MLflow for --mlflow-check.")
 	var namespaces, allowedHosts string
 	flag.StringVar(&namespaces, "namespaces", "", "Comma-separated namespaces to watch (default: all). The operator then needs permissions only in these namespaces.")
+	flag.StringVar(&o.StateKeySecret, "state-key-secret", o.StateKeySecret, "Secret in the operator's namespace holding the key that seals what the operator writes into tenants' Secrets (created at the first start). Deleting it makes every token be issued anew once and every refresh chain need a new bootstrap token.")
 	flag.StringVar(&o.Reconciler.ClusterResourceNamespace, "cluster-resource-namespace", "", "Namespace of the Secrets and ConfigMaps that ClusterKeycloakIssuers reference (default: the operator's own, $POD_NAMESPACE).")
 	flag.BoolVar(&o.Reconciler.Guardrails.AllowInsecureHTTP, "allow-insecure-http", false, "Let every resource use plain http:// Keycloak URLs: credentials and tokens then cross the network in clear text. Without it, only ClusterKeycloakIssuers with allowInsecureHTTP may.")
 	flag.StringVar(&allowedHosts, "allowed-keycloak-hosts", "", "Comma-separated Keycloak hosts the operator may talk to: exact host names, or suffixes beginning with a dot (.example.com). Default: any. No request leaves for any other host.")

@@ -36,7 +36,7 @@ import (
 func (r *MLflowAccessTokenReconciler) obtainByRefresh(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, a access) (*keycloak.Token, *tokensecret.Chain, *corev1.Secret, *failure) {
 	logger := log.FromContext(ctx)
 	password := obj.Spec.Grant.Type == authv1alpha1.GrantPassword
-	stateSecret, chain, replaced, f := r.loadChain(ctx, obj)
+	stateSecret, chain, replaced, f := r.loadChain(ctx, obj, a.Auth.ClientID)
 	if f != nil {
 		return nil, nil, nil, f
 	}
@@ -123,12 +123,19 @@ func (r *MLflowAccessTokenReconciler) obtainByRefresh(ctx context.Context, obj *
 // (kept in memory) is newer than the state Secret's and is saved first; a new bootstrap token
 // (RefreshToken grant) starts a new chain, and the refresh token of the chain it replaces is
 // returned for revocation once the new one is established.
-func (r *MLflowAccessTokenReconciler) loadChain(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) (*corev1.Secret, *tokensecret.Chain, string, *failure) {
+//
+// Only a chain sealed for this resource is believed (trust.go): a state Secret a tenant changed
+// counts as none, as if it had been deleted, and its refresh token is never sent anywhere.
+func (r *MLflowAccessTokenReconciler) loadChain(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, clientID string) (*corev1.Secret, *tokensecret.Chain, string, *failure) {
 	stateSecret, err := r.stateSecret(ctx, obj)
 	if err != nil {
 		return nil, nil, "", asFailure(err)
 	}
-	chain := tokensecret.ReadChain(stateSecret)
+	state := r.readState(obj, stateSecret)
+	if state.distrusted != "" {
+		r.event(obj, corev1.EventTypeWarning, authv1alpha1.ReasonSecretModified, "Refresh", "%s", state.distrusted)
+	}
+	chain := state.chain
 	if c, ok := r.unsaved.Load(obj.UID); ok {
 		pending := c.(tokensecret.Chain)
 		if stateSecret, err = r.saveChain(ctx, obj, stateSecret, pending); err != nil {
@@ -145,6 +152,9 @@ func (r *MLflowAccessTokenReconciler) loadChain(ctx context.Context, obj *authv1
 			return nil, nil, "", f
 		}
 		if h := tokensecret.Hash(bootstrap); chain == nil || chain.Bootstrap != h {
+			if f := r.checkBootstrap(ctx, obj, clientID, bootstrap); f != nil {
+				return nil, nil, "", f
+			}
 			// Keep the marker of the chain it replaces: a redemption of that chain may still be
 			// in flight, and the in-flight rule must hold until it is over.
 			marker := ""

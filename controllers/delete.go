@@ -55,7 +55,7 @@ func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *
 			setCondition(obj, authv1alpha1.ConditionReady, false, authv1alpha1.ReasonRevocationFailing, fmt.Sprintf(
 				"Deletion waits for revocation: %s (attempt %d; next at %s; giving up at %s)", f.Message, count, stamp(d.RetryAt), stamp(d.Deadline)))
 			metrics.Revocation("failed")
-			r.event(obj, corev1.EventTypeWarning, "RevocationFailed", "Revoke", "Revocation failed: %s", f.Message)
+			r.event(obj, corev1.EventTypeWarning, authv1alpha1.ReasonRevocationFailedEvent, "Revoke", "Revocation failed: %s", f.Message)
 			log.FromContext(ctx).Info("Revocation failed; retrying", "reason", f.Reason, "message", f.Message, "retryAt", d.RetryAt)
 			return requeueAt(d.RetryAt, now), false, nil
 		}
@@ -64,7 +64,9 @@ func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *
 		if !d.GiveUp {
 			why = "nothing to revoke with"
 		}
-		r.event(obj, corev1.EventTypeWarning, "RevocationFailed", "Revoke", "Not revoked (%s): %s; the token stays valid until it expires", why, f.Message)
+		// Its own reason and action: the events library folds events of the same object, type,
+		// reason and action into one series, and the last word must not vanish into the retries'.
+		r.event(obj, corev1.EventTypeWarning, authv1alpha1.ReasonRevocationAbandoned, "GiveUp", "Not revoked (%s): %s; the token stays valid until it expires", why, f.Message)
 		log.FromContext(ctx).Info("Finishing deletion without revocation", "why", why, "reason", f.Reason, "message", f.Message)
 	}
 
@@ -131,18 +133,21 @@ func revocationFailure(obj *authv1alpha1.MLflowAccessToken) *policy.Failure {
 
 // revokeAll revokes what the resource holds at Keycloak: the refresh chain's token first (that
 // ends the session, online or offline), then the unexpired access tokens; with the admin API
-// check on, it then makes sure the session is gone, deleting it if not.
+// check on, it then makes sure the session is gone, deleting it if not. Only tokens this resource
+// issued are revoked (sealed: trust.go): a token a tenant placed in its Secrets, perhaps another
+// namespace's, is never sent.
 func (r *MLflowAccessTokenReconciler) revokeAll(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, secrets []*corev1.Secret) *failure {
 	now := r.now()
 	var access []string
 	var chain *tokensecret.Chain
-	var state *corev1.Secret
+	var kit *tokensecret.Kit
 	for _, s := range secrets {
 		if s.Name == tokensecret.StateSecretName(obj) {
-			state, chain = s, tokensecret.ReadChain(s)
+			st := r.readState(obj, s)
+			chain, kit = st.chain, st.kit
 			continue
 		}
-		if st, ok := tokensecret.Read(s); ok && now.Before(st.ExpiresAt) {
+		if st, _ := r.consumerToken(obj, s); st != nil && now.Before(st.ExpiresAt) {
 			access = append(access, st.AccessToken)
 		}
 	}
@@ -159,7 +164,7 @@ func (r *MLflowAccessTokenReconciler) revokeAll(ctx context.Context, obj *authv1
 		return nil
 	}
 
-	a, f := r.revocationAccess(ctx, obj, state)
+	a, f := r.revocationAccess(ctx, obj, kit)
 	if f != nil {
 		return f
 	}

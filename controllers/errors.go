@@ -109,6 +109,7 @@ var stalledReasons = map[string]bool{
 	authv1alpha1.ReasonUnsupportedGrant:             true,
 	authv1alpha1.ReasonRefreshTokenNotFound:         true,
 	authv1alpha1.ReasonRefreshTokenInvalid:          true,
+	authv1alpha1.ReasonForeignRefreshToken:          true,
 	authv1alpha1.ReasonUserCredentialsNotFound:      true,
 	authv1alpha1.ReasonInvalidUserCredentials:       true,
 	authv1alpha1.ReasonSecretConflict:               true,

@@ -33,7 +33,7 @@ import (
 // conflict is retried at the next rotation). state is the version this reconcile last wrote
 // (nil: read it from the cache).
 func (r *MLflowAccessTokenReconciler) keepKit(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, t *target, a access, state *corev1.Secret) {
-	kit := tokensecret.Kit{URL: t.Endpoint.URL, Realm: t.Endpoint.Realm, ClientID: t.ClientID, CABundle: a.Endpoint.CABundle}
+	kit := tokensecret.Kit{URL: t.Endpoint.URL, Realm: t.Endpoint.Realm, ClientID: t.ClientID, CABundle: a.Endpoint.CABundle, AllowHTTP: t.allowHTTP}
 	if t.secret != nil && t.secret.Namespace == obj.Namespace {
 		kit.ClientSecret = a.Auth.Secret
 	}
@@ -53,8 +53,9 @@ func (r *MLflowAccessTokenReconciler) keepKit(ctx context.Context, obj *authv1al
 }
 
 // revocationAccess is how to reach Keycloak to revoke: through the resource's target as usual,
-// or, when its sources are gone (a namespace being deleted), with the kit of the state Secret.
-func (r *MLflowAccessTokenReconciler) revocationAccess(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, state *corev1.Secret) (access, *failure) {
+// or, when its sources are gone (a namespace being deleted), with the kit of the state Secret
+// (sealed: see trust.go).
+func (r *MLflowAccessTokenReconciler) revocationAccess(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, kit *tokensecret.Kit) (access, *failure) {
 	t, f := r.resolveTarget(ctx, obj)
 	if f == nil {
 		a, af := r.access(ctx, t)
@@ -63,28 +64,37 @@ func (r *MLflowAccessTokenReconciler) revocationAccess(ctx context.Context, obj 
 		}
 		f = af
 	}
-	if a, ok := r.kitAccess(tokensecret.ReadKit(state)); ok {
+	a, ok, kf := r.kitAccess(kit)
+	switch {
+	case ok:
 		log.FromContext(ctx).Info("Revoking with the credentials kept in the state Secret", "unavailable", f.Message)
 		return a, nil
+	case kf != nil:
+		return access{}, kf
 	}
 	return access{}, f
 }
 
-// kitAccess turns a kit into an access, when it holds usable credentials.
-func (r *MLflowAccessTokenReconciler) kitAccess(kit *tokensecret.Kit) (access, bool) {
+// kitAccess turns a kit into an access, when it holds usable credentials. The kit's URL goes
+// through the guardrails as any other: a kit written when the platform allowed a host it no longer
+// allows is not used (f says why).
+func (r *MLflowAccessTokenReconciler) kitAccess(kit *tokensecret.Kit) (a access, ok bool, f *failure) {
 	if kit == nil {
-		return access{}, false
+		return access{}, false, nil
 	}
-	a := access{Endpoint: keycloak.Endpoint{URL: kit.URL, Realm: kit.Realm, CABundle: kit.CABundle}, Auth: keycloak.ClientAuth{ClientID: kit.ClientID}}
+	if f := r.Guardrails.check(kit.URL, kit.AllowHTTP, ""); f != nil {
+		return access{}, false, f
+	}
+	a = access{Endpoint: keycloak.Endpoint{URL: kit.URL, Realm: kit.Realm, CABundle: kit.CABundle}, Auth: keycloak.ClientAuth{ClientID: kit.ClientID}}
 	switch {
 	case kit.ClientSecret != "":
 		a.Auth.Secret = kit.ClientSecret
 	case kit.Assertion != "" && r.now().Before(kit.AssertionExpires):
 		a.Auth.Assertion = kit.Assertion
 	default:
-		return access{}, false
+		return access{}, false, nil
 	}
-	return a, true
+	return a, true, nil
 }
 
 // namespaceTerminating reports whether ns is being deleted (from the cache of namespace
@@ -114,6 +124,14 @@ func (r *MLflowAccessTokenReconciler) releaseSecret(ctx context.Context, s *core
 	if !slices.Contains(s.Finalizers, authv1alpha1.Finalizer) {
 		return nil
 	}
+	if tokensecret.IsStub(s) {
+		// The cache's stub of an unsealed Secret: update the whole Secret, not the stub.
+		full := &corev1.Secret{}
+		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(s), full); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+		s = full
+	}
 	s = s.DeepCopy()
 	s.Finalizers = slices.DeleteFunc(s.Finalizers, func(f string) bool { return f == authv1alpha1.Finalizer })
 	r.written.forget(s)
@@ -122,10 +140,14 @@ func (r *MLflowAccessTokenReconciler) releaseSecret(ctx context.Context, s *core
 
 // releaseOrphans revokes and lets go the Secrets of a resource that is gone without having
 // revoked (someone removed its finalizer by hand, or deleted it while the operator was not
-// running): their finalizer kept them, and the state Secret's kit says how to revoke.
+// running): their finalizer kept them, and the state Secret's kit says how to revoke. Only
+// Secrets sealed for that resource count (trust.go): one forged with the operator's labels, its
+// finalizer and an owner reference is left alone, and gets no request anywhere. The Secrets are
+// found through an index of their controller's name: the cost is the resource's own Secrets,
+// whatever else its namespace holds.
 func (r *MLflowAccessTokenReconciler) releaseOrphans(ctx context.Context, key client.ObjectKey) error {
 	var l corev1.SecretList
-	if err := r.List(ctx, &l, client.InNamespace(key.Namespace), client.MatchingLabels{tokensecret.LabelManagedBy: tokensecret.ManagedByValue}); err != nil {
+	if err := r.List(ctx, &l, client.InNamespace(key.Namespace), client.MatchingFields{IndexSecretController: key.Name}); err != nil {
 		return err
 	}
 	var orphans []*corev1.Secret
@@ -133,7 +155,12 @@ func (r *MLflowAccessTokenReconciler) releaseOrphans(ctx context.Context, key cl
 	var chain *tokensecret.Chain
 	for i := range l.Items {
 		s := &l.Items[i]
-		if !ownedByToken(s, key.Name) || !slices.Contains(s.Finalizers, authv1alpha1.Finalizer) {
+		if !ownedByToken(s, key.Name) || !slices.Contains(s.Finalizers, authv1alpha1.Finalizer) || !tokensecret.Verify(s, r.Seal) {
+			continue
+		}
+		// All of them sealed for the same resource: a sealed Secret of an older resource of the
+		// same name does not lend its kit to another's Secrets.
+		if len(orphans) > 0 && metav1.GetControllerOfNoCopy(s).UID != metav1.GetControllerOfNoCopy(orphans[0]).UID {
 			continue
 		}
 		orphans = append(orphans, s)
@@ -145,7 +172,11 @@ func (r *MLflowAccessTokenReconciler) releaseOrphans(ctx context.Context, key cl
 		return nil
 	}
 	logger := log.FromContext(ctx)
-	if a, ok := r.kitAccess(kit); ok {
+	a, ok, kf := r.kitAccess(kit)
+	if kf != nil {
+		logger.Info("Not revoking the tokens of a resource deleted without revocation: its kit names a Keycloak the platform does not allow", "message", kf.Message)
+	}
+	if ok {
 		if chain != nil && chain.RefreshToken != "" {
 			if err := r.revoke(ctx, a, chain.RefreshToken, "refresh_token"); err != nil {
 				logger.Info("Could not revoke the refresh token of a deleted resource", "error", err.Error())

@@ -38,6 +38,7 @@ import (
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/policy"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/seal"
 )
 
 // Config are the reconciler's tunables. DefaultConfig is the one place their defaults live;
@@ -101,6 +102,9 @@ type MLflowAccessTokenReconciler struct {
 	Clock clock.PassiveClock
 	// Watched reads issuers' credentials and CA bundles.
 	Watched Watched
+	// Seal signs what the operator writes into its Secrets and recognises it when read back
+	// (trust.go); tenants can edit those Secrets, so nothing unsealed is believed.
+	Seal *seal.Keys
 	Config
 
 	// unsaved holds refresh chains Keycloak rotated but the API server would not store (it was

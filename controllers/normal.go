@@ -26,7 +26,7 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 	if secret != nil && secret.DeletionTimestamp != nil {
 		return r.releaseDeleted(ctx, obj, secret)
 	}
-	cur := tokenIn(secret)
+	cur, distrust := r.consumerToken(obj, secret) // trust.go
 	t, f := r.resolveTarget(ctx, obj)
 	if f != nil {
 		return r.failed(ctx, obj, cur, "", f)
@@ -38,9 +38,10 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 		obj.Status.FailedAttempts = 0
 	}
 	d := policy.Decide(r.decideInput(obj, now, cur, inputs))
-	if !d.Issue {
+	keep := func() (ctrl.Result, error) {
 		if cur != nil && cur.IssuedFor == inputs {
-			// Labels, annotations, the tracking URI or the reported renewal time may have changed.
+			// Labels, annotations, the tracking URI or the reported renewal time may have changed
+			// (and a Secret written before seals gets its seal).
 			if _, err := r.writeConsumer(ctx, obj, t, secret, *cur, d.RenewAt, writeOpts{adopt: true}); err != nil {
 				return r.failed(ctx, obj, cur, inputs, secretWriteFailure(err, name))
 			}
@@ -48,22 +49,29 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 		report(obj, now, cur, d, inputs)
 		return requeueAt(d.Next, now), nil
 	}
+	if !d.Issue {
+		return keep()
+	}
 
 	// Before spending a token, look at the Secret as the API server has it: the cache may not
-	// yet show a token the previous leader (or an earlier process) just wrote. When the cache
-	// shows the very version this process wrote last, it is not behind: no read needed.
+	// yet show a token the previous leader (or an earlier process) just wrote, and it keeps only a
+	// stub of a Secret whose seal does not hold. When the cache shows the very version this process
+	// wrote last, it is not behind: no read needed.
 	if !r.written.isLatest(secret) {
 		fresh, err := r.ownedSecret(ctx, obj, name, r.APIReader)
 		if err != nil {
 			return r.failed(ctx, obj, cur, inputs, asFailure(err))
 		}
-		if tok := tokenIn(fresh); fresh != nil && (secret == nil || fresh.ResourceVersion != secret.ResourceVersion) {
-			secret, cur = fresh, tok
+		if fresh != nil && (secret == nil || fresh.ResourceVersion != secret.ResourceVersion || tokensecret.IsStub(secret)) {
+			secret = fresh
+			cur, distrust = r.consumerToken(obj, fresh)
 			if d = policy.Decide(r.decideInput(obj, now, cur, inputs)); !d.Issue {
-				report(obj, now, cur, d, inputs)
-				return requeueAt(d.Next, now), nil
+				return keep()
 			}
 		}
+	}
+	if distrust != "" {
+		r.event(obj, corev1.EventTypeWarning, authv1alpha1.ReasonSecretModified, "Issue", "Secret %s %s; its content is ignored and a new token is issued", name, distrust)
 	}
 	if r.namespaceTerminating(ctx, obj.Namespace) {
 		// Its deletion is under way: a new token would only have to be revoked again.
@@ -226,14 +234,6 @@ func (r *MLflowAccessTokenReconciler) honourRequests(obj *authv1alpha1.MLflowAcc
 	if pendingRequest(obj, authv1alpha1.AnnotationRevokeRequest, obj.Status.LastRevocationRequest) {
 		obj.Status.LastRevocationRequest = obj.Annotations[authv1alpha1.AnnotationRevokeRequest]
 	}
-}
-
-// tokenIn returns the token state recorded in s, or nil when s holds no usable token.
-func tokenIn(s *corev1.Secret) *tokensecret.State {
-	if st, ok := tokensecret.Read(s); ok {
-		return &st
-	}
-	return nil
 }
 
 func renewBefore(obj *authv1alpha1.MLflowAccessToken) *time.Duration {

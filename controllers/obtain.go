@@ -160,7 +160,7 @@ func (r *MLflowAccessTokenReconciler) keepClientSession(ctx context.Context, obj
 	if err != nil {
 		return
 	}
-	prev := tokensecret.ReadChain(stateSecret)
+	prev := r.readState(obj, stateSecret).chain
 	next := r.chainFrom(got.Token, &tokensecret.Chain{})
 	saved, err := r.saveChainPersistently(ctx, obj, stateSecret, next)
 	if err != nil {

@@ -59,7 +59,7 @@ var deleteScenarios = []scenario{
 		if attempts < 6 || attempts > 30 {
 			t.Fatalf("%d attempts in 2 minutes, want a backoff (not a hot loop, not a single try)", attempts)
 		}
-		e.wantEvent("Warning", "RevocationFailed", "gave up after")
+		e.wantEvent("Warning", "RevocationAbandoned", "gave up after")
 	}},
 	{"deletion with Keycloak back before the deadline", func(t *testing.T) {
 		e := newEnv(t, nil)

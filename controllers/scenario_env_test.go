@@ -25,6 +25,7 @@ import (
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak/keycloaktest"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/policy"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/seal"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 )
 
@@ -101,7 +102,7 @@ func newEnv(t *testing.T, mutate func(*authv1alpha1.MLflowAccessToken), extra ..
 		mutate(obj)
 	}
 	objs := append([]client.Object{obj, userSecret(clientSecret, map[string]string{"client-secret": testSecret})}, extra...)
-	e.c = fake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(objs...).
+	e.c = withOperatorIndexes(fake.NewClientBuilder().WithScheme(scheme.New())).WithObjects(objs...).
 		WithStatusSubresource(&authv1alpha1.MLflowAccessToken{}, &authv1alpha1.KeycloakIssuer{}, &authv1alpha1.ClusterKeycloakIssuer{}).
 		WithInterceptorFuncs(interceptor.Funcs{
 			Get: func(ctx context.Context, c client.WithWatch, k client.ObjectKey, o client.Object, opts ...client.GetOption) error {
@@ -155,8 +156,17 @@ func newEnv(t *testing.T, mutate func(*authv1alpha1.MLflowAccessToken), extra ..
 	cfg.Backoff = policy.Backoff{Initial: 2 * time.Second, Max: time.Minute}
 	cfg.RevocationTimeout = 2 * time.Minute
 	cfg.ClusterResourceNamespace = "mto-system"
-	e.r = &MLflowAccessTokenReconciler{Client: e.c, APIReader: uncached{e}, Recorder: e.rec, Keycloak: e.kc, Clock: e.clk, Config: cfg, Watched: watchedStore{e.c}}
+	e.r = &MLflowAccessTokenReconciler{Client: e.c, APIReader: uncached{e}, Recorder: e.rec, Keycloak: e.kc, Clock: e.clk, Config: cfg, Watched: watchedStore{e.c}, Seal: testKeys}
 	return e
+}
+
+// testKeys seal the scenarios' Secrets.
+var testKeys = seal.MustKeys([]byte("scenario-test-key-0123456789abcdef"))
+
+// withOperatorIndexes adds the field indexes the operator's cache has.
+func withOperatorIndexes(b *fake.ClientBuilder) *fake.ClientBuilder {
+	return b.WithIndex(&authv1alpha1.MLflowAccessToken{}, IndexSessionID, indexSessionID).
+		WithIndex(&corev1.Secret{}, IndexSecretController, indexSecretController)
 }
 
 func isDryRun(opts []client.CreateOption) bool {

@@ -58,7 +58,7 @@ func newNudgeEnv(t *testing.T, nudging bool, mutate func(*authv1alpha1.MLflowAcc
 	for _, p := range pods {
 		objs = append(objs, p)
 	}
-	e.c = fake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(objs...).
+	e.c = withOperatorIndexes(fake.NewClientBuilder().WithScheme(scheme.New())).WithObjects(objs...).
 		WithStatusSubresource(&authv1alpha1.MLflowAccessToken{}).
 		WithIndex(&corev1.Pod{}, nudge.IndexSecrets, nudge.SecretsIndex).
 		WithInterceptorFuncs(interceptor.Funcs{

@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 )
 
 // This file is the one writer of the operator's own Secrets: the consumer Secret that pods mount
@@ -50,11 +51,22 @@ type writeOpts struct {
 // follows updates of the Secret it was created from, not a new one. An update carries the
 // resourceVersion it was based on, so a concurrent write makes it fail with a conflict. It
 // returns the Secret as written (existing when nothing changed).
+//
+// Every write is sealed (trust.go). A Secret whose seal does not hold is scrubbed of everything
+// the operator would write before mutate fills it: what a tenant placed there is never sealed as
+// the operator's own. A stub from the cache is read whole from the API server first.
 func (r *MLflowAccessTokenReconciler) writeOwned(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, existing *corev1.Secret, name string, mutate func(*corev1.Secret) bool, o writeOpts) (*corev1.Secret, error) {
 	var dry []client.CreateOption
 	var dryUpdate []client.UpdateOption
 	if o.dryRun {
 		dry, dryUpdate = []client.CreateOption{client.DryRunAll}, []client.UpdateOption{client.DryRunAll}
+	}
+	if tokensecret.IsStub(existing) {
+		full, err := r.ownedSecret(ctx, obj, name, r.APIReader)
+		if err != nil {
+			return nil, err
+		}
+		existing = full
 	}
 	if existing == nil {
 		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: obj.Namespace}}
@@ -62,6 +74,7 @@ func (r *MLflowAccessTokenReconciler) writeOwned(ctx context.Context, obj *authv
 		if err := controllerutil.SetControllerReference(obj, s, r.Scheme()); err != nil {
 			return nil, err
 		}
+		tokensecret.Seal(s, r.Seal)
 		if !o.dryRun {
 			r.written.expect(s)
 		}
@@ -86,7 +99,15 @@ func (r *MLflowAccessTokenReconciler) writeOwned(ctx context.Context, obj *authv
 		existing = found
 	}
 	s := existing.DeepCopy()
-	if !mutate(s) {
+	trusted := tokensecret.Verify(existing, r.Seal)
+	if !trusted {
+		tokensecret.Scrub(s)
+	}
+	changed := mutate(s)
+	if tokensecret.Seal(s, r.Seal) {
+		changed = true
+	}
+	if !changed && trusted {
 		return existing, nil
 	}
 	if !o.dryRun {

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"errors"
 	"slices"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
@@ -56,7 +57,17 @@ func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, opts co
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
 	}
-	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &authv1alpha1.MLflowAccessToken{}, IndexIssuerRef, indexIssuerRef); err != nil {
+	if r.Seal == nil {
+		return errors.New("the reconciler needs the keys that seal its Secrets (Seal)")
+	}
+	indexer := mgr.GetFieldIndexer()
+	if err := indexer.IndexField(context.Background(), &authv1alpha1.MLflowAccessToken{}, IndexIssuerRef, indexIssuerRef); err != nil {
+		return err
+	}
+	if err := indexer.IndexField(context.Background(), &authv1alpha1.MLflowAccessToken{}, IndexSessionID, indexSessionID); err != nil {
+		return err
+	}
+	if err := indexer.IndexField(context.Background(), &corev1.Secret{}, IndexSecretController, indexSecretController); err != nil {
 		return err
 	}
 	tokensOf := func(ctx context.Context, kind string, keys ...types.NamespacedName) []reconcile.Request {
@@ -74,7 +85,7 @@ func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, opts co
 	}
 	b := ctrl.NewControllerManagedBy(mgr).
 		For(&authv1alpha1.MLflowAccessToken{}, builder.WithPredicates(specOrMetadataChanged{})).
-		Owns(&corev1.Secret{}, builder.WithPredicates(notOwnWrite{&r.written})).
+		Owns(&corev1.Secret{}, builder.WithPredicates(sealedOrOwned{r}, notOwnWrite{&r.written})).
 		Watches(&authv1alpha1.KeycloakIssuer{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
 			return tokensOf(ctx, authv1alpha1.KindKeycloakIssuer, client.ObjectKeyFromObject(o))
 		}), builder.WithPredicates(issuerReadinessChanged{})).

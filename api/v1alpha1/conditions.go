@@ -126,6 +126,22 @@ const (
 	// the issuer names (a proxy or Keycloak's hostname setting): tokens would carry that issuer.
 	ReasonIssuerMismatch = "IssuerMismatch"
 
+	// ReasonForeignRefreshToken: the bootstrap refresh token belongs to another client, or to a
+	// session another MLflowAccessToken holds (a token leaked from elsewhere). It is never sent to
+	// Keycloak; put a token of your own into the Secret.
+	ReasonForeignRefreshToken = "ForeignRefreshToken"
+
+	// ReasonSecretModified (Warning event): the consumer or state Secret does not hold what the
+	// operator wrote there for this resource (edited, copied from elsewhere, restored from an
+	// older copy); its content is ignored and a new token is issued.
+	ReasonSecretModified = "SecretModified"
+	// ReasonRevocationFailedEvent (Warning event): one attempt to revoke at deletion failed; it is
+	// retried until the revocation timeout.
+	ReasonRevocationFailedEvent = "RevocationFailed"
+	// ReasonRevocationAbandoned (Warning event): deletion finished without revocation (it gave up
+	// after the revocation timeout, or nothing was left to revoke with): the token stays valid
+	// until it expires. Its own reason, so that it is not folded into the retries' series.
+	ReasonRevocationAbandoned = "RevocationAbandoned"
 	// ReasonRenewalWindowAdjusted (Warning event): spec.renewBefore cannot be honoured for a token
 	// of this lifetime; the event says what is done instead.
 	ReasonRenewalWindowAdjusted = "RenewalWindowAdjusted"

@@ -3,6 +3,7 @@
 package manager
 
 import (
+	"context"
 	"os"
 	"strings"
 	"time"
@@ -30,6 +31,7 @@ import (
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/mlflowcheck"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/nudge"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/objectwatch"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/seal"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 )
 
@@ -63,6 +65,9 @@ type Options struct {
 	KeycloakObserver func(op keycloak.Op, took time.Duration, err error)
 	// SkipNameValidation allows several managers in one process (tests that restart the operator).
 	SkipNameValidation bool
+	// StateKeySecret names the Secret, in the operator's namespace, that holds the key sealing
+	// what the operator writes into tenants' Secrets (internal/seal); created at the first start.
+	StateKeySecret string
 
 	// CheckMLflow: after a new token, ask the resource's MLflow whether it accepts it (condition
 	// MLflowAccepted). MLflowCheck tunes the checks (rate, timeout, workers).
@@ -84,6 +89,7 @@ func Defaults() Options {
 		QPS:            50,
 		Burst:          100,
 		Reconciler:     controllers.DefaultConfig(),
+		StateKeySecret: "mlflow-token-operator-state-key",
 		KeycloakLimits: keycloak.Limits{QPS: 100, Burst: 100, PerHostQPS: 50, PerHostBurst: 50},
 		CheckMLflow:    true,
 		MLflowCheck:    mlflowcheck.DefaultOptions(),
@@ -97,6 +103,13 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	cfg = rest.CopyConfig(cfg)
 	if o.QPS > 0 {
 		cfg.QPS, cfg.Burst = o.QPS, o.Burst
+	}
+	if o.Reconciler.ClusterResourceNamespace == "" {
+		o.Reconciler.ClusterResourceNamespace = OwnNamespace()
+	}
+	keys, err := loadKeys(cfg, o)
+	if err != nil {
+		return nil, err
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  scheme.New(),
@@ -116,7 +129,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		LeaseDuration:                 nonZero(o.LeaseDuration),
 		RenewDeadline:                 nonZero(o.RenewDeadline),
 		RetryPeriod:                   nonZero(o.RetryPeriod),
-		Cache:                         withConsumerPods(cacheOptions(o.Namespaces), o.NudgePods), // nudge.go
+		Cache:                         withConsumerPods(cacheOptions(o.Namespaces, keys), o.NudgePods), // nudge.go
 	})
 	if err != nil {
 		return nil, err
@@ -131,9 +144,6 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 			}
 		}
 		kc = keycloak.NewGoCloak(keycloak.Options{Timeout: o.Reconciler.KeycloakTimeout, Limits: o.KeycloakLimits, Observe: observe})
-	}
-	if o.Reconciler.ClusterResourceNamespace == "" {
-		o.Reconciler.ClusterResourceNamespace = OwnNamespace()
 	}
 	// The credentials and CA bundles issuers reference are watched one by one (no cluster-wide
 	// Secret cache); a change reaches the issuers' and the tokens' controllers as an event.
@@ -157,6 +167,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		Recorder:  recorder,
 		Keycloak:  kc,
 		Watched:   watched,
+		Seal:      keys,
 		Config:    o.Reconciler,
 		Delivery:  delivery,
 	}
@@ -246,11 +257,29 @@ func nonZero(d time.Duration) *time.Duration {
 	return &d
 }
 
-// cacheOptions caches only the Secrets the operator writes, not every Secret in the cluster,
-// and only the given namespaces when any are named.
-func cacheOptions(namespaces []string) cache.Options {
+// loadKeys reads (or, at the first start, creates) the key that seals the operator's Secrets,
+// in the operator's namespace, with a client of its own: the manager's cache needs the key
+// before it starts.
+func loadKeys(cfg *rest.Config, o Options) (*seal.Keys, error) {
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return seal.Load(ctx, c, o.Reconciler.ClusterResourceNamespace, o.StateKeySecret)
+}
+
+// cacheOptions caches only the Secrets that carry the operator's label, not every Secret in the
+// cluster, and only the given namespaces when any are named. A label is no proof (anyone who may
+// write a Secret can set it), so of a Secret without the operator's seal the cache keeps only a
+// stub (tokensecret.CacheTransform): what tenants create costs a few hundred bytes each.
+func cacheOptions(namespaces []string, keys *seal.Keys) cache.Options {
 	opts := cache.Options{ByObject: map[client.Object]cache.ByObject{
-		&corev1.Secret{}: {Label: labels.SelectorFromSet(labels.Set{tokensecret.LabelManagedBy: tokensecret.ManagedByValue})},
+		&corev1.Secret{}: {
+			Label:     labels.SelectorFromSet(labels.Set{tokensecret.LabelManagedBy: tokensecret.ManagedByValue}),
+			Transform: tokensecret.CacheTransform(keys),
+		},
 	}}
 	if len(namespaces) > 0 {
 		opts.DefaultNamespaces = map[string]cache.Config{}

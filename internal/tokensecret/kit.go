@@ -23,6 +23,9 @@ type Kit struct {
 	// AssertionExpires.
 	Assertion        string
 	AssertionExpires time.Time
+	// AllowHTTP: the platform allowed this plain http:// URL when the kit was written (a
+	// ClusterKeycloakIssuer's allowInsecureHTTP). The operator's own rules apply on top.
+	AllowHTTP bool
 }
 
 const (
@@ -34,6 +37,7 @@ const (
 	annKitRealm     = annotationPrefix + "keycloak-realm"
 	annKitClientID  = annotationPrefix + "keycloak-client-id"
 	annKitAssertExp = annotationPrefix + "client-assertion-expires"
+	annKitAllowHTTP = annotationPrefix + "keycloak-allow-insecure-http"
 )
 
 // ApplyKit writes k onto the state Secret s and reports whether anything changed.
@@ -55,6 +59,11 @@ func ApplyKit(s *corev1.Secret, k Kit) bool {
 		exp = formatTime(k.AssertionExpires)
 	}
 	setOrDelete(ann, annKitAssertExp, exp)
+	allow := ""
+	if k.AllowHTTP {
+		allow = "true"
+	}
+	setOrDelete(ann, annKitAllowHTTP, allow)
 	setOrDeleteData(data, keyKitClientSecret, k.ClientSecret)
 	setOrDeleteData(data, keyKitAssertion, k.Assertion)
 	setOrDeleteData(data, keyKitCA, string(k.CABundle))
@@ -79,6 +88,7 @@ func ReadKit(s *corev1.Secret) *Kit {
 	k := &Kit{
 		URL: s.Annotations[annKitURL], Realm: s.Annotations[annKitRealm], ClientID: s.Annotations[annKitClientID],
 		CABundle: s.Data[keyKitCA], ClientSecret: string(s.Data[keyKitClientSecret]), Assertion: string(s.Data[keyKitAssertion]),
+		AllowHTTP: s.Annotations[annKitAllowHTTP] == "true",
 	}
 	if t, err := time.Parse(time.RFC3339, s.Annotations[annKitAssertExp]); err == nil {
 		k.AssertionExpires = t

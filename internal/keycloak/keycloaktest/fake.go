@@ -49,6 +49,16 @@ type Fake struct {
 	sessions  map[string]bool // session id → alive
 	calls     map[string]int
 	serial    int
+	// sent records every call's base URL and the token it carried (a refresh token redeemed, a
+	// token revoked or introspected), for tests of where tokens go.
+	sent []Sent
+}
+
+// Sent is one call as the fake saw it.
+type Sent struct {
+	Kind  string // as in Calls
+	URL   string // the endpoint's base URL
+	Token string // the token the call carried ("" for grants without one)
 }
 
 type refreshToken struct {
@@ -144,12 +154,33 @@ func (f *Fake) RefreshActive(token string) bool {
 	return ok && rt.active && f.sessions[rt.session] && f.clock.Now().Before(rt.expires)
 }
 
-func (f *Fake) count(op keycloak.Op) error {
+// Requests returns every call made so far, in order.
+func (f *Fake) Requests() []Sent {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]Sent(nil), f.sent...)
+}
+
+// Carried counts the calls that carried token.
+func (f *Fake) Carried(token string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, s := range f.sent {
+		if s.Token == token {
+			n++
+		}
+	}
+	return n
+}
+
+func (f *Fake) count(op keycloak.Op, ep keycloak.Endpoint, token string) error {
 	kind := op.Endpoint
 	if kind == "token" {
 		kind = op.Grant
 	}
 	f.calls[kind]++
+	f.sent = append(f.sent, Sent{Kind: kind, URL: ep.URL, Token: token})
 	if f.Fail != nil {
 		return f.Fail(op)
 	}
@@ -179,7 +210,7 @@ func invalidGrant(desc string) error {
 func (f *Fake) Token(_ context.Context, ep keycloak.Endpoint, auth keycloak.ClientAuth, g keycloak.Grant) (*keycloak.Token, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.count(keycloak.Op{Grant: string(g.Type), Endpoint: "token", Realm: ep.Realm}); err != nil {
+	if err := f.count(keycloak.Op{Grant: string(g.Type), Endpoint: "token", Realm: ep.Realm}, ep, g.RefreshToken); err != nil {
 		return nil, err
 	}
 	if err := f.authenticate(auth); err != nil {
@@ -268,7 +299,7 @@ func (f *Fake) newRefresh(clientID, sid, user string, offline bool) string {
 func (f *Fake) Revoke(_ context.Context, ep keycloak.Endpoint, auth keycloak.ClientAuth, token, hint string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.count(keycloak.Op{Grant: hint, Endpoint: "revoke", Realm: ep.Realm}); err != nil {
+	if err := f.count(keycloak.Op{Grant: hint, Endpoint: "revoke", Realm: ep.Realm}, ep, token); err != nil {
 		return err
 	}
 	if err := f.authenticate(auth); err != nil {
@@ -287,7 +318,7 @@ func (f *Fake) Revoke(_ context.Context, ep keycloak.Endpoint, auth keycloak.Cli
 func (f *Fake) Introspect(_ context.Context, ep keycloak.Endpoint, auth keycloak.ClientAuth, token, hint string) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.count(keycloak.Op{Grant: hint, Endpoint: "introspect", Realm: ep.Realm}); err != nil {
+	if err := f.count(keycloak.Op{Grant: hint, Endpoint: "introspect", Realm: ep.Realm}, ep, token); err != nil {
 		return false, err
 	}
 	if err := f.authenticate(auth); err != nil {
@@ -304,7 +335,7 @@ func (f *Fake) Introspect(_ context.Context, ep keycloak.Endpoint, auth keycloak
 func (f *Fake) DeleteSession(_ context.Context, ep keycloak.Endpoint, _, sid string, _ bool) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.count(keycloak.Op{Grant: "admin", Endpoint: "session", Realm: ep.Realm}); err != nil {
+	if err := f.count(keycloak.Op{Grant: "admin", Endpoint: "session", Realm: ep.Realm}, ep, ""); err != nil {
 		return false, err
 	}
 	alive := f.sessions[sid]
@@ -316,7 +347,7 @@ func (f *Fake) DeleteSession(_ context.Context, ep keycloak.Endpoint, _, sid str
 func (f *Fake) Discover(_ context.Context, ep keycloak.Endpoint) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if err := f.count(keycloak.Op{Grant: "discovery", Endpoint: "discovery", Realm: ep.Realm}); err != nil {
+	if err := f.count(keycloak.Op{Grant: "discovery", Endpoint: "discovery", Realm: ep.Realm}, ep, ""); err != nil {
 		return "", err
 	}
 	if f.DiscoveredIssuer != "" {
