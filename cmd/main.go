@@ -54,12 +54,13 @@ func main() {
 	flag.Float64Var(&o.MLflowCheck.QPS, "mlflow-check-qps", o.MLflowCheck.QPS, "Most requests per second to MLflow servers, all together, for --mlflow-check (0: unlimited).")
 	flag.IntVar(&o.MLflowCheck.Burst, "mlflow-check-burst", o.MLflowCheck.Burst, "Burst above --mlflow-check-qps.")
 	flag.DurationVar(&o.MLflowCheck.Timeout, "mlflow-check-timeout", o.MLflowCheck.Timeout, "Timeout of one request to MLflow for --mlflow-check.")
-	var namespaces, allowedHosts string
+	var namespaces, allowedHosts, allowedMLflowHosts string
 	flag.StringVar(&namespaces, "namespaces", "", "Comma-separated namespaces to watch (default: all). The operator then needs permissions only in these namespaces.")
 	flag.StringVar(&o.StateKeySecret, "state-key-secret", o.StateKeySecret, "Secret in the operator's namespace holding the key that seals what the operator writes into tenants' Secrets (created at the first start). Deleting it makes every token be issued anew once and every refresh chain need a new bootstrap token.")
 	flag.StringVar(&o.Reconciler.ClusterResourceNamespace, "cluster-resource-namespace", "", "Namespace of the Secrets and ConfigMaps that ClusterKeycloakIssuers reference (default: the operator's own, $POD_NAMESPACE).")
 	flag.BoolVar(&o.Reconciler.Guardrails.AllowInsecureHTTP, "allow-insecure-http", false, "Let every resource use plain http:// Keycloak URLs: credentials and tokens then cross the network in clear text. Without it, only ClusterKeycloakIssuers with allowInsecureHTTP may.")
 	flag.StringVar(&allowedHosts, "allowed-keycloak-hosts", "", "Comma-separated Keycloak hosts the operator may talk to: exact host names, or suffixes beginning with a dot (.example.com). Default: any. No request leaves for any other host.")
+	flag.StringVar(&allowedMLflowHosts, "allowed-mlflow-hosts", "", "Comma-separated MLflow hosts the acceptance check (--mlflow-check) may send tokens to, in the forms of --allowed-keycloak-hosts. Default: any. A tracking URI on another host is not checked (MLflowAccepted=Unknown, reason CheckNotAllowed).")
 	flag.DurationVar(&o.IssuerRecheckInterval, "issuer-recheck-interval", 5*time.Minute, "How often issuers' realms are checked again (failing ones ten times as often, at least every 30 s).")
 	flag.DurationVar(&o.Reconciler.ServiceAccountTokenLifetime, "serviceaccount-token-lifetime", o.Reconciler.ServiceAccountTokenLifetime, "Lifetime asked for the service-account tokens that authenticate clients (10m to 1h: Kubernetes' minimum, Keycloak's maximum); each is reused for two thirds of it.")
 	// Delivery of new tokens to running pods (internal/nudge).
@@ -73,6 +74,7 @@ func main() {
 	o.QPS = float32(qps)
 	o.Namespaces = splitList(namespaces)
 	o.Reconciler.Guardrails.AllowedHosts = splitList(allowedHosts)
+	o.Reconciler.Guardrails.AllowedMLflowHosts = splitList(allowedMLflowHosts)
 
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))
 	setupLog := ctrl.Log.WithName("setup")

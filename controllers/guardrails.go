@@ -19,6 +19,27 @@ type Guardrails struct {
 	// AllowedHosts, when set, are the only Keycloak hosts the operator talks to: exact host
 	// names, or suffixes beginning with a dot (".example.com" allows every host under it).
 	AllowedHosts []string
+	// AllowedMLflowHosts, when set, are the only MLflow hosts the acceptance check sends a token
+	// to (same forms as AllowedHosts).
+	AllowedMLflowHosts []string
+}
+
+// checkMLflow refuses a tracking URI the acceptance check may not send a token to: the same
+// rules as for Keycloak (no plain HTTP unless the platform allows it for this resource, only the
+// allowed hosts), so that a tenant's tracking URI cannot make the operator send requests where the
+// platform does not want them. A refusal only skips the check; the token is issued as usual.
+func (g Guardrails) checkMLflow(raw string, allowHTTP bool) string {
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil || u.Host == "":
+		return fmt.Sprintf("%q is not a URL", raw)
+	case u.Scheme == "http" && !g.AllowInsecureHTTP && !allowHTTP:
+		return fmt.Sprintf("%s is plain HTTP and the platform does not allow plain HTTP (operator flag --allow-insecure-http, or allowInsecureHTTP on a ClusterKeycloakIssuer): MLflow is not asked whether it accepts the token", raw)
+	case len(g.AllowedMLflowHosts) > 0 && !hostAllowed(u.Hostname(), g.AllowedMLflowHosts):
+		return fmt.Sprintf("the operator may only send tokens to the MLflow hosts %s (flag --allowed-mlflow-hosts); %s is not one of them: MLflow is not asked whether it accepts the token",
+			strings.Join(g.AllowedMLflowHosts, ", "), u.Hostname())
+	}
+	return ""
 }
 
 // check refuses a URL the platform does not allow, saying how to allow it.

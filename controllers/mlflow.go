@@ -49,13 +49,14 @@ func trackingURI(obj *authv1alpha1.MLflowAccessToken, t *target) string {
 }
 
 // currentTrackingURI resolves the resource's tracking URI outside the normal path (its issuer
-// from the cache; on failure only the resource's own).
-func (r *MLflowAccessTokenReconciler) currentTrackingURI(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) string {
+// from the cache; on failure only the resource's own), and whether the platform allows plain HTTP
+// for the resource.
+func (r *MLflowAccessTokenReconciler) currentTrackingURI(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) (string, bool) {
 	if obj.Spec.IssuerRef == nil {
-		return trackingURI(obj, nil)
+		return trackingURI(obj, nil), false
 	}
 	t, _ := r.resolveTarget(ctx, obj)
-	return trackingURI(obj, t)
+	return trackingURI(obj, t), t != nil && t.allowHTTP
 }
 
 // tokenID identifies the token in the Secret as status records it: its jti, or its issue time
@@ -83,8 +84,8 @@ func tokenID(obj *authv1alpha1.MLflowAccessToken) string {
 //
 // uri is the tracking URI (trackingURI); ca is the CA bundle the resource gives for Keycloak,
 // trusted for MLflow too, on top of the system's roots: a private PKI usually signs both.
-func (r *MLflowAccessTokenReconciler) checkMLflow(obj *authv1alpha1.MLflowAccessToken, why policy.Why, accessToken, uri string, ca []byte) {
-	if uri == "" || r.MLflow == nil || accessToken == "" {
+func (r *MLflowAccessTokenReconciler) checkMLflow(obj *authv1alpha1.MLflowAccessToken, why policy.Why, accessToken, uri string, allowHTTP bool, ca []byte) {
+	if uri == "" || r.MLflow == nil || accessToken == "" || r.Guardrails.checkMLflow(uri, allowHTTP) != "" {
 		return
 	}
 	if why == policy.Due {
@@ -100,9 +101,13 @@ func (r *MLflowAccessTokenReconciler) checkMLflow(obj *authv1alpha1.MLflowAccess
 
 // reportMLflow sets the MLflowAccepted condition from the last check of the current token.
 func (r *MLflowAccessTokenReconciler) reportMLflow(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) {
-	uri := r.currentTrackingURI(ctx, obj)
+	uri, allowHTTP := r.currentTrackingURI(ctx, obj)
 	if uri == "" || r.MLflow == nil {
 		meta.RemoveStatusCondition(&obj.Status.Conditions, authv1alpha1.ConditionMLflowAccepted)
+		return
+	}
+	if msg := r.Guardrails.checkMLflow(uri, allowHTTP); msg != "" {
+		setMLflowCondition(obj, metav1.ConditionUnknown, authv1alpha1.ReasonMLflowCheckNotAllowed, msg)
 		return
 	}
 	var prev *metav1.Condition

@@ -104,7 +104,7 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 	recordSuccess(obj)
 	report(obj, now, &st, policy.Decision{RenewAt: plan.RenewAt}, inputs)
 	r.announce(ctx, obj, d.Why, first, st, plan)
-	r.checkMLflow(obj, d.Why, st.AccessToken, trackingURI(obj, t), got.access.Endpoint.CABundle)
+	r.checkMLflow(obj, d.Why, st.AccessToken, trackingURI(obj, t), t.allowHTTP, got.access.Endpoint.CABundle)
 	// A token that is already due when written (a short one, cut off by the end of its session)
 	// still needs a next reconcile: a RequeueAfter ≤ 0 would mean none at all.
 	return ctrl.Result{RequeueAfter: max(plan.RenewAt.Sub(r.now()), minRequeue)}, nil

@@ -175,6 +175,26 @@ func TestMLflowScenarios(t *testing.T) {
 }
 
 var mlflowScenarios = []scenario{
+	{"a plain-HTTP tracking URI the platform does not allow is not asked", func(t *testing.T) {
+		e, f := mlflowEnv(t, func(o *authv1alpha1.MLflowAccessToken) { o.Spec.MLflow.TrackingURI = "http://mlflow.team-a.svc:5000" })
+		e.reconcile()
+		f.wantSubmitted(0)
+		e.wantCond(authv1alpha1.ConditionMLflowAccepted, "Unknown/"+authv1alpha1.ReasonMLflowCheckNotAllowed)
+		e.r.Guardrails.AllowInsecureHTTP = true
+		e.update(false, func(o *authv1alpha1.MLflowAccessToken) {
+			o.Annotations = map[string]string{authv1alpha1.AnnotationRenewRequest: "1"}
+		})
+		e.reconcile()
+		f.wantSubmitted(1)
+	}},
+	{"a tracking URI outside --allowed-mlflow-hosts is not asked", func(t *testing.T) {
+		e, f := mlflowEnv(t, func(o *authv1alpha1.MLflowAccessToken) { o.Spec.MLflow.TrackingURI = "https://attacker.example.net" })
+		e.r.Guardrails.AllowedMLflowHosts = []string{".example.com"}
+		e.reconcile()
+		f.wantSubmitted(0)
+		e.wantCond(authv1alpha1.ConditionMLflowAccepted, "Unknown/"+authv1alpha1.ReasonMLflowCheckNotAllowed)
+		e.wantCond(authv1alpha1.ConditionReady, "True/TokenValid")
+	}},
 	{"no tracking URI: nothing checked, no condition", func(t *testing.T) {
 		e, f := mlflowEnv(t, func(o *authv1alpha1.MLflowAccessToken) { o.Spec.MLflow = nil })
 		e.reconcile()

@@ -31,6 +31,10 @@ const (
 	// in front of MLflow), 404 (the tracking URI is not MLflow's base URL) or another status
 	// (MLflowAccepted=Unknown).
 	ReasonMLflowUnexpectedAnswer = "UnexpectedAnswer"
+	// ReasonMLflowCheckNotAllowed: the tracking URI is not one the operator may send a token to
+	// (its host is not among --allowed-mlflow-hosts, or it is plain http:// and the platform does
+	// not allow plain HTTP): MLflow is not asked.
+	ReasonMLflowCheckNotAllowed = "CheckNotAllowed"
 	// ReasonMLflowRejectedEvent is the reason of the Warning event recorded once per distinct
 	// rejection (repeats fold into one event series).
 	ReasonMLflowRejectedEvent = "MLflowRejected"
