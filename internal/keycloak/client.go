@@ -139,15 +139,27 @@ var DefaultOptions = Options{Timeout: 10 * time.Second, MaxResponseBytes: 1 << 2
 // GoCloak implements Client with gocloak. It keeps one gocloak client per base URL and CA
 // bundle; those without a CA bundle share one resty client and so one pool of keep-alive
 // connections, and each distinct CA bundle gets a resty client of its own. All of them share
-// one rate limiter.
+// one rate limiter and one host guard. Clients unused for idleClientAfter are dropped (with
+// their connections): URLs and CA bundles come from tenants and rotate, so their number has no
+// bound of its own.
 type GoCloak struct {
-	opts    Options
-	limiter *limiter
-	resty   *resty.Client
-	mu      sync.Mutex
-	clients map[string]*gocloak.GoCloak
-	byCA    map[string]*resty.Client
+	opts      Options
+	limiter   *limiter
+	guard     *hostGuard
+	resty     *resty.Client
+	mu        sync.Mutex
+	clients   map[string]*cached[*gocloak.GoCloak]
+	byCA      map[string]*cached[*resty.Client]
+	lastSweep time.Time
 }
+
+type cached[T any] struct {
+	v        T
+	lastUsed time.Time
+}
+
+// idleClientAfter: a client not used for this long is dropped.
+const idleClientAfter = 30 * time.Minute
 
 var _ Client = (*GoCloak)(nil)
 
@@ -159,7 +171,8 @@ func NewGoCloak(opts Options) *GoCloak {
 	if opts.MaxResponseBytes <= 0 {
 		opts.MaxResponseBytes = DefaultOptions.MaxResponseBytes
 	}
-	g := &GoCloak{opts: opts, limiter: newLimiter(opts.Limits), clients: map[string]*gocloak.GoCloak{}, byCA: map[string]*resty.Client{}}
+	g := &GoCloak{opts: opts, limiter: newLimiter(opts.Limits), guard: newHostGuard(opts.Limits.PerHostInFlight),
+		clients: map[string]*cached[*gocloak.GoCloak]{}, byCA: map[string]*cached[*resty.Client]{}, lastSweep: time.Now()}
 	g.resty = g.newResty(opts.TLSConfig)
 	return g
 }
@@ -172,7 +185,7 @@ func (g *GoCloak) newResty(tlsConfig *tls.Config) *resty.Client {
 		transport.TLSClientConfig = tlsConfig
 	}
 	return resty.New().
-		SetTransport(g.limiter.wrap(transport)).
+		SetTransport(g.guard.wrap(g.limiter.wrap(transport))).
 		SetTimeout(g.opts.Timeout).
 		SetResponseBodyLimit(g.opts.MaxResponseBytes).
 		SetRedirectPolicy(resty.NoRedirectPolicy())
@@ -188,22 +201,47 @@ func (g *GoCloak) client(ep Endpoint) *gocloak.GoCloak {
 		caKey = hex.EncodeToString(sum[:])
 	}
 	key := ep.URL + "\x00" + caKey
+	now := time.Now()
+	g.sweep(now)
+	r := g.resty
+	if caKey != "" {
+		rc, ok := g.byCA[caKey]
+		if !ok {
+			pool := x509.NewCertPool()
+			pool.AppendCertsFromPEM(ep.CABundle)
+			rc = &cached[*resty.Client]{v: g.newResty(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})}
+			g.byCA[caKey] = rc
+		}
+		rc.lastUsed, r = now, rc.v
+	}
 	c, ok := g.clients[key]
 	if !ok {
-		r := g.resty
-		if caKey != "" {
-			if r, ok = g.byCA[caKey]; !ok {
-				pool := x509.NewCertPool()
-				pool.AppendCertsFromPEM(ep.CABundle)
-				r = g.newResty(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12})
-				g.byCA[caKey] = r
-			}
-		}
-		c = gocloak.NewClient(ep.URL)
-		c.SetRestyClient(r)
+		c = &cached[*gocloak.GoCloak]{v: gocloak.NewClient(ep.URL)}
+		c.v.SetRestyClient(r)
 		g.clients[key] = c
 	}
-	return c
+	c.lastUsed = now
+	return c.v
+}
+
+// sweep drops the clients not used for idleClientAfter (at most once a minute). Called with g.mu
+// held.
+func (g *GoCloak) sweep(now time.Time) {
+	if now.Sub(g.lastSweep) < time.Minute {
+		return
+	}
+	g.lastSweep = now
+	for k, c := range g.clients {
+		if now.Sub(c.lastUsed) > idleClientAfter {
+			delete(g.clients, k)
+		}
+	}
+	for k, rc := range g.byCA {
+		if now.Sub(rc.lastUsed) > idleClientAfter {
+			rc.v.GetClient().CloseIdleConnections()
+			delete(g.byCA, k)
+		}
+	}
 }
 
 func (g *GoCloak) observe(op Op, start time.Time, err error) {

@@ -116,7 +116,10 @@ func transportError(ctx context.Context, err error, what string) error {
 	var invalidCert x509.CertificateInvalidError
 	var verifyErr *tls.CertificateVerificationError
 	var limited *rateLimitError
+	var guarded *guardError
 	switch {
+	case errors.As(err, &guarded):
+		return &Error{Reason: ReasonUnreachable, Message: fmt.Sprintf("%s: not sent: %s", what, guarded.msg)}
 	case errors.As(err, &limited):
 		return &Error{Reason: ReasonTimeout, Message: fmt.Sprintf("%s: %s", what, limited.Error())}
 	case errors.As(err, &unknownCA) || errors.As(err, &hostErr) || errors.As(err, &invalidCert) || errors.As(err, &verifyErr):

@@ -17,6 +17,10 @@ type Limits struct {
 	// PerHostQPS and PerHostBurst limit the requests to each Keycloak host (0: unlimited).
 	PerHostQPS   float64
 	PerHostBurst int
+	// PerHostInFlight bounds the requests in flight to one Keycloak (0: DefaultPerHostInFlight),
+	// so that a Keycloak that does not answer holds at most this many reconcile workers (see
+	// hostGuard).
+	PerHostInFlight int
 }
 
 // limiter holds the token buckets; one is shared by every transport of a GoCloak.
@@ -52,6 +56,11 @@ func (l *limiter) wrap(next http.RoundTripper) http.RoundTripper {
 func (l *limiter) wait(req *http.Request) error {
 	if l.limits.PerHostQPS > 0 {
 		l.mu.Lock()
+		if len(l.perHost) > 4*sweepAbove {
+			// Hosts are named by tenants: start over rather than grow without bound (the global
+			// bucket still limits the total).
+			clear(l.perHost)
+		}
 		h, ok := l.perHost[req.URL.Host]
 		if !ok {
 			h = rate.NewLimiter(rate.Limit(l.limits.PerHostQPS), max(l.limits.PerHostBurst, 1))

@@ -143,7 +143,13 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 				extra(op, took, err)
 			}
 		}
-		kc = keycloak.NewGoCloak(keycloak.Options{Timeout: o.Reconciler.KeycloakTimeout, Limits: o.KeycloakLimits, Observe: observe})
+		limits := o.KeycloakLimits
+		if limits.PerHostInFlight <= 0 {
+			// Half the workers: a Keycloak that does not answer holds at most half of them; the
+			// others renew the tokens of every other Keycloak.
+			limits.PerHostInFlight = max(1, o.Concurrency/2)
+		}
+		kc = keycloak.NewGoCloak(keycloak.Options{Timeout: o.Reconciler.KeycloakTimeout, Limits: limits, Observe: observe})
 	}
 	// The credentials and CA bundles issuers reference are watched one by one (no cluster-wide
 	// Secret cache); a change reaches the issuers' and the tokens' controllers as an event.
