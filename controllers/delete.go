@@ -145,6 +145,9 @@ func (r *MLflowAccessTokenReconciler) revokeAll(ctx context.Context, obj *authv1
 		if s.Name == tokensecret.StateSecretName(obj) {
 			st := r.readState(obj, s)
 			chain, kit = st.chain, st.kit
+			if sup := st.superseded; sup != nil && !tokenExpired(sup.Token, now) {
+				access = append(access, sup.Token)
+			}
 			continue
 		}
 		if st, _ := r.consumerToken(obj, s); st != nil && now.Before(st.ExpiresAt) {

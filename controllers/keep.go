@@ -29,10 +29,11 @@ import (
 //   - Secrets whose resource is gone without having revoked (its finalizer was removed by hand)
 //     are revoked with their kit before they are let go.
 
-// keepKit records what revocation needs in the state Secret, when it changed (best effort: a
-// conflict is retried at the next rotation). state is the version this reconcile last wrote
-// (nil: read it from the cache).
-func (r *MLflowAccessTokenReconciler) keepKit(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, t *target, a access, state *corev1.Secret) {
+// keepKit records what revocation needs in the state Secret, when it changed, and the token the
+// rotation superseded (sup, nil: none; superseded.go), revoking at once one still pending from the
+// rotation before (best effort: a conflict is retried at the next rotation). state is the version
+// this reconcile last wrote (nil: read it from the cache).
+func (r *MLflowAccessTokenReconciler) keepKit(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, t *target, a access, state *corev1.Secret, sup *tokensecret.Superseded) {
 	kit := tokensecret.Kit{URL: t.Endpoint.URL, Realm: t.Endpoint.Realm, ClientID: t.ClientID, CABundle: a.Endpoint.CABundle, AllowHTTP: t.allowHTTP}
 	if t.secret != nil && t.secret.Namespace == obj.Namespace {
 		kit.ClientSecret = a.Auth.Secret
@@ -47,7 +48,11 @@ func (r *MLflowAccessTokenReconciler) keepKit(ctx context.Context, obj *authv1al
 			return
 		}
 	}
-	if _, err := r.writeOwned(ctx, obj, state, name, func(s *corev1.Secret) bool { return tokensecret.ApplyKit(s, kit) }, writeOpts{}); err != nil {
+	r.revokePendingSuperseded(ctx, obj, a, state)
+	if _, err := r.writeOwned(ctx, obj, state, name, func(s *corev1.Secret) bool {
+		kitChanged := tokensecret.ApplyKit(s, kit)
+		return tokensecret.ApplySuperseded(s, sup) || kitChanged
+	}, writeOpts{}); err != nil {
 		log.FromContext(ctx).V(1).Info("Could not record the revocation kit; next rotation", "error", err.Error())
 	}
 }

@@ -47,7 +47,7 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 			}
 		}
 		report(obj, now, cur, d, inputs)
-		return requeueAt(d.Next, now), nil
+		return requeueAt(earliest(d.Next, r.settleSuperseded(ctx, obj, t)), now), nil
 	}
 	if !d.Issue {
 		return keep()
@@ -97,7 +97,8 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 	if old := obj.Status.SecretName; old != "" && old != name {
 		r.deleteStale(ctx, obj, old)
 	}
-	r.afterIssue(ctx, obj, t, got)
+	sup := r.supersede(ctx, obj, cur)
+	r.afterIssue(ctx, obj, t, got, sup)
 	r.honourRequests(obj)
 	first := obj.Status.Rotations == 0
 	obj.Status.Rotations++
@@ -107,7 +108,11 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 	r.checkMLflow(obj, d.Why, st.AccessToken, trackingURI(obj, t), t.allowHTTP, got.access.Endpoint.CABundle)
 	// A token that is already due when written (a short one, cut off by the end of its session)
 	// still needs a next reconcile: a RequeueAfter ≤ 0 would mean none at all.
-	return ctrl.Result{RequeueAfter: max(plan.RenewAt.Sub(r.now()), minRequeue)}, nil
+	next := plan.RenewAt
+	if sup != nil {
+		next = earliest(next, sup.RevokeAt)
+	}
+	return ctrl.Result{RequeueAfter: max(next.Sub(r.now()), minRequeue)}, nil
 }
 
 // failureIsHistory reports whether the recorded failure no longer holds: it was about resolving

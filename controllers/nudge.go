@@ -79,7 +79,6 @@ func (r *MLflowAccessTokenReconciler) nudgeConsumers(ctx context.Context, obj *a
 func (r *MLflowAccessTokenReconciler) reportDelivery(ctx context.Context, obj *authv1alpha1.MLflowAccessToken) {
 	s := &obj.Status
 	n := r.Delivery.Nudger
-	nudged := 0
 	if n == nil {
 		s.Consumers = nil
 	} else {
@@ -94,19 +93,13 @@ func (r *MLflowAccessTokenReconciler) reportDelivery(ctx context.Context, obj *a
 					rep.Failed, rep.Pods, secret, rep.FirstFailure)
 			}
 		}
-		if mounted, _, err := n.Consumers(ctx, obj.Namespace, secret); err == nil {
-			nudged = len(mounted)
-		}
 	}
 
 	if s.IssuedAt == nil || s.ExpiresAt == nil {
 		meta.RemoveStatusCondition(&s.Conditions, authv1alpha1.ConditionDeliveryAtRisk)
 		return
 	}
-	d := policy.Delivery{KubeletSyncFrequency: r.Delivery.KubeletSyncFrequency, NudgedPods: nudged}
-	if n != nil {
-		d.NudgeQPS = n.QPS()
-	}
+	d := r.delivery(ctx, obj)
 	lifetime := s.ExpiresAt.Sub(s.IssuedAt.Time)
 	c := policy.CheckDelivery(lifetime, renewBefore(obj), d)
 	reason, msg := deliveryMessage(obj, lifetime, c, d, n != nil)

@@ -117,11 +117,11 @@ func (r *MLflowAccessTokenReconciler) revokeOnRequest(ctx context.Context, obj *
 // afterIssue records the session and refresh chain of a new token in status, keeps the
 // client-credentials session of clients that issue refresh tokens, and keeps what revocation
 // needs in the state Secret.
-func (r *MLflowAccessTokenReconciler) afterIssue(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, t *target, got *obtained) {
+func (r *MLflowAccessTokenReconciler) afterIssue(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, t *target, got *obtained, sup *tokensecret.Superseded) {
 	if obj.Spec.Grant.Type == authv1alpha1.GrantClientCredentials {
 		r.keepClientSession(ctx, obj, got)
 	}
-	r.keepKit(ctx, obj, t, got.access, got.state)
+	r.keepKit(ctx, obj, t, got.access, got.state, sup)
 	s := &obj.Status
 	s.SessionID, s.OfflineSession, s.RefreshChainExpiresAt = got.SessionState, false, nil
 	if c, err := jwtclaims.Parse(got.AccessToken); err == nil && s.SessionID == "" {

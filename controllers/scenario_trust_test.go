@@ -322,3 +322,105 @@ var trustScenarios = []scenario{
 		}
 	}},
 }
+
+func revokeSuperseded(grace *time.Duration) func(*authv1alpha1.MLflowAccessToken) {
+	return func(o *authv1alpha1.MLflowAccessToken) {
+		o.Spec.Revocation = &authv1alpha1.RevocationSpec{RevokeSuperseded: true}
+		if grace != nil {
+			o.Spec.Revocation.SupersededGracePeriod = &metav1.Duration{Duration: *grace}
+		}
+	}
+}
+
+func (e *env) pendingSuperseded() *tokensecret.Superseded {
+	e.t.Helper()
+	return tokensecret.ReadSuperseded(e.secret(testName + "-refresh-state"))
+}
+
+var supersededScenarios = []scenario{
+	{"revokeSuperseded: the replaced token is revoked after the grace period, not before", func(t *testing.T) {
+		grace := 10 * time.Second
+		e := newEnv(t, revokeSuperseded(&grace))
+		e.reconcile()
+		first := e.token()
+		e.next()
+		second := e.token()
+		if e.kc.Revoked(first) {
+			t.Fatal("revoked before the grace period")
+		}
+		if p := e.pendingSuperseded(); p == nil || !p.RevokeAt.Equal(e.clk.Now().Add(grace).Truncate(time.Second)) {
+			t.Fatalf("pending %+v", p)
+		}
+		if e.last.RequeueAfter > grace {
+			t.Fatalf("requeued after %s, after the grace period", e.last.RequeueAfter)
+		}
+		e.next()
+		if !e.kc.Revoked(first) || e.kc.Revoked(second) {
+			t.Fatalf("revoked: first %v, second %v", e.kc.Revoked(first), e.kc.Revoked(second))
+		}
+		if e.pendingSuperseded() != nil {
+			t.Fatal("the revoked token is still recorded")
+		}
+		e.wantCalls("client_credentials", 2)
+	}},
+	{"revokeSuperseded: the default grace period is the consumers' delivery time", func(t *testing.T) {
+		e := newEnv(t, revokeSuperseded(nil))
+		e.reconcile()
+		e.next()
+		p := e.pendingSuperseded()
+		if p == nil {
+			t.Fatal("nothing pending")
+		}
+		// No nudged pods: the kubelet's periodic sync, 1.5 × 1 min.
+		if got := p.RevokeAt.Sub(e.clk.Now()); got < 89*time.Second || got > 90*time.Second {
+			t.Fatalf("due %s after the rotation, want 90 s", got)
+		}
+	}},
+	{"revokeSuperseded: Keycloak down at the due time: retried, and forgotten once it expired", func(t *testing.T) {
+		grace := 10 * time.Second
+		e := newEnv(t, revokeSuperseded(&grace))
+		e.reconcile()
+		first := e.token()
+		e.next()
+		e.kc.Fail = keycloaktest.Unreachable
+		e.next()
+		e.wantEvent("Warning", authv1alpha1.ReasonSupersededRevocationFailed)
+		if e.last.RequeueAfter > supersededRetry {
+			t.Fatalf("retry after %s", e.last.RequeueAfter)
+		}
+		e.next()
+		if n := e.kc.Carried(first); n != 2 {
+			t.Fatalf("%d attempts to revoke, want 2 (one retry)", n)
+		}
+		// Past the first token's expiry (300 s after the start), before the second one's renewal.
+		e.clk.SetTime(e.start.Add(301 * time.Second))
+		e.kc.Fail = nil
+		e.reconcile()
+		if e.pendingSuperseded() != nil || e.kc.Carried(first) != 2 {
+			t.Fatalf("an expired superseded token is still pending or was sent again (%d)", e.kc.Carried(first))
+		}
+	}},
+	{"revokeSuperseded: deletion revokes a pending superseded token too", func(t *testing.T) {
+		grace := time.Minute
+		e := newEnv(t, revokeSuperseded(&grace))
+		e.reconcile()
+		first := e.token()
+		e.next()
+		e.deleteNow()
+		e.reconcile()
+		if !e.gone() || !e.kc.Revoked(first) {
+			t.Fatalf("gone %v, first revoked %v", e.gone(), e.kc.Revoked(first))
+		}
+	}},
+	{"revokeSuperseded off: nothing recorded, nothing revoked", func(t *testing.T) {
+		e := newEnv(t, nil)
+		e.reconcile()
+		first := e.token()
+		e.next()
+		e.clk.Step(2 * time.Minute)
+		e.reconcile()
+		if e.kc.Revoked(first) || e.pendingSuperseded() != nil {
+			t.Fatal("a superseded token was handled with the option off")
+		}
+	}},
+}

@@ -76,8 +76,9 @@ func legacyTokenMatches(obj *authv1alpha1.MLflowAccessToken, st tokensecret.Stat
 
 // stateContent is what the state Secret holds that the operator believes.
 type stateContent struct {
-	chain *tokensecret.Chain
-	kit   *tokensecret.Kit
+	chain      *tokensecret.Chain
+	kit        *tokensecret.Kit
+	superseded *tokensecret.Superseded
 	// distrusted says why a state Secret's content is ignored ("" when believed or absent).
 	distrusted string
 }
@@ -90,7 +91,7 @@ func (r *MLflowAccessTokenReconciler) readState(obj *authv1alpha1.MLflowAccessTo
 	case s == nil:
 		return stateContent{}
 	case tokensecret.Verify(s, r.Seal) && metav1.IsControlledBy(s, obj):
-		return stateContent{chain: tokensecret.ReadChain(s), kit: tokensecret.ReadKit(s)}
+		return stateContent{chain: tokensecret.ReadChain(s), kit: tokensecret.ReadKit(s), superseded: tokensecret.ReadSuperseded(s)}
 	case !tokensecret.HasSeal(s) && !tokensecret.IsStub(s):
 		if c := tokensecret.ReadChain(s); legacyChainMatches(obj, c) {
 			return stateContent{chain: c}

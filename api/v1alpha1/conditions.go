@@ -142,6 +142,9 @@ const (
 	// after the revocation timeout, or nothing was left to revoke with): the token stays valid
 	// until it expires. Its own reason, so that it is not folded into the retries' series.
 	ReasonRevocationAbandoned = "RevocationAbandoned"
+	// ReasonSupersededRevocationFailed (Warning event): the token a rotation replaced could not be
+	// revoked (spec.revocation.revokeSuperseded); retried until it expires.
+	ReasonSupersededRevocationFailed = "SupersededRevocationFailed"
 	// ReasonRenewalWindowAdjusted (Warning event): spec.renewBefore cannot be honoured for a token
 	// of this lifetime; the event says what is done instead.
 	ReasonRenewalWindowAdjusted = "RenewalWindowAdjusted"

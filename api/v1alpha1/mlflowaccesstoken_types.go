@@ -104,6 +104,20 @@ type RevocationSpec struct {
 	// manage-users. The operator flag --verify-session-revocation turns this on for all resources.
 	// +optional
 	VerifySessionWithAdminAPI bool `json:"verifySessionWithAdminAPI,omitempty"`
+	// RevokeSuperseded revokes the previous access token after each rotation, once the consumers
+	// have had time to read the new one (supersededGracePeriod). Without it a rotated-away token
+	// stays valid until it expires (up to a third of its lifetime after the rotation). Services
+	// that ask Keycloak about each token (introspection, userinfo) refuse it at once; MLflow with
+	// mlflow-oidc-auth validates tokens locally and accepts it until it expires either way.
+	// +optional
+	RevokeSuperseded bool `json:"revokeSuperseded,omitempty"`
+	// SupersededGracePeriod is how long after a rotation the previous token is revoked
+	// (revokeSuperseded). Default: the time the consumers may need to receive a new token, as the
+	// DeliveryAtRisk condition computes it (about 5 s for pods the operator nudges, 1.5 times the
+	// kubelet's sync period, 90 s by default, for the others).
+	// +optional
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('0s') && duration(self) <= duration('1h')",message="supersededGracePeriod must be between 0s and 1h"
+	SupersededGracePeriod *metav1.Duration `json:"supersededGracePeriod,omitempty"`
 }
 
 // IssuerRef names an issuer.

@@ -26,6 +26,7 @@ const (
 	NameChainExpiry      = "mlflow_token_refresh_chain_expiry_timestamp_seconds"
 	NameSATokenRequests  = "mlflow_token_serviceaccount_token_requests_total"
 	NameIssuerReady      = "mlflow_token_issuer_ready"
+	NameSuperseded       = "mlflow_token_superseded_revocations_total"
 )
 
 var (
@@ -49,10 +50,12 @@ var (
 		Help: "1 when the issuer's realm answered its last check (condition Ready=True), else 0."}, []string{"kind", "namespace", "name"})
 	revocations = prometheus.NewCounterVec(prometheus.CounterOpts{Name: NameRevocations,
 		Help: "Revocations on deletion by outcome: revoked, skipped, failed (will retry), abandoned (gave up)."}, []string{"outcome"})
+	superseded = prometheus.NewCounterVec(prometheus.CounterOpts{Name: NameSuperseded,
+		Help: "Revocations of access tokens a rotation replaced (spec.revocation.revokeSuperseded), by outcome: revoked, failed (will retry), expired (expired before it could be revoked)."}, []string{"outcome"})
 )
 
 func init() {
-	ctrlmetrics.Registry.MustRegister(expiry, renewal, ready, failed, chainExpiry, saTokenRequests, issuerReady, requests, duration, revocations)
+	ctrlmetrics.Registry.MustRegister(expiry, renewal, ready, failed, chainExpiry, saTokenRequests, issuerReady, requests, duration, revocations, superseded)
 }
 
 // Observe publishes a resource's status.
@@ -88,6 +91,9 @@ func Forget(namespace, name string) {
 
 // Revocation counts a revocation outcome.
 func Revocation(outcome string) { revocations.WithLabelValues(outcome).Inc() }
+
+// SupersededRevocation counts the outcome of revoking a superseded token.
+func SupersededRevocation(outcome string) { superseded.WithLabelValues(outcome).Inc() }
 
 // ObserveKeycloak counts and times one call to Keycloak; it is keycloak.Options.Observe.
 func ObserveKeycloak(op keycloak.Op, took time.Duration, err error) {

@@ -43,3 +43,11 @@ func Revocation(in RevocationInput) RevocationDecision {
 	}
 	return d
 }
+
+// SupersededRevokeAt is when a token that a rotation at rotatedAt replaced is revoked: after
+// grace, the time its consumers may need to receive the new one. revoke is false when the token
+// expires by then anyway (revoking it would change nothing).
+func SupersededRevokeAt(rotatedAt, expiresAt time.Time, grace time.Duration) (at time.Time, revoke bool) {
+	at = rotatedAt.Add(max(grace, 0)).Truncate(time.Second)
+	return at, at.Before(expiresAt)
+}

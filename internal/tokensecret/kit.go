@@ -80,6 +80,51 @@ func ApplyKit(s *corev1.Secret, k Kit) bool {
 	return changed(before, s)
 }
 
+// Superseded is an access token that a rotation replaced and that is revoked at RevokeAt
+// (spec.revocation.revokeSuperseded). It holds a token: never log it.
+type Superseded struct {
+	Token    string
+	RevokeAt time.Time
+}
+
+const (
+	keySupersededToken = "superseded-token"
+	annSupersededAt    = annotationPrefix + "superseded-revoke-at"
+)
+
+// ApplySuperseded records sup in the state Secret s (nil: none pending) and reports whether
+// that changed it.
+func ApplySuperseded(s *corev1.Secret, sup *Superseded) bool {
+	before := s.DeepCopy()
+	ann, data := maps.Clone(s.Annotations), maps.Clone(s.Data)
+	if ann == nil {
+		ann = map[string]string{}
+	}
+	if data == nil {
+		data = map[string][]byte{}
+	}
+	tok, at := "", ""
+	if sup != nil {
+		tok, at = sup.Token, formatTime(sup.RevokeAt)
+	}
+	setOrDeleteData(data, keySupersededToken, tok)
+	setOrDelete(ann, annSupersededAt, at)
+	s.Annotations, s.Data = ann, data
+	return changed(before, s)
+}
+
+// ReadSuperseded reads the superseded token pending revocation (nil: none).
+func ReadSuperseded(s *corev1.Secret) *Superseded {
+	if s == nil || len(s.Data[keySupersededToken]) == 0 {
+		return nil
+	}
+	t, err := time.Parse(time.RFC3339, s.Annotations[annSupersededAt])
+	if err != nil {
+		return nil
+	}
+	return &Superseded{Token: string(s.Data[keySupersededToken]), RevokeAt: t}
+}
+
 // ReadKit reads the kit of a state Secret (nil: none recorded).
 func ReadKit(s *corev1.Secret) *Kit {
 	if s == nil || s.Annotations[annKitURL] == "" {
