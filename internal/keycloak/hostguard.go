@@ -44,8 +44,8 @@ type hostGuard struct {
 	perHost  int
 	slotWait time.Duration
 	now      func() time.Time
-	mu      sync.Mutex
-	hosts   map[string]*hostState
+	mu       sync.Mutex
+	hosts    map[string]*hostState
 }
 
 type hostState struct {

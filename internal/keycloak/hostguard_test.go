@@ -24,8 +24,8 @@ func (f *fakeNet) RoundTrip(r *http.Request) (*http.Response, error) {
 
 type timeoutErr struct{}
 
-func (timeoutErr) Error() string { return "i/o timeout" }
-func (timeoutErr) Timeout() bool { return true }
+func (timeoutErr) Error() string   { return "i/o timeout" }
+func (timeoutErr) Timeout() bool   { return true }
 func (timeoutErr) Temporary() bool { return true }
 
 func request(t *testing.T, rt http.RoundTripper, host string) error {
