@@ -28,6 +28,8 @@ func main() {
 	o := manager.Defaults()
 	var qps float64
 	flag.StringVar(&o.MetricsAddr, "metrics-bind-address", o.MetricsAddr, "Address of the metrics endpoint; 0 disables it.")
+	flag.BoolVar(&o.MetricsSecure, "metrics-secure", o.MetricsSecure, "Serve metrics over HTTPS to callers that the API server authenticates and authorizes for GET /metrics (a ServiceAccount bound to the metrics-reader ClusterRole); false: plain HTTP to anyone who can reach the port.")
+	flag.StringVar(&o.MetricsCertDir, "metrics-cert-dir", "", "Directory with tls.crt and tls.key for the metrics endpoint (empty: a self-signed certificate).")
 	flag.StringVar(&o.ProbeAddr, "health-probe-bind-address", o.ProbeAddr, "Address of the /healthz and /readyz probes.")
 	flag.BoolVar(&o.LeaderElection, "leader-elect", false, "Use leader election, so that only one replica reconciles.")
 	flag.StringVar(&o.LeaderElectionNamespace, "leader-election-namespace", "", "Namespace of the leader election Lease (default: the pod's).")
@@ -77,7 +79,7 @@ func main() {
 	o.Reconciler.Guardrails.AllowedHosts = splitList(allowedHosts)
 	o.Reconciler.Guardrails.AllowedMLflowHosts = splitList(allowedMLflowHosts)
 
-	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zopts)))
+	ctrl.SetLogger(manager.SafeLogger(zap.New(zap.UseFlagOptions(&zopts))))
 	setupLog := ctrl.Log.WithName("setup")
 
 	mgr, err := manager.New(ctrl.GetConfigOrDie(), o)

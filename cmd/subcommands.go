@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -83,6 +84,8 @@ func runProbe(args []string) int {
 		fs.PrintDefaults()
 	}
 	timeout := fs.Duration("timeout", time.Minute, "How long to keep trying.")
+	tokenFile := fs.String("bearer-token-file", "", "Send the token in this file as a bearer token (the metrics endpoint with --metrics-secure).")
+	insecure := fs.Bool("insecure-skip-tls-verify", false, "Do not verify the endpoint's certificate (the metrics endpoint's own is self-signed).")
 	zopts := zap.Options{StacktraceLevel: zapcore.PanicLevel} // a failed hook's log is read by people
 	zopts.BindFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -92,7 +95,16 @@ func runProbe(args []string) int {
 	log := ctrl.Log.WithName("probe")
 	ctx, cancel := contextWithTimeout(*timeout)
 	defer cancel()
-	if err := probe.Check(ctx, fs.Args(), probe.Options{}, log); err != nil {
+	po := probe.Options{InsecureSkipVerify: *insecure}
+	if *tokenFile != "" {
+		b, err := os.ReadFile(*tokenFile)
+		if err != nil {
+			log.Error(err, "Cannot read the bearer token")
+			return 1
+		}
+		po.BearerToken = strings.TrimSpace(string(b))
+	}
+	if err := probe.Check(ctx, fs.Args(), po, log); err != nil {
 		log.Error(err, "Probe failed")
 		return 1
 	}

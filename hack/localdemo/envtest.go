@@ -58,6 +58,14 @@ func runEnvtest(duration time.Duration, managerBin string) error {
 		return err
 	}
 	say("API server at %s (kubeconfig: %s)", cfg.Host, kubeconfig)
+	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
+	if err != nil {
+		return err
+	}
+	// The operator's own namespace, where it keeps the key that seals its Secrets.
+	if err := c.Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "mlflow-token-operator-system"}}); err != nil {
+		return err
+	}
 
 	realmFile, err := demoRealm()
 	if err != nil {
@@ -85,10 +93,6 @@ func runEnvtest(duration time.Duration, managerBin string) error {
 	go prefix("operator | ", out)
 	defer func() { _ = op.Process.Signal(syscall.SIGTERM); _ = op.Wait(); say("Operator stopped") }()
 
-	c, err := client.New(cfg, client.Options{Scheme: scheme.New()})
-	if err != nil {
-		return err
-	}
 	bg := context.Background()
 	if err := c.Create(bg, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "mlflow-operator-client", Namespace: "default"},

@@ -28,6 +28,7 @@ import (
 	"github.com/mlflow-token-operator/mlflow-token-operator/controllers"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metricsauth"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/mlflowcheck"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/nudge"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/objectwatch"
@@ -37,7 +38,13 @@ import (
 
 // Options are the operator's tunables; cmd/main.go fills them from flags.
 type Options struct {
-	MetricsAddr             string
+	MetricsAddr string
+	// MetricsSecure serves metrics over HTTPS, to callers the API server authenticates
+	// (TokenReview) and authorizes for GET /metrics (SubjectAccessReview): controller-runtime's
+	// filters, as kubebuilder scaffolds them. MetricsCertDir holds tls.crt and tls.key (empty or
+	// missing: a self-signed certificate).
+	MetricsSecure           bool
+	MetricsCertDir          string
 	ProbeAddr               string
 	LeaderElection          bool
 	LeaderElectionNamespace string
@@ -83,7 +90,8 @@ type Options struct {
 // Defaults returns the options cmd/main.go starts from.
 func Defaults() Options {
 	return Options{
-		MetricsAddr:    ":8080",
+		MetricsAddr:    ":8443",
+		MetricsSecure:  true,
 		ProbeAddr:      ":8081",
 		Concurrency:    4,
 		QPS:            50,
@@ -113,7 +121,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme:                  scheme.New(),
-		Metrics:                 metricsserver.Options{BindAddress: o.MetricsAddr},
+		Metrics:                 metricsOptions(o),
 		HealthProbeBindAddress:  o.ProbeAddr,
 		LeaderElection:          o.LeaderElection,
 		LeaderElectionID:        "mlflow-token-operator.auth.mlflow-token-operator.io",
@@ -294,4 +302,15 @@ func cacheOptions(namespaces []string, keys *seal.Keys) cache.Options {
 		}
 	}
 	return opts
+}
+
+// metricsOptions serve the metrics endpoint: over HTTPS with authentication and authorization
+// unless MetricsSecure is off (local runs and tests outside a cluster).
+func metricsOptions(o Options) metricsserver.Options {
+	m := metricsserver.Options{BindAddress: o.MetricsAddr, SecureServing: o.MetricsSecure}
+	if o.MetricsSecure {
+		m.CertDir = o.MetricsCertDir
+		m.FilterProvider = metricsauth.FilterProvider
+	}
+	return m
 }

@@ -5,6 +5,7 @@ package probe
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +22,10 @@ type Options struct {
 	Interval time.Duration
 	// Client makes the requests (default: a client with a 5 s timeout).
 	Client *http.Client
+	// BearerToken, when set, is sent in the Authorization header.
+	BearerToken string
+	// InsecureSkipVerify: do not verify the server's certificate (default client only).
+	InsecureSkipVerify bool
 }
 
 // Check requests each URL until it answers 200, or ctx ends. A URL whose path ends in /metrics
@@ -34,7 +39,9 @@ func Check(ctx context.Context, urls []string, o Options, log logr.Logger) error
 		o.Interval = 2 * time.Second
 	}
 	if o.Client == nil {
-		o.Client = &http.Client{Timeout: 5 * time.Second}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{InsecureSkipVerify: o.InsecureSkipVerify} //nolint:gosec // the operator's self-signed metrics certificate, on request
+		o.Client = &http.Client{Timeout: 5 * time.Second, Transport: tr}
 	}
 	for _, u := range urls {
 		if err := checkOne(ctx, u, o); err != nil {
@@ -48,7 +55,7 @@ func Check(ctx context.Context, urls []string, o Options, log logr.Logger) error
 func checkOne(ctx context.Context, u string, o Options) error {
 	var last error
 	for {
-		err := get(ctx, o.Client, u)
+		err := get(ctx, o.Client, u, o.BearerToken)
 		if err == nil {
 			return nil
 		}
@@ -63,10 +70,13 @@ func checkOne(ctx context.Context, u string, o Options) error {
 	}
 }
 
-func get(ctx context.Context, c *http.Client, u string) error {
+func get(ctx context.Context, c *http.Client, u, token string) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := c.Do(req)
 	if err != nil {

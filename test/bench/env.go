@@ -200,6 +200,7 @@ func (e *Env) startOperator(ctx context.Context, name, namespace string, f Opera
 		"--kubeconfig=" + e.Kubeconfig,
 		"--allow-insecure-http", // the benchmark's Keycloak serves plain HTTP on 127.0.0.1
 		"--metrics-bind-address=" + addr,
+		"--metrics-secure=false", // scraped over loopback by the harness
 		"--health-probe-bind-address=0",
 		"--namespaces=" + namespace,
 	}, f.args()...)

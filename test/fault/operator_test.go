@@ -35,6 +35,7 @@ func operatorArgs(metricsAddr string, namespaces []string, extra ...string) []st
 	args := []string{
 		"--kubeconfig=" + kubeconfigPath,
 		"--metrics-bind-address=" + metricsAddr,
+		"--metrics-secure=false", // scraped over loopback by the harness
 		"--health-probe-bind-address=0",
 		"--min-retry-interval=" + minRetry.String(),
 		"--max-retry-interval=" + maxRetry.String(),

@@ -35,6 +35,12 @@ func simulateCrashMidRedemption(t *testing.T, obj *authv1alpha1.MLflowAccessToke
 	}
 	chain.Redeeming = tokensecret.RedeemingMarker(chain.RefreshToken, time.Now().Add(-time.Minute))
 	tokensecret.ApplyChain(state, *chain)
+	// As the operator's own marker write would be: sealed.
+	keys, err := testenv.OperatorKeys(context.Background(), restCfgAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokensecret.Seal(state, keys)
 	if err := k8s.Update(context.Background(), state); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/manager"
 	"io"
 	"net"
 	"os"
@@ -79,7 +80,7 @@ func TestMain(m *testing.M) {
 func run(m *testing.M) int {
 	// Set the logger first: controller-runtime replaces an unset logger with a silent one after
 	// 30 s, and starting Keycloak can take longer than that. All verbosities are captured.
-	ctrl.SetLogger(zap.New(zap.WriteTo(io.MultiWriter(logs, os.Stderr)), zap.UseDevMode(true), zap.Level(zapcore.Level(-10))))
+	ctrl.SetLogger(manager.SafeLogger(zap.New(zap.WriteTo(io.MultiWriter(logs, os.Stderr)), zap.UseDevMode(true), zap.Level(zapcore.Level(-10)))))
 	if err := testenv.Preflight(); err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		return 1

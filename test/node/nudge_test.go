@@ -32,6 +32,7 @@ import (
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/policy"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // The nudge measurement: the operator (in this process, wired as cmd/main.go wires it) rotates
@@ -407,6 +408,10 @@ func startNodeOperator(ctx context.Context) (func(), error) {
 	o.Reconciler.Guardrails.AllowInsecureHTTP = true // Keycloak on loopback
 	o.Reconciler.KeycloakTimeout = 5 * time.Second
 	o.Reconciler.Backoff = policy.Backoff{Initial: time.Second, Max: 3 * time.Second}
+	if err := testenv.EnsureNamespace(ctx, theNode.RESTConfig(), testenv.OperatorNamespace); err != nil {
+		f.Close()
+		return nil, err
+	}
 	mgr, err := manager.New(theNode.RESTConfig(), o)
 	if err != nil {
 		f.Close()

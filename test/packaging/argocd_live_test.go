@@ -27,6 +27,7 @@ import (
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak/keycloaktest"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/manager"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/policy"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // TestArgoCDHealthOfLiveOperator runs the operator (internal/manager, wired as cmd/main.go wires
@@ -76,6 +77,9 @@ func TestArgoCDHealthOfLiveOperator(t *testing.T) {
 	o.Reconciler.Backoff = policy.Backoff{Initial: 500 * time.Millisecond, Max: time.Second}
 	o.Reconciler.RevocationTimeout = 2 * time.Second
 	o.SkipNameValidation = true
+	if err := testenv.EnsureNamespace(context.Background(), cfg, testenv.OperatorNamespace); err != nil {
+		t.Fatal(err)
+	}
 	mgr, err := manager.New(cfg, o)
 	if err != nil {
 		t.Fatal(err)

@@ -28,7 +28,7 @@ func TestChartDelivery(t *testing.T) {
 			t.Errorf("default Deployment lacks %s (args %v)", a, d.Spec.Template.Spec.Containers[0].Args)
 		}
 	}
-	if got := podRules(convert[rbacv1.ClusterRole](t, only(t, rel, "ClusterRole")).Rules); !slices.Equal(got, []string{"/pods list", "/pods patch", "/pods watch"}) {
+	if got := podRules(convert[rbacv1.ClusterRole](t, managerRole(t, rel)).Rules); !slices.Equal(got, []string{"/pods list", "/pods patch", "/pods watch"}) {
 		t.Errorf("default pod rules %v, want list, patch, watch", got)
 	}
 
@@ -43,7 +43,7 @@ delivery:
 			t.Errorf("Deployment lacks %s (args %v)", a, d.Spec.Template.Spec.Containers[0].Args)
 		}
 	}
-	role := convert[rbacv1.ClusterRole](t, only(t, off, "ClusterRole"))
+	role := convert[rbacv1.ClusterRole](t, managerRole(t, off))
 	if got := podRules(role.Rules); len(got) != 0 {
 		t.Errorf("nudging off, yet the ClusterRole grants %v", got)
 	}

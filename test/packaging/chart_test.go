@@ -153,6 +153,10 @@ func TestChartDefaultValues(t *testing.T) {
 
 	var got, want []string
 	for _, o := range rel {
+		// The helm test's ServiceAccount and its metrics-reader binding are the chart's own.
+		if o.GetName() == "mlflow-token-operator-test" || (o.GetKind() == "ClusterRoleBinding" && strings.HasSuffix(o.GetName(), "-metrics-reader")) {
+			continue
+		}
 		got = append(got, key(o))
 	}
 	for _, o := range decodeObjects(t, kustomizeDefault(t)) {
@@ -166,7 +170,7 @@ func TestChartDefaultValues(t *testing.T) {
 		t.Errorf("the chart's objects differ from config/default's:\n chart     %v\n kustomize %v", got, want)
 	}
 
-	role := convert[rbacv1.ClusterRole](t, only(t, rel, "ClusterRole"))
+	role := convert[rbacv1.ClusterRole](t, managerRole(t, rel))
 	if r, w := ruleSet(role.Rules), generatedRules(t); !reflect.DeepEqual(r, w) {
 		t.Errorf("ClusterRole rules differ from config/rbac/role.yaml:\n got %v\nwant %v", r, w)
 	}
@@ -183,7 +187,7 @@ func TestChartDefaultValues(t *testing.T) {
 	}
 
 	d := deployment(t, rel)
-	for _, a := range []string{"--leader-elect", "--metrics-bind-address=:8080", "--health-probe-bind-address=:8081", "--zap-log-level=info"} {
+	for _, a := range []string{"--leader-elect", "--metrics-bind-address=:8443", "--metrics-secure=true", "--health-probe-bind-address=:8081", "--zap-log-level=info"} {
 		if !hasArg(d, a) {
 			t.Errorf("default Deployment lacks %s (args %v)", a, d.Spec.Template.Spec.Containers[0].Args)
 		}
@@ -240,8 +244,9 @@ func TestChartDefaultValues(t *testing.T) {
 	applyDryRun(t, uninstall)
 	test := convert[corev1.Pod](t, only(t, hookObjects(objs, "test"), "Pod"))
 	svc := convert[corev1.Service](t, only(t, rel, "Service"))
-	wantURL := "http://" + svc.Name + ".mlflow-token-operator-system.svc:8080/metrics"
-	if c := test.Spec.Containers[0]; c.Image != d.Spec.Template.Spec.Containers[0].Image || !reflect.DeepEqual(c.Args, []string{"probe", "--timeout=2m", wantURL}) {
+	wantURL := "https://" + svc.Name + ".mlflow-token-operator-system.svc:8443/metrics"
+	wantArgs := []string{"probe", "--timeout=2m", "--bearer-token-file=/var/run/secrets/kubernetes.io/serviceaccount/token", "--insecure-skip-tls-verify", wantURL}
+	if c := test.Spec.Containers[0]; c.Image != d.Spec.Template.Spec.Containers[0].Image || !reflect.DeepEqual(c.Args, wantArgs) {
 		t.Errorf("helm test pod runs %s %v, want the operator's image with probe %s", c.Image, c.Args, wantURL)
 	}
 	podSpecAdmitted(t, "test", test.Labels, test.Spec, "psa-chart-default")
@@ -362,22 +367,37 @@ podDisruptionBudget: {minAvailable: 2}
 `)
 	rel := releaseObjects(objs)
 	// A namespace-scoped install still reads what is cluster-scoped (namespaces' metadata,
-	// ClusterKeycloakIssuers), and nothing else cluster-wide: no Secrets, no tokens.
-	for _, k := range []string{"ClusterRole", "ClusterRoleBinding"} {
-		if n := len(find(objs, k)); n != 1 {
-			t.Errorf("a namespace-scoped install must create exactly one %s, for cluster-scoped reads (found %d)", k, n)
+	// ClusterKeycloakIssuers) and asks for the metrics endpoint's reviews, and nothing else
+	// cluster-wide: no Secrets, no tokens. (Besides, the chart has the metrics reader's role and the
+	// roles aggregated into view and edit, which grant the operator nothing.)
+	var operatorCluster []string
+	for _, o := range find(objs, "ClusterRoleBinding") {
+		if subj := convert[rbacv1.ClusterRoleBinding](t, o).Subjects; len(subj) == 1 && strings.HasSuffix(subj[0].Name, "-controller-manager") {
+			operatorCluster = append(operatorCluster, convert[rbacv1.ClusterRoleBinding](t, o).RoleRef.Name)
 		}
 	}
+	if len(operatorCluster) != 1 {
+		t.Errorf("a namespace-scoped install must bind the operator to exactly one ClusterRole, for cluster-scoped reads (found %v)", operatorCluster)
+	}
 	for _, o := range find(objs, "ClusterRole") {
+		if !slices.Contains(operatorCluster, o.GetName()) {
+			continue
+		}
 		for _, rule := range convert[rbacv1.ClusterRole](t, o).Rules {
 			for _, res := range rule.Resources {
-				if res != "namespaces" && res != "clusterkeycloakissuers" && res != "clusterkeycloakissuers/status" {
+				if !slices.Contains([]string{"namespaces", "clusterkeycloakissuers", "clusterkeycloakissuers/status", "tokenreviews", "subjectaccessreviews"}, res) {
 					t.Errorf("the namespace-scoped install's ClusterRole grants %s: only cluster-scoped objects belong there", res)
 				}
 			}
 		}
 	}
-	want := generatedRules(t)
+	// The Roles hold the generated rules except the cluster-scoped reviews.
+	var want []string
+	for _, r := range generatedRules(t) {
+		if !strings.HasPrefix(r, "authentication.k8s.io/") && !strings.HasPrefix(r, "authorization.k8s.io/") {
+			want = append(want, r)
+		}
+	}
 	roleNS := map[string]bool{}
 	for _, o := range find(rel, "Role") {
 		if o.GetNamespace() == "ml-platform" {

@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -31,8 +32,8 @@ func TestInstaller(t *testing.T) {
 	kinds := map[string]int{}
 	for _, o := range objs {
 		kinds[o.GetKind()]++
-		if o.GetKind() != "Namespace" && o.GetKind() != "CustomResourceDefinition" && o.GetKind() != "ClusterRole" &&
-			o.GetKind() != "ClusterRoleBinding" && o.GetNamespace() != "mlflow-token-operator-system" {
+		if !slices.Contains([]string{"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+			"ValidatingAdmissionPolicyBinding"}, o.GetKind()) && o.GetNamespace() != "mlflow-token-operator-system" {
 			t.Errorf("%s is not in the namespace mlflow-token-operator-system", key(o))
 		}
 	}
@@ -62,7 +63,7 @@ func TestInstaller(t *testing.T) {
 			t.Errorf("the CRD %s in install.yaml differs from config/crd/bases", gen.GetName())
 		}
 	}
-	role := convert[rbacv1.ClusterRole](t, only(t, objs, "ClusterRole"))
+	role := convert[rbacv1.ClusterRole](t, managerRole(t, objs))
 	if got, want := ruleSet(role.Rules), generatedRules(t); !reflect.DeepEqual(got, want) {
 		t.Errorf("ClusterRole rules differ from config/rbac/role.yaml:\n got %v\nwant %v", got, want)
 	}

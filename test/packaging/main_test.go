@@ -190,6 +190,22 @@ func find(objs []*unstructured.Unstructured, kind string) []*unstructured.Unstru
 	return out
 }
 
+// managerRole is the operator's own ClusterRole (the others are the metrics reader and the roles
+// aggregated into view and edit).
+func managerRole(t testing.TB, objs []*unstructured.Unstructured) *unstructured.Unstructured {
+	t.Helper()
+	var found []*unstructured.Unstructured
+	for _, o := range find(objs, "ClusterRole") {
+		if strings.HasSuffix(o.GetName(), "-manager-role") {
+			found = append(found, o)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("want exactly one ClusterRole named *-manager-role, got %d", len(found))
+	}
+	return found[0]
+}
+
 // only returns the single object of a kind, or fails.
 func only(t testing.TB, objs []*unstructured.Unstructured, kind string) *unstructured.Unstructured {
 	t.Helper()

@@ -21,7 +21,7 @@ import (
 func knownMetrics() map[string]bool {
 	m := map[string]bool{}
 	for _, n := range []string{metrics.NameExpiry, metrics.NameRenewal, metrics.NameReady, metrics.NameFailedAttempts,
-		metrics.NameKeycloakRequests, metrics.NameRevocations, chainExpiryMetric, metrics.NameMLflowAccepted,
+		metrics.NameKeycloakRequests, metrics.NameRevocations, metrics.NameSuperseded, chainExpiryMetric, metrics.NameMLflowAccepted,
 		metrics.NameIssuerReady, metrics.NameSATokenRequests, metrics.NamePodNudges} {
 		m[n] = true
 	}

@@ -14,11 +14,16 @@ import (
 	"sync"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/manager"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/policy"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/seal"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
 )
 
@@ -154,6 +159,10 @@ func Start(ctx context.Context, o Options) (*Servers, error) {
 				errs = append(errs, err)
 			}
 		}
+		// The operator's own namespace, where it keeps its state key (as a chart install has it).
+		if err := EnsureNamespace(ctx, cfg, OperatorNamespace); err != nil {
+			errs = append(errs, err)
+		}
 		if o.NamespaceController {
 			if s.kcm, err = startNamespaceController(s.Env.KubeConfig); err != nil {
 				errs = append(errs, fmt.Errorf("starting the namespace controller: %w", err))
@@ -242,6 +251,33 @@ func (s *Servers) RotateServiceAccountKey() (int, error) {
 		return 0, err
 	}
 	return n, s.RestartAPIServer()
+}
+
+// OperatorNamespace is the operator's own namespace in the test environments (where its state
+// key lives): manager.OwnNamespace's default outside a pod.
+const OperatorNamespace = "mlflow-token-operator-system"
+
+// EnsureNamespace creates a namespace unless it exists.
+func EnsureNamespace(ctx context.Context, cfg *rest.Config, name string) error {
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		return err
+	}
+	err = c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating namespace %s: %w", name, err)
+	}
+	return nil
+}
+
+// OperatorKeys are the keys the operator seals its Secrets with, for tests that play the
+// operator's own writes (an interrupted redemption's marker).
+func OperatorKeys(ctx context.Context, cfg *rest.Config) (*seal.Keys, error) {
+	c, err := client.New(cfg, client.Options{})
+	if err != nil {
+		return nil, err
+	}
+	return seal.Load(ctx, c, OperatorNamespace, manager.Defaults().StateKeySecret)
 }
 
 // OperatorOptions are the operator's options for tests: built as cmd/main.go builds it, with

@@ -53,7 +53,9 @@ test/packaging fails when the copy is stale.
 {{- $rules := list }}
 {{- range $role.rules }}
 {{- /* Pods are only read and patched to nudge consumers: without the nudge, no access to pods. */}}
-{{- if and (not $.Values.delivery.nudge.enabled) (has "" .apiGroups) (has "pods" .resources) }}
+{{- if and $.Values.watchNamespaces (or (has "authentication.k8s.io" .apiGroups) (has "authorization.k8s.io" .apiGroups)) }}
+{{- /* Cluster-scoped reviews (the metrics endpoint's): in the cluster-scoped role, not in Roles. */}}
+{{- else if and (not $.Values.delivery.nudge.enabled) (has "" .apiGroups) (has "pods" .resources) }}
 {{- $left := without .resources "pods" }}
 {{- if $left }}{{ $rules = append $rules (set (deepCopy .) "resources" $left) }}{{ end }}
 {{- else }}
