@@ -70,8 +70,8 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 			}
 		}
 	}
-	if distrust != "" {
-		r.event(obj, corev1.EventTypeWarning, authv1alpha1.ReasonSecretModified, "Issue", "Secret %s %s; its content is ignored and a new token is issued", name, distrust)
+	if distrust != nil {
+		r.event(obj, corev1.EventTypeWarning, distrust.reason, "Issue", "Secret %s %s; its content is ignored and a new token is issued", name, distrust.why)
 	}
 	if r.namespaceTerminating(ctx, obj.Namespace) {
 		// Its deletion is under way: a new token would only have to be revoked again.

@@ -261,7 +261,7 @@ var trustScenarios = []scenario{
 		e.tamper(testName, func(s *corev1.Secret) { s.Data, s.Annotations = old.Data, old.Annotations })
 		e.reconcile()
 		e.wantCalls("client_credentials", 3)
-		e.wantEvent("Warning", authv1alpha1.ReasonSecretModified, "older copy was restored")
+		e.wantEvent("Warning", authv1alpha1.ReasonSecretRestored, "older copy was restored")
 		e.wantCond(authv1alpha1.ConditionReady, "True/TokenValid")
 	}},
 	{"trust: Secrets written before seals are believed when status agrees, and sealed without a grant", func(t *testing.T) {

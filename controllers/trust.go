@@ -36,34 +36,39 @@ import (
 // Secrets written by operator versions before seals are believed once, when what they hold
 // matches what status (which only the operator may write) records; the next write seals them.
 
+// distrust says why a Secret that holds something is not believed: the reason and the wording of
+// the Warning event that announces the re-issue. Each case has its own reason, so that the events
+// library does not fold one into the other's series.
+type distrust struct{ reason, why string }
+
 // consumerToken returns the token the consumer Secret s holds when it is one this resource issued
 // and nothing in it was changed: nil otherwise, and then, when s holds something, why it is not
-// believed (for the event that announces the re-issue).
-func (r *MLflowAccessTokenReconciler) consumerToken(obj *authv1alpha1.MLflowAccessToken, s *corev1.Secret) (*tokensecret.State, string) {
+// believed.
+func (r *MLflowAccessTokenReconciler) consumerToken(obj *authv1alpha1.MLflowAccessToken, s *corev1.Secret) (*tokensecret.State, *distrust) {
 	if s == nil {
-		return nil, ""
+		return nil, nil
 	}
 	st, ok := tokensecret.Read(s)
 	switch {
 	case tokensecret.Verify(s, r.Seal) && ok:
 	case tokensecret.Verify(s, r.Seal):
-		return nil, ""
+		return nil, nil
 	case ok && !tokensecret.HasSeal(s) && legacyTokenMatches(obj, st):
 		// Written before seals, and exactly what status says was issued: believed; sealed at the
 		// next write.
 	case tokensecret.IsStub(s) || len(s.Data) > 0 || tokensecret.HasSeal(s):
-		return nil, "was changed by someone other than the operator (or was not written by it for this resource)"
+		return nil, &distrust{authv1alpha1.ReasonSecretModified, "was changed by someone other than the operator (or was not written by it for this resource)"}
 	default:
-		return nil, ""
+		return nil, nil
 	}
 	if c, err := jwtclaims.Parse(st.AccessToken); err == nil && !c.ExpiresAt.IsZero() && c.ExpiresAt.Before(st.ExpiresAt) {
 		st.ExpiresAt = c.ExpiresAt
 	}
 	if issued := obj.Status.IssuedAt; issued != nil && st.IssuedAt.Before(issued.Time) && !r.written.isOwn(s) {
-		return nil, fmt.Sprintf("holds a token issued at %s, older than the one this resource issued last (%s): an older copy was restored",
-			stamp(st.IssuedAt), stamp(issued.Time))
+		return nil, &distrust{authv1alpha1.ReasonSecretRestored, fmt.Sprintf("holds a token issued at %s, older than the one this resource issued last (%s): an older copy was restored",
+			stamp(st.IssuedAt), stamp(issued.Time))}
 	}
-	return &st, ""
+	return &st, nil
 }
 
 // legacyTokenMatches: an unsealed token is what status records as issued last (its ID and times).

@@ -135,6 +135,10 @@ const (
 	// operator wrote there for this resource (edited, copied from elsewhere, restored from an
 	// older copy); its content is ignored and a new token is issued.
 	ReasonSecretModified = "SecretModified"
+	// ReasonSecretRestored (Warning event): the consumer Secret holds a token this resource issued,
+	// but an older one than it issued last (a backup or a GitOps tool restored an old copy); a
+	// new token is issued.
+	ReasonSecretRestored = "SecretRestored"
 	// ReasonRevocationFailedEvent (Warning event): one attempt to revoke at deletion failed; it is
 	// retried until the revocation timeout.
 	ReasonRevocationFailedEvent = "RevocationFailed"

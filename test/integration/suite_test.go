@@ -50,6 +50,8 @@ var (
 	kubeconfigPath string
 	kcServer       *keycloak.Server
 	logs           = &syncBuffer{}
+	// pki is the test CA and the certificate Keycloak's HTTPS port serves.
+	pki testenv.PKI
 	// metricsAddr is where the in-process operator serves /metrics.
 	metricsAddr = freeAddr()
 	testScheme  = scheme.New()
@@ -95,7 +97,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(pkiDir)
-	if pki, err = makeTestPKI(pkiDir); err != nil {
+	if pki, err = testenv.NewPKI(pkiDir); err != nil {
 		fmt.Fprintf(os.Stderr, "FAIL: generating the test CA: %v\n", err)
 		return 1
 	}
@@ -129,7 +131,7 @@ func run(m *testing.M) int {
 
 	// The operator runs as a user holding exactly the generated role (config/rbac/role.yaml):
 	// every test then also proves the role is enough.
-	opCfg, err := operatorConfig(ctx, env, cfg)
+	opCfg, err := testenv.OperatorIdentity(ctx, env, cfg, "mlflow-token-operator")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "FAIL: setting up the operator's RBAC: %v\n", err)
 		return 1

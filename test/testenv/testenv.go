@@ -64,6 +64,9 @@ type Options struct {
 	// also its --service-account-issuer, with OIDC discovery and the JWKS readable anonymously,
 	// and Keycloak's truststore holds the API server's CA. Servers.IssuerURL is the issuer.
 	ServiceAccountIssuer bool
+	// AuditLogPath, when set, makes the API server write an audit log (every request, at the
+	// Metadata level: who did what to which object) to this file, in JSON lines.
+	AuditLogPath string
 	// NamespaceController runs kube-controller-manager's namespace controller and garbage
 	// collector against the API server, so that a deleted namespace is emptied and goes, as in a
 	// cluster (envtest alone leaves it Terminating forever).
@@ -103,6 +106,16 @@ func Start(ctx context.Context, o Options) (*Servers, error) {
 	s.Env = &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
+	}
+	if o.AuditLogPath != "" {
+		policy := o.AuditLogPath + ".policy.yaml"
+		if err := os.WriteFile(policy, []byte("apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n"), 0o600); err != nil {
+			return nil, err
+		}
+		args := s.Env.ControlPlane.GetAPIServer().Configure()
+		args.Set("audit-log-path", o.AuditLogPath)
+		args.Set("audit-policy-file", policy)
+		args.Set("audit-log-format", "json")
 	}
 	if o.APIServerCertDir != "" {
 		if err := os.MkdirAll(o.APIServerCertDir, 0o700); err != nil {

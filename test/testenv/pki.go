@@ -1,4 +1,4 @@
-package integration
+package testenv
 
 import (
 	"crypto/ecdsa"
@@ -14,14 +14,12 @@ import (
 	"time"
 )
 
-// testPKI is a CA the tests generate, a server certificate for 127.0.0.1 signed by it (served by
-// Keycloak's HTTPS port), and an unrelated CA for the wrong-CA case.
-type testPKI struct {
+// PKI is a CA the tests generate, a server certificate for 127.0.0.1 signed by it (served by
+// Keycloak's HTTPS port, or by a test's proxy), and an unrelated CA for the wrong-CA case.
+type PKI struct {
 	CAPEM, OtherCAPEM []byte
 	CertFile, KeyFile string
 }
-
-var pki testPKI
 
 func newCA(cn string) (*x509.Certificate, *ecdsa.PrivateKey, []byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -41,18 +39,19 @@ func newCA(cn string) (*x509.Certificate, *ecdsa.PrivateKey, []byte, error) {
 	return cert, key, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), nil
 }
 
-func makeTestPKI(dir string) (testPKI, error) {
+// NewPKI writes the certificate and key into dir.
+func NewPKI(dir string) (PKI, error) {
 	ca, caKey, caPEM, err := newCA("mlflow-token-operator test CA")
 	if err != nil {
-		return testPKI{}, err
+		return PKI{}, err
 	}
 	_, _, otherPEM, err := newCA("some other CA")
 	if err != nil {
-		return testPKI{}, err
+		return PKI{}, err
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return testPKI{}, err
+		return PKI{}, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(time.Now().UnixNano() + 1), Subject: pkix.Name{CommonName: "127.0.0.1"},
@@ -62,18 +61,18 @@ func makeTestPKI(dir string) (testPKI, error) {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 	if err != nil {
-		return testPKI{}, err
+		return PKI{}, err
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return testPKI{}, err
+		return PKI{}, err
 	}
-	p := testPKI{CAPEM: caPEM, OtherCAPEM: otherPEM, CertFile: filepath.Join(dir, "tls.crt"), KeyFile: filepath.Join(dir, "tls.key")}
+	p := PKI{CAPEM: caPEM, OtherCAPEM: otherPEM, CertFile: filepath.Join(dir, "tls.crt"), KeyFile: filepath.Join(dir, "tls.key")}
 	if err := os.WriteFile(p.CertFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		return testPKI{}, err
+		return PKI{}, err
 	}
 	if err := os.WriteFile(p.KeyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		return testPKI{}, err
+		return PKI{}, err
 	}
 	return p, nil
 }
