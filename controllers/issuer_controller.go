@@ -10,6 +10,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
@@ -47,7 +48,19 @@ type IssuerReconciler struct {
 	// RecheckInterval is how often a Ready issuer is checked again (failing ones every
 	// RecheckInterval/10, at least every 30 s).
 	RecheckInterval time.Duration
+	// NoClusterEvents: record no events about ClusterKeycloakIssuers. Events about cluster-scoped
+	// objects go to the namespace "default", which an operator restricted to some namespaces
+	// (--namespaces) may not write to; its issuers' conditions still say everything.
+	NoClusterEvents bool
 	Config
+}
+
+// eventf records an event about an issuer, unless NoClusterEvents rules it out.
+func (r *IssuerReconciler) eventf(regarding runtime.Object, eventType, reason, note string, args ...any) {
+	if r.Cluster && r.NoClusterEvents {
+		return
+	}
+	r.Recorder.Eventf(regarding, nil, eventType, reason, "Check", note, args...)
 }
 
 // +kubebuilder:rbac:groups=auth.mlflow-token-operator.io,resources=keycloakissuers;clusterkeycloakissuers,verbs=get;list;watch
@@ -127,10 +140,10 @@ func (r *IssuerReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctr
 	nowReady := f == nil
 	switch {
 	case nowReady && !wasReady:
-		r.Recorder.Eventf(obj, nil, corev1.EventTypeNormal, authv1alpha1.ReasonIssuerReady, "Check", "Realm %s answered; issuer %s", spec.Realm, issuer)
+		r.eventf(obj, corev1.EventTypeNormal, authv1alpha1.ReasonIssuerReady, "Realm %s answered; issuer %s", spec.Realm, issuer)
 	case !nowReady:
 		// The same failure repeats as one series (the reference carries no resourceVersion).
-		r.Recorder.Eventf(issuerRef(obj, r.kind()), nil, corev1.EventTypeWarning, f.Reason, "Check", "%s", f.Message)
+		r.eventf(issuerRef(obj, r.kind()), corev1.EventTypeWarning, f.Reason, "%s", f.Message)
 	}
 	metrics.IssuerReady(r.kind(), req.Namespace, req.Name, nowReady)
 

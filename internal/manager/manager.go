@@ -199,7 +199,8 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	}
 	for _, cluster := range []bool{false, true} {
 		ir := &controllers.IssuerReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Keycloak: kc,
-			Watched: watched, Cluster: cluster, RecheckInterval: o.IssuerRecheckInterval, Config: o.Reconciler}
+			Watched: watched, Cluster: cluster, RecheckInterval: o.IssuerRecheckInterval, Config: o.Reconciler,
+			NoClusterEvents: len(o.Namespaces) > 0}
 		events := issuerEvents
 		if cluster {
 			events = clusterIssuerEvents
