@@ -184,3 +184,9 @@ bench-smoke: ## Quick benchmark (N=50, one-minute steady state, ~5 min): writes 
 	hack/keycloak.sh install | tail -n 1
 	cd test/bench && go build -o $(LOCALBIN)/bench .
 	KUBEBUILDER_ASSETS="$(LOCALBIN)/k8s" KEYCLOAK_HOME="$$(hack/keycloak.sh home)" $(LOCALBIN)/bench -root . -smoke $(BENCH_ARGS)
+
+.PHONY: bench-neighbours
+bench-neighbours: ## Noisy neighbours and cache flood against the real API server and Keycloak (~8 min): ARGS="-operator BIN -label before" measures another binary.
+	hack/build-envtest.sh | tail -n 1
+	hack/keycloak.sh install | tail -n 1
+	KUBEBUILDER_ASSETS="$(LOCALBIN)/k8s" KEYCLOAK_HOME="$$(hack/keycloak.sh home)" go run ./test/neighbours $(ARGS)

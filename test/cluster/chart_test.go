@@ -38,7 +38,10 @@ const (
 //     operator pod becomes Ready through its probes;
 //   - token: a ClientCredentials MLflowAccessToken against Keycloak (HTTPS, private CA through
 //     caBundle) becomes Ready and its Secret rotates;
-//   - helm test: the chart's probe pod reaches the metrics endpoint;
+//   - admission-policies: as the operator's ServiceAccount, a pod's labels or image and a Secret
+//     not its own cannot be changed (the chart's ValidatingAdmissionPolicies);
+//   - helm test: the chart's probe pod reaches the metrics endpoint (HTTPS, with a token of a
+//     ServiceAccount bound to the metrics-reader role);
 //   - upgrade: `helm upgrade` to two replicas and debug logs rolls the Deployment; one leader;
 //   - workloads, side by side: leader failover by pod deletion and by SIGKILL (takeover times,
 //     no double redemption under strict rotation, no expired token in a Secret), and training
@@ -56,6 +59,7 @@ func TestChart(t *testing.T) {
 		f    func(t *testing.T)
 	}{
 		{"install", chartInstall},
+		{"admission-policies", chartAdmissionPolicies},
 		{"token", chartToken},
 		{"helm-test", chartHelmTest},
 		{"upgrade", chartUpgrade},
