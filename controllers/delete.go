@@ -6,10 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
@@ -41,17 +39,13 @@ func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *
 			return ctrl.Result{}, false, f
 		}
 		now := r.now()
-		prev := revocationFailure(obj)
-		count := int32(1)
-		if prev != nil {
-			count = prev.Count + 1
-		}
+		recordFailure(obj, now, authv1alpha1.StageRevocation, f)
 		d := policy.Revocation(policy.RevocationInput{Now: now, Requested: obj.DeletionTimestamp.Time, Timeout: r.RevocationTimeout,
-			Failure: &policy.Failure{At: now, Count: count}, Seed: string(obj.UID), Backoff: r.Backoff})
+			Failure: &policy.Failure{At: now, Count: obj.Status.FailedAttempts}, Seed: string(obj.UID), Backoff: r.Backoff})
 		// Without the client's credentials (neither the live ones nor the kit in the state Secret)
 		// there is nothing to retry with.
 		if !d.GiveUp && !credentialsGone[f.Reason] {
-			obj.Status.FailedAttempts, obj.Status.LastFailureTime = count, timePtr(now.Truncate(time.Second))
+			count := obj.Status.FailedAttempts
 			setCondition(obj, authv1alpha1.ConditionReady, false, authv1alpha1.ReasonRevocationFailing, fmt.Sprintf(
 				"Deletion waits for revocation: %s (attempt %d; next at %s; giving up at %s)", f.Message, count, stamp(d.RetryAt), stamp(d.Deadline)))
 			metrics.Revocation("failed")
@@ -119,16 +113,6 @@ func (r *MLflowAccessTokenReconciler) ownedSecrets(ctx context.Context, obj *aut
 		}
 	}
 	return owned, nil
-}
-
-// revocationFailure is the failure record of earlier revocation attempts (nil: none failed yet;
-// a failure record of the resource's life before the deletion does not count).
-func revocationFailure(obj *authv1alpha1.MLflowAccessToken) *policy.Failure {
-	c := meta.FindStatusCondition(obj.Status.Conditions, authv1alpha1.ConditionReady)
-	if c == nil || c.Reason != authv1alpha1.ReasonRevocationFailing || obj.Status.LastFailureTime == nil {
-		return nil
-	}
-	return &policy.Failure{At: obj.Status.LastFailureTime.Time, Count: obj.Status.FailedAttempts}
 }
 
 // revokeAll revokes what the resource holds at Keycloak: the refresh chain's token first (that

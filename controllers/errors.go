@@ -32,6 +32,14 @@ func (f *failure) Unwrap() error { return f.Err }
 // classified reports whether a person can act on f (it has a condition reason).
 func (f *failure) classified() bool { return f.Reason != "" }
 
+// kind says, where the failure happens, whether it can pass on its own.
+func (f *failure) kind() authv1alpha1.FailureKind {
+	if stalledReasons[f.Reason] {
+		return authv1alpha1.FailureNeedsChange
+	}
+	return authv1alpha1.FailureTransient
+}
+
 // asFailure returns err as a failure: a failure stays what it is; anything else (an API error,
 // a conflict, throttling) is unclassified.
 func asFailure(err error) *failure {
@@ -86,13 +94,6 @@ func secretWriteFailure(err error, name string) *failure {
 	return asFailure(err)
 }
 
-// secretWriteReasons are the reasons secretWriteFailure gives: after such a failure, the next
-// attempt dry-runs the write before it spends a grant.
-var secretWriteReasons = map[string]bool{
-	authv1alpha1.ReasonSecretRejected:  true,
-	authv1alpha1.ReasonSecretForbidden: true,
-}
-
 // stalledReasons are failures that only a change can fix (of the resource, a Secret it names, or
 // the client in Keycloak): the resource reads Stalled, kstatus Failed. Every other reason (Keycloak
 // down or slow, a 5xx, a garbled answer) can pass on its own.
@@ -125,16 +126,6 @@ var stalledReasons = map[string]bool{
 	authv1alpha1.ReasonServiceAccountTokenForbidden: true,
 }
 
-// targetReasons are failures of resolving the target (the issuer and the guardrails). Once the
-// target resolves, such a failure is history: the next attempt does not wait out its backoff.
-var targetReasons = map[string]bool{
-	authv1alpha1.ReasonIssuerNotFound:   true,
-	authv1alpha1.ReasonIssuerNotAllowed: true,
-	authv1alpha1.ReasonIssuerNotReady:   true,
-	authv1alpha1.ReasonInsecureURL:      true,
-	authv1alpha1.ReasonHostNotAllowed:   true,
-	authv1alpha1.ReasonURLNotAllowed:    true,
-}
 
 func errMessage(err error) string {
 	var st apierrors.APIStatus

@@ -21,7 +21,7 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 	name := obj.SecretNameOrDefault()
 	secret, err := r.ownedSecret(ctx, obj, name, r.Client)
 	if err != nil {
-		return r.failed(ctx, obj, nil, "", asFailure(err))
+		return r.failed(ctx, obj, nil, "", authv1alpha1.StageSecretWrite, asFailure(err))
 	}
 	if secret != nil && secret.DeletionTimestamp != nil {
 		return r.releaseDeleted(ctx, obj, secret)
@@ -29,7 +29,7 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 	cur, distrust := r.consumerToken(obj, secret) // trust.go
 	t, f := r.resolveTarget(ctx, obj)
 	if f != nil {
-		return r.failed(ctx, obj, cur, "", f)
+		return r.failed(ctx, obj, cur, "", authv1alpha1.StageTarget, f)
 	}
 	inputs := inputsHash(obj, t)
 	if r.failureIsHistory(obj, t) {
@@ -43,7 +43,7 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 			// Labels, annotations, the tracking URI or the reported renewal time may have changed
 			// (and a Secret written before seals gets its seal).
 			if _, err := r.writeConsumer(ctx, obj, t, secret, *cur, d.RenewAt, writeOpts{adopt: true}); err != nil {
-				return r.failed(ctx, obj, cur, inputs, secretWriteFailure(err, name))
+				return r.failed(ctx, obj, cur, inputs, authv1alpha1.StageSecretWrite, secretWriteFailure(err, name))
 			}
 		}
 		report(obj, now, cur, d, inputs)
@@ -60,7 +60,7 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 	if !r.written.isLatest(secret) {
 		fresh, err := r.ownedSecret(ctx, obj, name, r.APIReader)
 		if err != nil {
-			return r.failed(ctx, obj, cur, inputs, asFailure(err))
+			return r.failed(ctx, obj, cur, inputs, authv1alpha1.StageIssue, asFailure(err))
 		}
 		if fresh != nil && (secret == nil || fresh.ResourceVersion != secret.ResourceVersion || tokensecret.IsStub(secret)) {
 			secret = fresh
@@ -80,18 +80,18 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 		return ctrl.Result{RequeueAfter: 30 * time.Second}, nil
 	}
 	if f := r.checkWritable(ctx, obj, t, secret); f != nil {
-		return r.failed(ctx, obj, cur, inputs, f)
+		return r.failed(ctx, obj, cur, inputs, authv1alpha1.StageSecretWrite, f)
 	}
 
 	log.FromContext(ctx).V(1).Info("Obtaining a token", "why", d.Why, "secret", name)
 	got, f := r.obtain(ctx, obj, t, cur)
 	if f != nil {
-		return r.failed(ctx, obj, cur, inputs, f)
+		return r.failed(ctx, obj, cur, inputs, authv1alpha1.StageIssue, f)
 	}
 	st := tokensecret.State{AccessToken: got.AccessToken, IssuedAt: got.IssuedAt, ExpiresAt: got.ExpiresAt, IssuedFor: inputs}
 	plan := policy.Schedule(string(obj.UID), policy.Token{IssuedAt: st.IssuedAt, ExpiresAt: st.ExpiresAt}, renewBefore(obj))
 	if _, err := r.writeConsumer(ctx, obj, t, secret, st, plan.RenewAt, writeOpts{adopt: true}); err != nil {
-		return r.failed(ctx, obj, cur, inputs, secretWriteFailure(err, name))
+		return r.failed(ctx, obj, cur, inputs, authv1alpha1.StageSecretWrite, secretWriteFailure(err, name))
 	}
 	r.nudgeConsumers(ctx, obj, st) // running pods get the new token at once (nudge.go)
 	if old := obj.Status.SecretName; old != "" && old != name {
@@ -122,7 +122,7 @@ func (r *MLflowAccessTokenReconciler) failureIsHistory(obj *authv1alpha1.MLflowA
 	if f == nil {
 		return false
 	}
-	if targetReasons[renewalFailingReason(obj)] {
+	if obj.Status.LastFailureStage == authv1alpha1.StageTarget {
 		return true
 	}
 	return t.watched && r.credentialsChangedAfter(t, f.At)
@@ -158,7 +158,7 @@ func (r *MLflowAccessTokenReconciler) checkWritable(ctx context.Context, obj *au
 	if err := tokensecret.ValidateTemplate(obj.Spec.SecretTemplate); err != nil {
 		return &failure{Reason: authv1alpha1.ReasonInvalidSecretTemplate, Message: err.Error(), Err: err}
 	}
-	failing := failureOf(obj) != nil && secretWriteReasons[renewalFailingReason(obj)]
+	failing := failureOf(obj) != nil && obj.Status.LastFailureStage == authv1alpha1.StageSecretWrite
 	if secret != nil && !failing {
 		return nil
 	}
@@ -181,12 +181,12 @@ func (r *MLflowAccessTokenReconciler) writeConsumer(ctx context.Context, obj *au
 // error and its own requeue so that failures do not flood the error log. The Secret is left as it
 // is: a valid token in it stays. An unclassified failure (the API server) is returned as an error
 // instead, for the work queue to retry, with nothing recorded.
-func (r *MLflowAccessTokenReconciler) failed(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, cur *tokensecret.State, inputs string, f *failure) (ctrl.Result, error) {
+func (r *MLflowAccessTokenReconciler) failed(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, cur *tokensecret.State, inputs string, stage authv1alpha1.FailureStage, f *failure) (ctrl.Result, error) {
 	if !f.classified() {
 		return ctrl.Result{}, f
 	}
 	now := r.now()
-	recordFailure(obj, now, f)
+	recordFailure(obj, now, stage, f)
 	d := policy.Decide(r.decideInput(obj, now, cur, inputs))
 	setCondition(obj, authv1alpha1.ConditionRenewalFailing, true, f.Reason, failureMessage(f, obj.Status.FailedAttempts, d.RetryAt))
 	report(obj, now, cur, d, inputs)
@@ -247,15 +247,6 @@ func renewBefore(obj *authv1alpha1.MLflowAccessToken) *time.Duration {
 	}
 	d := obj.Spec.RenewBefore.Duration
 	return &d
-}
-
-func renewalFailingReason(obj *authv1alpha1.MLflowAccessToken) string {
-	for _, c := range obj.Status.Conditions {
-		if c.Type == authv1alpha1.ConditionRenewalFailing && c.Status == "True" {
-			return c.Reason
-		}
-	}
-	return ""
 }
 
 // requeueAt returns a result that brings the resource back at t (at least a second from now).

@@ -69,7 +69,8 @@ func report(obj *authv1alpha1.MLflowAccessToken, now time.Time, tok *tokensecret
 	// say so now). Reconciling: the operator still works towards the spec (no valid token for it
 	// yet) and nothing says it cannot get there. Routine rotations and transient failures of a
 	// valid token are neither: kstatus reads Current.
-	stalled := failing != nil && stalledReasons[failing.Reason]
+	rec := failureOf(obj)
+	stalled := failing != nil && rec != nil && !rec.Transient
 	if stalled {
 		setCondition(obj, authv1alpha1.ConditionStalled, true, failing.Reason, failing.Message)
 	} else {
@@ -89,36 +90,46 @@ func report(obj *authv1alpha1.MLflowAccessToken, now time.Time, tok *tokensecret
 	}
 }
 
+// The failure record is typed facts in status, as cert-manager keeps them: when the last attempt
+// failed, how many failed in a row, for which generation, whether the failure can pass on its own
+// (classified where it happened) and what the attempt was doing. The policy and the controller
+// decide from these fields; the conditions only say them in words.
+
 // recordFailure adds a failed attempt to the failure record. A failure for a newer spec than
-// the last one starts a new count: the backoff starts over after a change.
-func recordFailure(obj *authv1alpha1.MLflowAccessToken, now time.Time, f *failure) {
+// the last one, or at another stage (a renewal failure before a deletion's first revocation
+// attempt), starts a new count: the backoff starts over.
+func recordFailure(obj *authv1alpha1.MLflowAccessToken, now time.Time, stage authv1alpha1.FailureStage, f *failure) {
 	s := &obj.Status
-	if prev := failureOf(obj); prev == nil || prev.Generation != obj.Generation {
+	if prev := failureOf(obj); prev == nil || prev.Generation != obj.Generation || (stage == authv1alpha1.StageRevocation) != (s.LastFailureStage == authv1alpha1.StageRevocation) {
 		s.FailedAttempts = 0
 	}
 	s.FailedAttempts++
 	s.LastFailureTime = timePtr(now.Truncate(time.Second))
-	setCondition(obj, authv1alpha1.ConditionRenewalFailing, true, f.Reason, f.Message)
+	s.LastFailureGeneration, s.LastFailureKind, s.LastFailureStage = obj.Generation, f.kind(), stage
+	if stage != authv1alpha1.StageRevocation {
+		setCondition(obj, authv1alpha1.ConditionRenewalFailing, true, f.Reason, f.Message)
+	}
 }
 
 // recordSuccess clears the failure record.
 func recordSuccess(obj *authv1alpha1.MLflowAccessToken) {
-	obj.Status.FailedAttempts, obj.Status.LastFailureTime = 0, nil
+	s := &obj.Status
+	s.FailedAttempts, s.LastFailureTime, s.LastFailureGeneration, s.LastFailureKind, s.LastFailureStage = 0, nil, 0, "", ""
 	setCondition(obj, authv1alpha1.ConditionRenewalFailing, false, authv1alpha1.ReasonRenewalSucceeded, "The last attempt to obtain a token succeeded")
 }
 
-// failureOf reads the failure record from status (nil: the last attempt succeeded). The
-// generation is the one the RenewalFailing condition was set for.
+// failureOf reads the failure record from status (nil: the last attempt succeeded). A record of
+// a version before the typed fields (no kind) counts as needing a change: the longer backoff.
 func failureOf(obj *authv1alpha1.MLflowAccessToken) *policy.Failure {
 	s := obj.Status
 	if s.FailedAttempts == 0 || s.LastFailureTime == nil {
 		return nil
 	}
-	gen, transient := s.ObservedGeneration, false
-	if c := meta.FindStatusCondition(s.Conditions, authv1alpha1.ConditionRenewalFailing); c != nil && c.Status == metav1.ConditionTrue {
-		gen, transient = c.ObservedGeneration, !stalledReasons[c.Reason]
+	gen := s.LastFailureGeneration
+	if gen == 0 {
+		gen = s.ObservedGeneration
 	}
-	return &policy.Failure{At: s.LastFailureTime.Time, Count: s.FailedAttempts, Generation: gen, Transient: transient}
+	return &policy.Failure{At: s.LastFailureTime.Time, Count: s.FailedAttempts, Generation: gen, Transient: s.LastFailureKind == authv1alpha1.FailureTransient}
 }
 
 // failureMessage is the RenewalFailing message: the failure and when the next attempt comes.

@@ -376,6 +376,28 @@ type TokenInfo struct {
 	Groups []string `json:"groups,omitempty"`
 }
 
+// FailureKind says whether a failure can pass on its own.
+// +kubebuilder:validation:Enum=Transient;NeedsChange
+type FailureKind string
+
+// Failure kinds.
+const (
+	FailureTransient   FailureKind = "Transient"
+	FailureNeedsChange FailureKind = "NeedsChange"
+)
+
+// FailureStage is what a failed attempt was doing.
+// +kubebuilder:validation:Enum=Target;SecretWrite;Issue;Revocation
+type FailureStage string
+
+// Failure stages.
+const (
+	StageTarget      FailureStage = "Target"
+	StageSecretWrite FailureStage = "SecretWrite"
+	StageIssue       FailureStage = "Issue"
+	StageRevocation  FailureStage = "Revocation"
+)
+
 // MLflowAccessTokenStatus is the observed state. It never holds token material.
 type MLflowAccessTokenStatus struct {
 	// ObservedGeneration is the spec generation the status describes.
@@ -417,6 +439,23 @@ type MLflowAccessTokenStatus struct {
 	// LastFailureTime is when the last attempt failed.
 	// +optional
 	LastFailureTime *metav1.Time `json:"lastFailureTime,omitempty"`
+
+	// LastFailureGeneration is the spec generation the failed attempts were made for: a newer
+	// spec is tried at once, without the backoff.
+	// +optional
+	LastFailureGeneration int64 `json:"lastFailureGeneration,omitempty"`
+
+	// LastFailureKind says whether the last failure can pass on its own (Transient: Keycloak down
+	// or slow, a 5xx) or only a change can fix it (NeedsChange: wrong credentials, a missing
+	// Secret); it sets the backoff and the Stalled condition.
+	// +optional
+	LastFailureKind FailureKind `json:"lastFailureKind,omitempty"`
+
+	// LastFailureStage is what the last failed attempt was doing: resolving the issuer and the
+	// guardrails (Target), writing the Secret (SecretWrite), obtaining the token (Issue), revoking
+	// at deletion (Revocation).
+	// +optional
+	LastFailureStage FailureStage `json:"lastFailureStage,omitempty"`
 
 	// Token holds non-secret facts from the current access token.
 	// +optional
