@@ -126,7 +126,6 @@ var stalledReasons = map[string]bool{
 	authv1alpha1.ReasonServiceAccountTokenForbidden: true,
 }
 
-
 func errMessage(err error) string {
 	var st apierrors.APIStatus
 	if errors.As(err, &st) {

@@ -18,17 +18,14 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
-	"sigs.k8s.io/controller-runtime/pkg/event"
-	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
-	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/policy"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/wake"
 )
 
 // IssuerReconciler checks the issuers of one kind (KeycloakIssuer, or ClusterKeycloakIssuer
@@ -53,6 +50,8 @@ type IssuerReconciler struct {
 	// (--namespaces) may not write to; its issuers' conditions still say everything.
 	NoClusterEvents bool
 	Config
+
+	wake *wake.Source
 }
 
 // eventf records an event about an issuer, unless NoClusterEvents rules it out.
@@ -225,9 +224,8 @@ func truncateMsg(msg string) string {
 }
 
 // SetupWithManager registers the controller. Only spec changes trigger a check (its own status
-// writes do not); a change of a credential it references comes through credentialEvents (the
-// Watched store's notifications).
-func (r *IssuerReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options, credentialEvents <-chan event.GenericEvent) error {
+// writes do not); a change of a credential it references comes through CredentialChanged.
+func (r *IssuerReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
 	}
@@ -239,20 +237,29 @@ func (r *IssuerReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Op
 	if r.Cluster {
 		obj, name = &authv1alpha1.ClusterKeycloakIssuer{}, "clusterkeycloakissuer"
 	}
-	b := ctrl.NewControllerManagedBy(mgr).
+	r.wake = wake.New(name, nil)
+	return ctrl.NewControllerManagedBy(mgr).
 		For(obj, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		WatchesRawSource(r.wake).
 		WithOptions(opts).
-		Named(name)
-	if credentialEvents != nil {
-		b = b.WatchesRawSource(source.Channel(credentialEvents, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
-			ns, cluster := issuersUsing(ctx, r.Client, r.ClusterResourceNamespace, client.ObjectKeyFromObject(o))
-			if r.Cluster {
-				return requestsFor(cluster)
-			}
-			return requestsFor(ns)
-		})))
+		Named(name).
+		Complete(r)
+}
+
+// CredentialChanged is called when a Secret or ConfigMap changed: the issuers of this kind that
+// reference it are checked again.
+func (r *IssuerReconciler) CredentialChanged(ctx context.Context, key types.NamespacedName) {
+	if r.wake == nil {
+		return // not set up
 	}
-	return b.Complete(r)
+	ns, cluster := issuersUsing(ctx, r.Client, r.ClusterResourceNamespace, key)
+	keys := ns
+	if r.Cluster {
+		keys = cluster
+	}
+	for _, k := range keys {
+		r.wake.Notify(k)
+	}
 }
 
 // issuersUsing returns the issuers that reference the Secret or ConfigMap key (for a CA bundle or
@@ -284,12 +291,4 @@ func issuersUsing(ctx context.Context, c client.Reader, clusterNS string, key ty
 		}
 	}
 	return namespaced, cluster
-}
-
-func requestsFor(keys []types.NamespacedName) []reconcile.Request {
-	reqs := make([]reconcile.Request, 0, len(keys))
-	for _, k := range keys {
-		reqs = append(reqs, reconcile.Request{NamespacedName: k})
-	}
-	return reqs
 }

@@ -4,14 +4,12 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/event"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/mlflowcheck"
@@ -21,7 +19,7 @@ import (
 // This file answers "does MLflow accept the token?" (condition MLflowAccepted). After a new
 // token is written, checkMLflow submits a check to the MLflowChecker, which asks MLflow in the
 // background; the Secret write never waits for it. When the result is in, the checker notifies
-// the controller (MLflowChecked feeds a channel source), the resource is reconciled, and
+// the controller (Notify), the resource is reconciled, and
 // reportMLflow turns the result into the condition, a Warning event per distinct rejection, and
 // (through status) the mlflow_token_mlflow_accepted metric.
 
@@ -184,27 +182,4 @@ func setMLflowCondition(obj *authv1alpha1.MLflowAccessToken, status metav1.Condi
 		Type: authv1alpha1.ConditionMLflowAccepted, Status: status, Reason: reason, Message: msg, ObservedGeneration: obj.Generation,
 	})
 	return msg
-}
-
-// mlflowResults is the channel the checker's notifications reach the controller through (a
-// source.Channel; see SetupWithManager). Made on first use, so that the checker's notify function
-// can be wired before the controller is set up.
-type mlflowResults struct {
-	once sync.Once
-	ch   chan event.GenericEvent
-}
-
-func (m *mlflowResults) channel() chan event.GenericEvent {
-	m.once.Do(func() { m.ch = make(chan event.GenericEvent, 1024) })
-	return m.ch
-}
-
-// MLflowChecked is the checker's notify function: it has the resource reconciled, so that the
-// result reaches its status. It blocks while the controller's source is full, until ctx ends.
-func (r *MLflowAccessTokenReconciler) MLflowChecked(ctx context.Context, key types.NamespacedName) {
-	ev := event.GenericEvent{Object: &authv1alpha1.MLflowAccessToken{ObjectMeta: metav1.ObjectMeta{Namespace: key.Namespace, Name: key.Name}}}
-	select {
-	case r.mlflowResults.channel() <- ev:
-	case <-ctx.Done():
-	}
 }

@@ -39,6 +39,7 @@ import (
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/metrics"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/policy"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/seal"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/wake"
 )
 
 // Config are the reconciler's tunables. DefaultConfig is the one place their defaults live;
@@ -119,8 +120,11 @@ type MLflowAccessTokenReconciler struct {
 	credentialChanges sync.Map
 
 	// MLflow checks whether MLflow accepts new tokens (nil: no checks, no MLflowAccepted).
-	MLflow        MLflowChecker
-	mlflowResults mlflowResults
+	MLflow MLflowChecker
+
+	// wake brings resources back from background workers (Notify).
+	wake     *wake.Source
+	wakeOnce sync.Once
 
 	// Delivery: nudges of consumer pods and the DeliveryAtRisk check (nudge.go).
 	Delivery Delivery

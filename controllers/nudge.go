@@ -12,9 +12,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
-	"sigs.k8s.io/controller-runtime/pkg/source"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/nudge"
@@ -163,11 +166,28 @@ func podList(pods []string) string {
 	return fmt.Sprintf("%d labelled %s (%s%s)", len(pods), noun, strings.Join(names, ", "), more)
 }
 
-// watchDeliveries reconciles a resource when the nudges of its rotation have finished, so that
-// status.consumers reports them.
-func (r *MLflowAccessTokenReconciler) watchDeliveries(b *builder.Builder) *builder.Builder {
+// watchConsumers updates DeliveryAtRisk and status.consumers when consumer pods come or go: the
+// cache holds only pods labelled as consumers, so a pod that gets or loses the label counts too.
+// Updates are not watched (the nudge itself updates every consumer pod at every rotation).
+func (r *MLflowAccessTokenReconciler) watchConsumers(b *builder.Builder) *builder.Builder {
 	if r.Delivery.Nudger == nil {
 		return b
 	}
-	return b.WatchesRawSource(source.Channel(r.Delivery.Nudger.Events(), &handler.EnqueueRequestForObject{}))
+	return b.Watches(&corev1.Pod{}, handler.EnqueueRequestsFromMapFunc(r.tokensMountedBy),
+		builder.WithPredicates(predicate.Funcs{UpdateFunc: func(event.UpdateEvent) bool { return false }}))
+}
+
+// tokensMountedBy maps a consumer pod to the resources whose Secret it reads.
+func (r *MLflowAccessTokenReconciler) tokensMountedBy(ctx context.Context, o client.Object) []reconcile.Request {
+	var reqs []reconcile.Request
+	for _, secret := range nudge.SecretsIndex(o) {
+		var l authv1alpha1.MLflowAccessTokenList
+		if err := r.List(ctx, &l, client.InNamespace(o.GetNamespace()), client.MatchingFields{IndexSecretName: secret}); err != nil {
+			continue
+		}
+		for _, t := range l.Items {
+			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: t.Namespace, Name: t.Name}})
+		}
+	}
+	return reqs
 }

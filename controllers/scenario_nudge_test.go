@@ -41,9 +41,10 @@ type nudgeEnv struct {
 	n *nudge.Nudger
 
 	mu       sync.Mutex
-	patches  map[string]int          // pod → patches
-	failPod  func(name string) error // makes a pod's patches fail
-	patchOps []string                // "<pod> <patch body>" in order
+	patches  map[string]int            // pod → patches
+	failPod  func(name string) error   // makes a pod's patches fail
+	patchOps []string                  // "<pod> <patch body>" in order
+	done     chan types.NamespacedName // the Nudger's notifications (the operator: Notify)
 }
 
 // newNudgeEnv builds the scenario's world with pods, the pod index the operator's cache has, and a
@@ -81,7 +82,9 @@ func newNudgeEnv(t *testing.T, nudging bool, mutate func(*authv1alpha1.MLflowAcc
 		}).Build()
 	e.r.Client = e.c
 	if nudging {
-		ne.n = nudge.New(e.c, nudge.Options{QPS: 1000, Burst: 100, RetryDelay: time.Millisecond})
+		ne.done = make(chan types.NamespacedName, 1024)
+		ne.n = nudge.New(e.c, nudge.Options{QPS: 1000, Burst: 100, RetryDelay: time.Millisecond,
+			Notify: func(k types.NamespacedName) { ne.done <- k }})
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { _ = ne.n.Start(ctx); close(done) }()
@@ -123,9 +126,9 @@ func consumerPod(name, use string) *corev1.Pod {
 func (ne *nudgeEnv) nudged() {
 	ne.t.Helper()
 	select {
-	case ev := <-ne.n.Events():
-		if ev.Object.GetName() != testName || ev.Object.GetNamespace() != testNS {
-			ne.t.Fatalf("nudge event for %s/%s", ev.Object.GetNamespace(), ev.Object.GetName())
+	case k := <-ne.done:
+		if k != key {
+			ne.t.Fatalf("notified of %s", k)
 		}
 	case <-time.After(10 * time.Second):
 		ne.t.Fatal("the nudges of the rotation did not finish")

@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/wake"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -24,7 +25,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
-	"sigs.k8s.io/controller-runtime/pkg/source"
 )
 
 // What brings a resource back to a reconcile: its own spec and metadata changes, its Secrets,
@@ -50,10 +50,11 @@ func indexIssuerRef(o client.Object) []string {
 // SetupWithManager registers the controller. Our own status writes do not trigger a reconcile
 // (only spec, annotation, finalizer and deletion changes do); changes to the Secrets we own do,
 // so a Secret deleted or edited by hand is restored. An issuer that turns Ready (or not), or whose
-// spec changes, and a change of a credential an issuer references (credentialEvents, from the
-// Watched store), bring its tokens back at once: a token waiting for its issuer, or failing with a
-// client secret that was just rotated, recovers within seconds.
-func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options, credentialEvents <-chan event.GenericEvent) error {
+// spec changes, brings its tokens back at once. Background workers bring a resource back through
+// Notify (one source, internal/wake): the MLflow check's answer, the end of a rotation's nudges,
+// a change of a credential an issuer references (CredentialChanged). Consumer pods that come or go
+// update DeliveryAtRisk (nudge.go).
+func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options) error {
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
 	}
@@ -61,52 +62,80 @@ func (r *MLflowAccessTokenReconciler) SetupWithManager(mgr ctrl.Manager, opts co
 		return errors.New("the reconciler needs the keys that seal its Secrets (Seal)")
 	}
 	indexer := mgr.GetFieldIndexer()
-	if err := indexer.IndexField(context.Background(), &authv1alpha1.MLflowAccessToken{}, IndexIssuerRef, indexIssuerRef); err != nil {
-		return err
-	}
-	if err := indexer.IndexField(context.Background(), &authv1alpha1.MLflowAccessToken{}, IndexSessionID, indexSessionID); err != nil {
-		return err
-	}
-	if err := indexer.IndexField(context.Background(), &corev1.Secret{}, IndexSecretController, indexSecretController); err != nil {
-		return err
-	}
-	tokensOf := func(ctx context.Context, kind string, keys ...types.NamespacedName) []reconcile.Request {
-		var reqs []reconcile.Request
-		for _, k := range keys {
-			var l authv1alpha1.MLflowAccessTokenList
-			if err := r.List(ctx, &l, client.MatchingFields{IndexIssuerRef: issuerIndexValue(kind, k.Namespace, k.Name)}); err != nil {
-				continue
-			}
-			for _, t := range l.Items {
-				reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: t.Namespace, Name: t.Name}})
-			}
+	for _, ix := range []struct {
+		obj   client.Object
+		field string
+		fn    client.IndexerFunc
+	}{
+		{&authv1alpha1.MLflowAccessToken{}, IndexIssuerRef, indexIssuerRef},
+		{&authv1alpha1.MLflowAccessToken{}, IndexSessionID, indexSessionID},
+		{&authv1alpha1.MLflowAccessToken{}, IndexSecretName, indexSecretName},
+		{&corev1.Secret{}, IndexSecretController, indexSecretController},
+	} {
+		if err := indexer.IndexField(context.Background(), ix.obj, ix.field, ix.fn); err != nil {
+			return err
 		}
-		return reqs
 	}
 	b := ctrl.NewControllerManagedBy(mgr).
 		For(&authv1alpha1.MLflowAccessToken{}, builder.WithPredicates(specOrMetadataChanged{})).
 		Owns(&corev1.Secret{}, builder.WithPredicates(sealedOrOwned{r}, notOwnWrite{&r.written})).
 		Watches(&authv1alpha1.KeycloakIssuer{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
-			return tokensOf(ctx, authv1alpha1.KindKeycloakIssuer, client.ObjectKeyFromObject(o))
+			return r.tokensOf(ctx, authv1alpha1.KindKeycloakIssuer, client.ObjectKeyFromObject(o))
 		}), builder.WithPredicates(issuerReadinessChanged{})).
 		Watches(&authv1alpha1.ClusterKeycloakIssuer{}, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
-			return tokensOf(ctx, authv1alpha1.KindClusterKeycloakIssuer, client.ObjectKeyFromObject(o))
+			return r.tokensOf(ctx, authv1alpha1.KindClusterKeycloakIssuer, client.ObjectKeyFromObject(o))
 		}), builder.WithPredicates(issuerReadinessChanged{})).
+		WatchesRawSource(r.wakeSource()).
 		WithOptions(opts).
 		Named("mlflowaccesstoken")
-	b = r.watchDeliveries(b) // finished nudges update status.consumers (nudge.go)
-	// A result of the MLflow acceptance check reconciles its resource.
-	if r.MLflow != nil {
-		b = b.WatchesRawSource(source.Channel(r.mlflowResults.channel(), &handler.EnqueueRequestForObject{}))
-	}
-	if credentialEvents != nil {
-		b = b.WatchesRawSource(source.Channel(credentialEvents, handler.EnqueueRequestsFromMapFunc(func(ctx context.Context, o client.Object) []reconcile.Request {
-			r.noteCredentialChange(client.ObjectKeyFromObject(o))
-			ns, cluster := issuersUsing(ctx, r.Client, r.ClusterResourceNamespace, client.ObjectKeyFromObject(o))
-			return append(tokensOf(ctx, authv1alpha1.KindKeycloakIssuer, ns...), tokensOf(ctx, authv1alpha1.KindClusterKeycloakIssuer, cluster...)...)
-		})))
-	}
+	b = r.watchConsumers(b) // nudge.go
 	return b.Complete(r)
+}
+
+// wakeSource is the one source through which background workers bring a resource back.
+func (r *MLflowAccessTokenReconciler) wakeSource() *wake.Source {
+	r.wakeOnce.Do(func() { r.wake = wake.New("mlflowaccesstoken", nil) })
+	return r.wake
+}
+
+// Notify brings the resource key back to a reconcile, at once and without blocking. The MLflow
+// checker and the nudger call it when their work for the resource is done.
+func (r *MLflowAccessTokenReconciler) Notify(key types.NamespacedName) { r.wakeSource().Notify(key) }
+
+// CredentialChanged is called when a Secret or ConfigMap an issuer references changed: the tokens
+// of those issuers are reconciled, and a failure older than the change is not waited out.
+func (r *MLflowAccessTokenReconciler) CredentialChanged(ctx context.Context, key types.NamespacedName) {
+	r.noteCredentialChange(key)
+	ns, cluster := issuersUsing(ctx, r.Client, r.ClusterResourceNamespace, key)
+	for _, req := range append(r.tokensOf(ctx, authv1alpha1.KindKeycloakIssuer, ns...), r.tokensOf(ctx, authv1alpha1.KindClusterKeycloakIssuer, cluster...)...) {
+		r.Notify(req.NamespacedName)
+	}
+}
+
+// tokensOf lists the resources of the given issuers (from the cache, by index).
+func (r *MLflowAccessTokenReconciler) tokensOf(ctx context.Context, kind string, keys ...types.NamespacedName) []reconcile.Request {
+	var reqs []reconcile.Request
+	for _, k := range keys {
+		var l authv1alpha1.MLflowAccessTokenList
+		if err := r.List(ctx, &l, client.MatchingFields{IndexIssuerRef: issuerIndexValue(kind, k.Namespace, k.Name)}); err != nil {
+			continue
+		}
+		for _, t := range l.Items {
+			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: t.Namespace, Name: t.Name}})
+		}
+	}
+	return reqs
+}
+
+// IndexSecretName indexes MLflowAccessTokens by the name of their consumer Secret, so that a
+// consumer pod finds the resources whose Secret it mounts.
+const IndexSecretName = "spec.secretName"
+
+func indexSecretName(o client.Object) []string {
+	if t, ok := o.(*authv1alpha1.MLflowAccessToken); ok {
+		return []string{t.SecretNameOrDefault()}
+	}
+	return nil
 }
 
 // issuerReadinessChanged passes issuer updates that change its spec or its Ready condition (not

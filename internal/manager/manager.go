@@ -9,8 +9,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/workqueue"
@@ -19,7 +19,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
-	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -169,12 +168,7 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 	if err := mgr.Add(watched); err != nil {
 		return nil, err
 	}
-	issuerEvents, clusterIssuerEvents, tokenEvents := fanOut(watched)
 	recorder := mgr.GetEventRecorder("mlflow-token-operator")
-	delivery, err := setupDelivery(mgr, o) // nudge.go
-	if err != nil {
-		return nil, err
-	}
 	r := &controllers.MLflowAccessTokenReconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
@@ -183,32 +177,42 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		Watched:   watched,
 		Seal:      keys,
 		Config:    o.Reconciler,
-		Delivery:  delivery,
 	}
-	// The MLflow acceptance check: a leader-only Runnable; its results reconcile their resource
-	// through r.MLflowChecked.
+	// Background workers bring a resource back through r.Notify: the nudger when a rotation's
+	// nudges are done, the MLflow acceptance check (a leader-only Runnable) when its answer is in.
+	if r.Delivery, err = setupDelivery(mgr, o, r.Notify); err != nil { // nudge.go
+		return nil, err
+	}
 	if o.CheckMLflow {
-		checker := mlflowcheck.New(o.MLflowCheck, r.MLflowChecked)
+		checker := mlflowcheck.New(o.MLflowCheck, func(_ context.Context, key types.NamespacedName) { r.Notify(key) })
 		if err := mgr.Add(checker); err != nil {
 			return nil, err
 		}
 		r.MLflow = checker
 	}
-	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: o.Concurrency, SkipNameValidation: &o.SkipNameValidation, RateLimiter: ErrorRateLimiter()}, tokenEvents); err != nil {
+	if err := r.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: o.Concurrency, SkipNameValidation: &o.SkipNameValidation, RateLimiter: ErrorRateLimiter()}); err != nil {
 		return nil, err
 	}
+	issuers := make([]*controllers.IssuerReconciler, 0, 2)
 	for _, cluster := range []bool{false, true} {
 		ir := &controllers.IssuerReconciler{Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Recorder: recorder, Keycloak: kc,
 			Watched: watched, Cluster: cluster, RecheckInterval: o.IssuerRecheckInterval, Config: o.Reconciler,
 			NoClusterEvents: len(o.Namespaces) > 0}
-		events := issuerEvents
-		if cluster {
-			events = clusterIssuerEvents
-		}
-		if err := ir.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: 2, SkipNameValidation: &o.SkipNameValidation}, events); err != nil {
+		if err := ir.SetupWithManager(mgr, controller.Options{MaxConcurrentReconciles: 2, SkipNameValidation: &o.SkipNameValidation}); err != nil {
 			return nil, err
 		}
+		issuers = append(issuers, ir)
 	}
+	// A change of a watched credential or CA bundle: the issuers that reference it are checked
+	// again, and their tokens reconciled. Called on the watch's goroutine; it reads the cache
+	// and queues keys, nothing more.
+	watched.OnChange(func(k objectwatch.Key) {
+		key := types.NamespacedName{Namespace: k.Namespace, Name: k.Name}
+		r.CredentialChanged(context.Background(), key)
+		for _, ir := range issuers {
+			ir.CredentialChanged(context.Background(), key)
+		}
+	})
 	if o.ProbeAddr != "" && o.ProbeAddr != "0" {
 		if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 			return nil, err
@@ -218,21 +222,6 @@ func New(cfg *rest.Config, o Options) (ctrl.Manager, error) {
 		}
 	}
 	return mgr, nil
-}
-
-// fanOut turns the Watched store's notifications into one event stream per controller.
-func fanOut(w *objectwatch.Store) (issuers, clusterIssuers, tokens chan event.GenericEvent) {
-	issuers, clusterIssuers, tokens = make(chan event.GenericEvent, 256), make(chan event.GenericEvent, 256), make(chan event.GenericEvent, 256)
-	w.OnChange(func(k objectwatch.Key) {
-		o := &metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{Namespace: k.Namespace, Name: k.Name}}
-		// Sent from a goroutine: a notification must never block the watch that delivers it.
-		go func() {
-			for _, ch := range []chan event.GenericEvent{issuers, clusterIssuers, tokens} {
-				ch <- event.GenericEvent{Object: o}
-			}
-		}()
-	})
-	return issuers, clusterIssuers, tokens
 }
 
 // OwnNamespace is the namespace the operator runs in: $POD_NAMESPACE (the chart sets it), else the

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 
@@ -20,13 +21,16 @@ func withConsumerPods(c cache.Options, on bool) cache.Options {
 	return c
 }
 
-// setupDelivery starts the Nudger (when on) and returns the reconciler's delivery settings.
-func setupDelivery(mgr ctrl.Manager, o Options) (controllers.Delivery, error) {
+// setupDelivery starts the Nudger (when on) and returns the reconciler's delivery settings;
+// notify is called when a rotation's nudges are done.
+func setupDelivery(mgr ctrl.Manager, o Options, notify func(types.NamespacedName)) (controllers.Delivery, error) {
 	d := controllers.Delivery{KubeletSyncFrequency: o.KubeletSyncFrequency}
 	if !o.NudgePods {
 		return d, nil
 	}
-	n, err := nudge.Setup(context.Background(), mgr, o.Nudge)
+	no := o.Nudge
+	no.Notify = notify
+	n, err := nudge.Setup(context.Background(), mgr, no)
 	if err != nil {
 		return d, err
 	}

@@ -34,7 +34,6 @@ import (
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
@@ -55,6 +54,9 @@ type Options struct {
 	CacheWait time.Duration
 	// Clock stamps the nudges (nil: the real clock).
 	Clock clock.PassiveClock
+	// Notify is called with the owner when a rotation's nudges are done, so that the reconciler
+	// reports them (internal/wake); it must not block.
+	Notify func(owner types.NamespacedName)
 }
 
 // DefaultOptions are the defaults of cmd/main.go's flags: 20 nudges per second with bursts of 50
@@ -115,7 +117,6 @@ type Nudger struct {
 	opts    Options
 	limiter *rate.Limiter
 	queue   workqueue.TypedInterface[types.NamespacedName]
-	events  chan event.GenericEvent
 
 	mu      sync.Mutex
 	pending map[types.NamespacedName]*job
@@ -152,7 +153,6 @@ func New(c client.Client, o Options) *Nudger {
 	return &Nudger{
 		c: c, opts: o, limiter: rate.NewLimiter(limit, burst),
 		queue:   workqueue.NewTypedWithConfig(workqueue.TypedQueueConfig[types.NamespacedName]{Name: "nudge"}),
-		events:  make(chan event.GenericEvent, 1024),
 		pending: map[types.NamespacedName]*job{},
 		reports: map[types.NamespacedName]*Report{},
 	}
@@ -173,10 +173,6 @@ func (n *Nudger) NeedLeaderElection() bool { return true }
 
 // QPS is the rate limit of nudges (0: unlimited).
 func (n *Nudger) QPS() float64 { return n.opts.QPS }
-
-// Events delivers, per finished rotation, an event naming its owner (for the reconciler to report
-// the outcome in status).
-func (n *Nudger) Events() <-chan event.GenericEvent { return n.events }
 
 // Consumers lists the labelled pods in namespace that consume the Secret called secret, from the
 // cache: those that mount it as a volume (nudged) and those that cannot be updated. Pods that
@@ -444,23 +440,14 @@ func (n *Nudger) record(j *job, pod, out string, err error) {
 }
 
 // finish marks the report done and tells the reconciler.
-func (n *Nudger) finish(ctx context.Context, j *job) {
+func (n *Nudger) finish(_ context.Context, j *job) {
 	n.mu.Lock()
 	r := n.reports[j.rot.Owner]
 	if r != nil && r.TokenIssuedAt.Equal(j.rot.TokenIssuedAt) {
 		r.Done = true
 	}
 	n.mu.Unlock()
-	ev := event.GenericEvent{Object: &metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{Namespace: j.rot.Owner.Namespace, Name: j.rot.Owner.Name}}}
-	select {
-	case n.events <- ev:
-	default:
-		// The reconciler is behind by a thousand rotations: deliver without blocking the worker.
-		go func() {
-			select {
-			case n.events <- ev:
-			case <-ctx.Done():
-			}
-		}()
+	if n.opts.Notify != nil {
+		n.opts.Notify(j.rot.Owner)
 	}
 }

@@ -83,13 +83,26 @@ func start(t *testing.T, n *Nudger) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
-// finished waits for the event of a finished rotation and returns the report.
+// notified holds, per Nudger of a test, the owners it notified of finished rotations.
+var notified sync.Map // *Nudger → chan types.NamespacedName
+
+// newTestNudger is New with a Notify that records the owners.
+func newTestNudger(c client.Client, o Options) *Nudger {
+	ch := make(chan types.NamespacedName, 1024)
+	o.Notify = func(k types.NamespacedName) { ch <- k }
+	n := New(c, o)
+	notified.Store(n, ch)
+	return n
+}
+
+// finished waits for the notification of a finished rotation and returns the report.
 func finished(t *testing.T, n *Nudger) Report {
 	t.Helper()
+	ch, _ := notified.Load(n)
 	select {
-	case ev := <-n.Events():
-		if ev.Object.GetNamespace() != owner.Namespace || ev.Object.GetName() != owner.Name {
-			t.Fatalf("event for %s/%s", ev.Object.GetNamespace(), ev.Object.GetName())
+	case k := <-ch.(chan types.NamespacedName):
+		if k != owner {
+			t.Fatalf("notified of %s", k)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no event of a finished rotation")
@@ -108,7 +121,7 @@ func TestRotationNudgesEachMountingPodOnce(t *testing.T) {
 	unlabelled := mounting("unlabelled")
 	unlabelled.Labels = nil // the real cache never holds it; the fake client does
 	w := newWorld(t, mounting("a"), mounting("b"), other, done, unlabelled)
-	n := New(w.c, Options{QPS: 1000, Burst: 10})
+	n := newTestNudger(w.c, Options{QPS: 1000, Burst: 10})
 	start(t, n)
 
 	at := time.Date(2026, 11, 28, 12, 0, 0, 123456789, time.UTC)
@@ -150,7 +163,7 @@ func TestRotationNudgesEachMountingPodOnce(t *testing.T) {
 
 func TestNoConsumersNoWork(t *testing.T) {
 	w := newWorld(t)
-	n := New(w.c, Options{QPS: 1000, Burst: 10})
+	n := newTestNudger(w.c, Options{QPS: 1000, Burst: 10})
 	rep, err := n.Rotated(context.Background(), Rotation{Owner: owner, Secret: tokenSecret, TokenIssuedAt: time.Now(), WrittenAt: time.Now()})
 	if err != nil || rep.Pods != 0 || !rep.Done {
 		t.Fatalf("report %+v, %v", rep, err)
@@ -162,7 +175,7 @@ func TestNoConsumersNoWork(t *testing.T) {
 
 func TestForgetDropsReportAndPendingNudges(t *testing.T) {
 	w := newWorld(t)
-	n := New(w.c, Options{QPS: 1000, Burst: 10})
+	n := newTestNudger(w.c, Options{QPS: 1000, Burst: 10})
 	if _, err := n.Rotated(context.Background(), Rotation{Owner: owner, Secret: tokenSecret, TokenIssuedAt: time.Now(), WrittenAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +208,7 @@ func TestOutcomes(t *testing.T) {
 		}
 		return nil
 	}
-	n := New(w.c, Options{QPS: 1000, Burst: 10, RetryDelay: time.Millisecond})
+	n := newTestNudger(w.c, Options{QPS: 1000, Burst: 10, RetryDelay: time.Millisecond})
 	start(t, n)
 	if _, err := n.Rotated(context.Background(), Rotation{Owner: owner, Secret: tokenSecret, TokenIssuedAt: time.Now(), WrittenAt: time.Now()}); err != nil {
 		t.Fatal(err)
@@ -240,7 +253,7 @@ func TestNewerRotationSupersedes(t *testing.T) {
 		pods = append(pods, mounting(n))
 	}
 	w := newWorld(t, pods...)
-	n := New(w.c, Options{QPS: 20, Burst: 1}) // 50 ms per nudge: the second rotation comes mid-way
+	n := newTestNudger(w.c, Options{QPS: 20, Burst: 1}) // 50 ms per nudge: the second rotation comes mid-way
 	start(t, n)
 	t1 := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
 	if _, err := n.Rotated(context.Background(), Rotation{Owner: owner, Secret: tokenSecret, TokenIssuedAt: t1, WrittenAt: t1}); err != nil {
@@ -278,7 +291,7 @@ func TestNudgesWaitForTheCache(t *testing.T) {
 	}
 	var asked atomic.Int32
 	shows := func(s *corev1.Secret) bool { asked.Add(1); return string(s.Data["token"]) == "new" }
-	n := New(w.c, Options{QPS: 1000, Burst: 10, CacheWait: 5 * time.Second})
+	n := newTestNudger(w.c, Options{QPS: 1000, Burst: 10, CacheWait: 5 * time.Second})
 	start(t, n)
 	if _, err := n.Rotated(context.Background(), Rotation{Owner: owner, Secret: tokenSecret, TokenIssuedAt: time.Now(), WrittenAt: time.Now(), Shows: shows}); err != nil {
 		t.Fatal(err)
@@ -298,7 +311,7 @@ func TestNudgesWaitForTheCache(t *testing.T) {
 	}
 
 	// A cache that never shows it: nudged after CacheWait all the same.
-	n = New(w.c, Options{QPS: 1000, Burst: 10, CacheWait: 50 * time.Millisecond})
+	n = newTestNudger(w.c, Options{QPS: 1000, Burst: 10, CacheWait: 50 * time.Millisecond})
 	start(t, n)
 	if _, err := n.Rotated(context.Background(), Rotation{Owner: owner, Secret: tokenSecret, TokenIssuedAt: time.Now(), WrittenAt: time.Now(),
 		Shows: func(*corev1.Secret) bool { return false }}); err != nil {
