@@ -9,6 +9,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
@@ -136,12 +138,11 @@ func (r *MLflowAccessTokenReconciler) loadChain(ctx context.Context, obj *authv1
 		r.event(obj, corev1.EventTypeWarning, authv1alpha1.ReasonSecretModified, "Refresh", "%s", state.distrusted)
 	}
 	chain := state.chain
-	if c, ok := r.unsaved.Load(obj.UID); ok {
-		pending := c.(tokensecret.Chain)
+	if pending, ok := r.unsavedChain(obj); ok {
 		if stateSecret, err = r.saveChain(ctx, obj, stateSecret, pending); err != nil {
 			return nil, nil, "", asFailure(err)
 		}
-		r.unsaved.Delete(obj.UID)
+		r.unsaved.Delete(client.ObjectKeyFromObject(obj))
 		log.FromContext(ctx).Info("Saved the refresh chain kept in memory while the API server was unavailable")
 		chain = &pending
 	}
@@ -259,15 +260,31 @@ func (r *MLflowAccessTokenReconciler) saveChainPersistently(ctx context.Context,
 			}
 		}
 		if time.Now().Add(delay).After(deadline) {
-			r.unsaved.Store(obj.UID, c)
+			r.unsaved.Store(client.ObjectKeyFromObject(obj), unsavedChain{obj.UID, c})
 			return nil, err
 		}
 		select {
 		case <-ctx.Done():
-			r.unsaved.Store(obj.UID, c)
+			r.unsaved.Store(client.ObjectKeyFromObject(obj), unsavedChain{obj.UID, c})
 			return nil, errors.Join(err, ctx.Err())
 		case <-time.After(delay):
 		}
 		delay *= 2
 	}
+}
+
+// unsavedChain is a refresh chain kept in memory because the API server would not store it, for
+// the resource of that UID (a resource re-created under the same name is another).
+type unsavedChain struct {
+	uid   types.UID
+	chain tokensecret.Chain
+}
+
+// unsavedChain returns the chain kept in memory for obj, if any.
+func (r *MLflowAccessTokenReconciler) unsavedChain(obj *authv1alpha1.MLflowAccessToken) (tokensecret.Chain, bool) {
+	v, ok := r.unsaved.Load(client.ObjectKeyFromObject(obj))
+	if !ok || v.(unsavedChain).uid != obj.UID {
+		return tokensecret.Chain{}, false
+	}
+	return v.(unsavedChain).chain, true
 }

@@ -34,7 +34,7 @@ func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *
 	if obj.Annotations[authv1alpha1.AnnotationSkipRevocation] == "true" {
 		metrics.Revocation("skipped")
 		r.event(obj, corev1.EventTypeNormal, "RevocationSkipped", "Revoke", "Revocation skipped because of the %s annotation", authv1alpha1.AnnotationSkipRevocation)
-	} else if f := r.revokeAll(ctx, obj, owned); f != nil {
+	} else if f := r.revokeWithin(ctx, obj, owned); f != nil {
 		if !f.classified() {
 			return ctrl.Result{}, false, f
 		}
@@ -79,7 +79,7 @@ func (r *MLflowAccessTokenReconciler) reconcileDelete(ctx context.Context, obj *
 	}
 	// Gone, also when NotFound: a reconcile working from a stale cache found the finalizer that
 	// an earlier one had already removed.
-	r.unsaved.Delete(obj.UID)
+	r.unsaved.Delete(client.ObjectKeyFromObject(obj))
 	return ctrl.Result{}, true, nil
 }
 
@@ -115,6 +115,15 @@ func (r *MLflowAccessTokenReconciler) ownedSecrets(ctx context.Context, obj *aut
 	return owned, nil
 }
 
+// revokeWithin is revokeAll under one deadline over the whole revocation (up to five calls to
+// Keycloak: the refresh token, the access tokens, the admin API's token and the session), on top
+// of each call's own timeout.
+func (r *MLflowAccessTokenReconciler) revokeWithin(ctx context.Context, obj *authv1alpha1.MLflowAccessToken, owned []*corev1.Secret) *failure {
+	ctx, cancel := context.WithTimeout(ctx, 2*r.KeycloakTimeout)
+	defer cancel()
+	return r.revokeAll(ctx, obj, owned)
+}
+
 // revokeAll revokes what the resource holds at Keycloak: the refresh chain's token first (that
 // ends the session, online or offline), then the unexpired access tokens; with the admin API
 // check on, it then makes sure the session is gone, deleting it if not. Only tokens this resource
@@ -138,9 +147,8 @@ func (r *MLflowAccessTokenReconciler) revokeAll(ctx context.Context, obj *authv1
 			access = append(access, st.AccessToken)
 		}
 	}
-	if c, ok := r.unsaved.Load(obj.UID); ok {
-		pending := c.(tokensecret.Chain) // newer than the state Secret's
-		chain = &pending
+	if pending, ok := r.unsavedChain(obj); ok {
+		chain = &pending // newer than the state Secret's
 	}
 	sessionID, offline := obj.Status.SessionID, obj.Status.OfflineSession
 	if chain != nil {

@@ -78,8 +78,21 @@ func hostAllowed(host string, allowed []string) bool {
 }
 
 // noteCredentialChange records that a watched Secret or ConfigMap an issuer references changed.
+// Records older than twice the longest backoff are dropped (every so often): a failure that is
+// still retried was recorded after them, so they can no longer make it history.
 func (r *MLflowAccessTokenReconciler) noteCredentialChange(key types.NamespacedName) {
-	r.credentialChanges.Store(key, r.now())
+	now := r.now()
+	r.credentialChanges.Store(key, now)
+	if r.credentialNotes.Add(1)%64 != 0 {
+		return
+	}
+	horizon := now.Add(-2 * max(r.Backoff.Max, 5*time.Minute))
+	r.credentialChanges.Range(func(k, v any) bool {
+		if v.(time.Time).Before(horizon) {
+			r.credentialChanges.Delete(k)
+		}
+		return true
+	})
 }
 
 // credentialsChangedAfter reports whether a credential or CA bundle of t changed after at (as

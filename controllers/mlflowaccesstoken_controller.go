@@ -21,6 +21,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -109,7 +110,7 @@ type MLflowAccessTokenReconciler struct {
 	Config
 
 	// unsaved holds refresh chains Keycloak rotated but the API server would not store (it was
-	// down): types.UID → tokensecret.Chain. The next reconcile saves them first.
+	// down): types.NamespacedName → unsavedChain. The next reconcile saves them first.
 	unsaved sync.Map
 	// written: the Secret versions this process wrote last (see ownwrites.go).
 	written ownWrites
@@ -118,6 +119,7 @@ type MLflowAccessTokenReconciler struct {
 	// credentialChanges: when this process last saw each watched issuer credential change
 	// (types.NamespacedName → time.Time); a failure older than a change is not waited out.
 	credentialChanges sync.Map
+	credentialNotes   atomic.Int64
 
 	// MLflow checks whether MLflow accepts new tokens (nil: no checks, no MLflowAccepted).
 	MLflow MLflowChecker
@@ -157,6 +159,9 @@ func (r *MLflowAccessTokenReconciler) Reconcile(ctx context.Context, req ctrl.Re
 	obj, err := r.readResource(ctx, req.NamespacedName)
 	if err != nil {
 		if apierrors.IsNotFound(err) {
+			// Gone, perhaps without its finalizer having run (removed by hand, a forced delete):
+			// what this process keeps about it goes too.
+			r.forget(req.NamespacedName)
 			return ctrl.Result{}, r.releaseOrphans(ctx, req.NamespacedName)
 		}
 		return ctrl.Result{}, err
@@ -182,9 +187,7 @@ func (r *MLflowAccessTokenReconciler) Reconcile(ctx context.Context, req ctrl.Re
 		r.reportDelivery(ctx, obj) // consumer pods (nudge.go)
 	}
 	if gone {
-		metrics.Forget(obj.Namespace, obj.Name)
-		r.forgetMLflow(req.NamespacedName)
-		r.forgetDelivery(req.NamespacedName)
+		r.forget(req.NamespacedName)
 		return res, err
 	}
 	res, err = r.writeStatus(ctx, before, obj, res, err)
@@ -254,3 +257,15 @@ func (r *MLflowAccessTokenReconciler) writeStatus(ctx context.Context, before, o
 }
 
 func (r *MLflowAccessTokenReconciler) now() time.Time { return r.Clock.Now() }
+
+// forget drops everything this process keeps about a resource that stopped existing, on every
+// path where it does (its deletion finished, or it is found gone): its metric series (an alert
+// must not fire for an object that no longer exists), the MLflow checker's and the nudger's
+// memory, a refresh chain kept in memory, the stale-cache mark.
+func (r *MLflowAccessTokenReconciler) forget(key types.NamespacedName) {
+	metrics.Forget(key.Namespace, key.Name)
+	r.forgetMLflow(key)
+	r.forgetDelivery(key)
+	r.unsaved.Delete(key)
+	r.behind.Delete(key)
+}

@@ -29,7 +29,7 @@ type saTokens struct {
 	// locks serialize the look-up and request per key: first issuances running at the same time
 	// under one ServiceAccount make one TokenRequest, and the others take its token from the
 	// cache (without it a burst of 200 made 9).
-	locks map[saKey]*sync.Mutex
+	locks map[saKey]chan struct{}
 }
 
 type saKey struct {
@@ -63,7 +63,11 @@ func (r *MLflowAccessTokenReconciler) serviceAccountToken(ctx context.Context, s
 		}
 		return "", time.Time{}, asFailure(err)
 	}
-	defer r.saTokens.lock(key)()
+	unlock, err := r.saTokens.lock(ctx, key)
+	if err != nil {
+		return "", time.Time{}, asFailure(err) // the reconcile's time is up while another caller requests
+	}
+	defer unlock()
 	now := r.now()
 	if t, ok := r.saTokens.get(key); ok && t.uid == m.UID && now.Before(t.issued.Add(time.Duration(reuseFraction*float64(t.expires.Sub(t.issued))))) {
 		return t.token, t.expires, nil
@@ -91,20 +95,24 @@ func (r *MLflowAccessTokenReconciler) serviceAccountToken(ctx context.Context, s
 	return tr.Status.Token, exp, nil
 }
 
-// lock takes k's lock and returns its unlock.
-func (c *saTokens) lock(k saKey) func() {
+// lock takes k's lock, or gives up when ctx ends first, and returns its unlock.
+func (c *saTokens) lock(ctx context.Context, k saKey) (func(), error) {
 	c.mu.Lock()
 	if c.locks == nil {
-		c.locks = map[saKey]*sync.Mutex{}
+		c.locks = map[saKey]chan struct{}{}
 	}
 	l, ok := c.locks[k]
 	if !ok {
-		l = &sync.Mutex{}
+		l = make(chan struct{}, 1)
 		c.locks[k] = l
 	}
 	c.mu.Unlock()
-	l.Lock()
-	return l.Unlock
+	select {
+	case l <- struct{}{}:
+		return func() { <-l }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 func (c *saTokens) get(k saKey) (saToken, bool) {
@@ -127,5 +135,5 @@ func (c *saTokens) drop(k saKey) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.m, k)
-	delete(c.locks, k) // a holder keeps its own *sync.Mutex; the next caller makes a new one
+	delete(c.locks, k) // a holder keeps its own channel; the next caller makes a new one
 }

@@ -21,7 +21,7 @@ import (
 // states the facts it starts from, what it does, and checks the Secret, the status, the events
 // and the calls to Keycloak.
 func TestScenarios(t *testing.T) {
-	for _, sc := range slices.Concat(scenarios, chainScenarios, deleteScenarios, issuerScenarios, issuerControllerScenarios, trustScenarios, supersededScenarios, []scenario{renameScenario}) {
+	for _, sc := range slices.Concat(scenarios, chainScenarios, deleteScenarios, issuerScenarios, issuerControllerScenarios, trustScenarios, supersededScenarios, lifecycleScenarios, []scenario{renameScenario}) {
 		t.Run(sc.name, func(t *testing.T) { sc.run(t) })
 	}
 }

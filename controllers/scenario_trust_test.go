@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/event"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/jwtclaims"
@@ -421,6 +422,54 @@ var supersededScenarios = []scenario{
 		e.reconcile()
 		if e.kc.Revoked(first) || e.pendingSuperseded() != nil {
 			t.Fatal("a superseded token was handled with the option off")
+		}
+	}},
+}
+
+// seriesOf lists the operator's per-resource metric series that name the scenario's resource.
+func seriesOf(t *testing.T) []string {
+	t.Helper()
+	fams, err := ctrlmetrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, f := range fams {
+		if !strings.HasPrefix(f.GetName(), "mlflow_token_") {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["namespace"] == testNS && labels["name"] == testName {
+				out = append(out, f.GetName())
+			}
+		}
+	}
+	return out
+}
+
+var lifecycleScenarios = []scenario{
+	{"lifecycle: a resource gone without its finalizer leaves no metric series behind", func(t *testing.T) {
+		e := newEnv(t, nil)
+		e.reconcile()
+		if len(seriesOf(t)) == 0 {
+			t.Fatal("no series while the resource lives: the check below would prove nothing")
+		}
+		// Someone removes the finalizer by hand, and the resource goes without revocation.
+		o := e.obj()
+		o.Finalizers = nil
+		if err := e.c.Update(e.ctx, o); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.c.Delete(e.ctx, o); err != nil {
+			t.Fatal(err)
+		}
+		e.reconcile()
+		if s := seriesOf(t); len(s) != 0 {
+			t.Fatalf("series left for a resource that no longer exists: %v (MLflowTokenRenewalOverdue would fire for it)", s)
 		}
 	}},
 }

@@ -52,8 +52,8 @@ type Options struct {
 	RetryDelay time.Duration
 	// CacheWait bounds the wait for the operator's cache to show the new Secret (zero: 2 s).
 	CacheWait time.Duration
-	// Clock stamps the nudges (nil: the real clock).
-	Clock clock.PassiveClock
+	// Clock stamps the nudges and times their waits (nil: the real clock).
+	Clock clock.Clock
 	// Notify is called with the owner when a rotation's nudges are done, so that the reconciler
 	// reports them (internal/wake); it must not block.
 	Notify func(owner types.NamespacedName)
@@ -323,7 +323,7 @@ func (n *Nudger) run(ctx context.Context, j *job) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(n.opts.RetryDelay):
+		case <-n.opts.Clock.After(n.opts.RetryDelay):
 		}
 		for _, pod := range retry {
 			if n.superseded(j) {
@@ -354,20 +354,24 @@ func (n *Nudger) awaitCache(ctx context.Context, j *job) {
 		return
 	}
 	key := types.NamespacedName{Namespace: j.rot.Owner.Namespace, Name: j.rot.Secret}
-	deadline := time.Now().Add(n.opts.CacheWait)
+	deadline := n.opts.Clock.Now().Add(n.opts.CacheWait)
 	for {
 		var s corev1.Secret
 		if err := n.c.Get(ctx, key, &s); err == nil && j.rot.Shows(&s) {
 			return
 		}
-		if time.Now().After(deadline) {
+		if n.opts.Clock.Now().After(deadline) {
 			log.FromContext(ctx).V(1).Info("The cache does not show the new Secret yet; nudging anyway", "secret", key.String(), "waited", n.opts.CacheWait)
 			return
 		}
 		if n.superseded(j) || ctx.Err() != nil {
 			return
 		}
-		time.Sleep(5 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return
+		case <-n.opts.Clock.After(5 * time.Millisecond):
+		}
 	}
 }
 
