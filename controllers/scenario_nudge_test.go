@@ -12,11 +12,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	kstatus "sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
@@ -168,23 +165,6 @@ func (ne *nudgeEnv) condMessage(typ string) string {
 	return c.Message
 }
 
-// kstatusOf computes what kstatus (Flux, kubectl wait --for=jsonpath, cli-utils) reads.
-func (ne *nudgeEnv) kstatusOf() kstatus.Status {
-	ne.t.Helper()
-	o := ne.obj()
-	m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(o)
-	if err != nil {
-		ne.t.Fatal(err)
-	}
-	u := &unstructured.Unstructured{Object: m}
-	u.SetGroupVersionKind(authv1alpha1.GroupVersion.WithKind("MLflowAccessToken"))
-	res, err := kstatus.Compute(u)
-	if err != nil {
-		ne.t.Fatal(err)
-	}
-	return res.Status
-}
-
 var nudgeScenarios = []scenario{
 	{"consumer pods are nudged after each rotation, one patch each", func(t *testing.T) {
 		ne := newNudgeEnv(t, true, nil, consumerPod("vol", "volume"), consumerPod("proj", "projected"),
@@ -284,8 +264,8 @@ var nudgeScenarios = []scenario{
 			}
 		}
 		ne.wantEvent("Warning", "MarginBelowKubeletSync")
-		if s := ne.kstatusOf(); s != kstatus.CurrentStatus {
-			t.Fatalf("kstatus %s with DeliveryAtRisk=True, want Current", s)
+		if err := ne.current(); err != nil {
+			t.Fatalf("not Current for kstatus with DeliveryAtRisk=True: %v", err)
 		}
 		// The same verdict again: no new event.
 		ne.clk.Step(5 * time.Second)
@@ -317,8 +297,8 @@ var nudgeScenarios = []scenario{
 			t.Errorf("message %q", msg)
 		}
 		ne.wantCond(authv1alpha1.ConditionReady, "True/TokenValid")
-		if s := ne.kstatusOf(); s != kstatus.CurrentStatus {
-			t.Fatalf("kstatus %s, want Current", s)
+		if err := ne.current(); err != nil {
+			t.Fatalf("not Current for kstatus: %v", err)
 		}
 	}},
 	{"DeliveryAtRisk: Keycloak's default 5-minute tokens are safe without nudges", func(t *testing.T) {

@@ -10,7 +10,7 @@
 #                     client, the token-file plugin (clients/python) and /app/training_job.py
 #                     (this machine's platform; needs root: debootstrap and chroot)
 #   tokenwatch.tar    localhost/mlflow-token-operator/tokenwatch:v$VERSION, the reader pod of
-#                     `make run-local` (hack/localdemo/tokenwatch; this machine's platform; not in
+#                     `make run-local` (test/localdemo/tokenwatch; this machine's platform; not in
 #                     `all`: only the local demo runs it)
 #
 # Each tarball is accepted by `ctr -n k8s.io images import`, `docker load` and
@@ -79,7 +79,7 @@ hash_of() { sha256sum | cut -d' ' -f1; }
 if git rev-parse --git-dir >/dev/null 2>&1; then
   REVISION="$(git rev-parse HEAD)"
   EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct)}"
-  if [[ -n "$(git status --porcelain -- cmd api controllers internal go.mod go.sum VERSION hack/tools/image hack/localdemo 2>/dev/null)" ]]; then
+  if [[ -n "$(git status --porcelain -- cmd api controllers internal go.mod go.sum VERSION hack/tools/image test/localdemo 2>/dev/null)" ]]; then
     log "note: uncommitted changes; the images say revision ${REVISION:0:12} but hold the working tree"
   fi
 else
@@ -178,7 +178,7 @@ build_tokenwatch() {
       echo "tokenwatch ${TOKENWATCH_IMG} ${REVISION} ${EPOCH} ${VERSION}"
       go env GOVERSION GOARCH
       cat go.mod
-      find hack/localdemo/tokenwatch hack/localdemo/tokenline -type f -name '*.go' ! -name '*_test.go' | LC_ALL=C sort | xargs sha256sum
+      find test/localdemo/tokenwatch test/localdemo/tokenline -type f -name '*.go' ! -name '*_test.go' | LC_ALL=C sort | xargs sha256sum
       tool_files | xargs cat
     } | hash_of
   )"
@@ -191,7 +191,7 @@ build_tokenwatch() {
   rm -f "${IMAGES_DIR}/.stamp-tokenwatch"
   # 65532: a numeric non-root user, which Pod Security "restricted" (runAsNonRoot) needs.
   # shellcheck disable=SC2046
-  "${TOOL}" go-binary $(common_flags) -dir . -pkg ./hack/localdemo/tokenwatch -binary tokenwatch \
+  "${TOOL}" go-binary $(common_flags) -dir test -pkg ./localdemo/tokenwatch -binary tokenwatch \
     -platforms "linux/$(go env GOARCH)" -user 65532:65532 -ref "${TOKENWATCH_IMG}" \
     -out "${IMAGES_DIR}/tokenwatch.tar" -title "mlflow-token-operator tokenwatch" \
     -description "Reader pod of make run-local: prints a fingerprint of each token its mounted Secret receives"

@@ -4,7 +4,7 @@
 # image built here, a local Keycloak, a ClusterKeycloakIssuer and an MLflowAccessToken, and a pod
 # that mounts the token's Secret and prints each new token (a fingerprint) as it arrives. Ctrl-C
 # deletes the resource (the operator revokes the token), uninstalls the chart and removes
-# everything. Extra arguments go to hack/localdemo (e.g. -duration 60s; -envtest).
+# everything. Extra arguments go to test/localdemo (e.g. -duration 60s; -envtest).
 #
 # Where no node can run (not Linux, not root, Debian packages missing) it says why in one line
 # and runs the envtest mode instead: a local API server and the operator binary on the host.
@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 started=$(date +%s)
-export RUN_LOCAL_STARTED="${started}" # hack/localdemo counts from here
+export RUN_LOCAL_STARTED="${started}" # test/localdemo counts from here
 step() { echo "==> [$(( $(date +%s) - started ))s] $*"; }
 
 # shellcheck source=hack/lib.sh
@@ -34,9 +34,11 @@ without() {
 # Static and path-free, like Kubernetes' binaries, helm and the operator image: all share one
 # Go build cache, so whichever builds first compiles client-go for the others.
 go_build() { CGO_ENABLED=0 go build -trimpath -buildvcs=false "$@"; }
+# The demo program is part of the test module (test/go.mod): it runs the test harnesses' node.
+go_build_test() { (cd test && CGO_ENABLED=0 go build -trimpath -buildvcs=false "$@"); }
 
-step "building the demo program (hack/localdemo; first run: a few minutes)"
-ticking indent "building hack/localdemo" go_build -o bin/localdemo ./hack/localdemo
+step "building the demo program (test/localdemo; first run: a few minutes)"
+ticking indent "building test/localdemo" go_build_test -o ../bin/localdemo ./localdemo
 
 mode=node
 for arg in "$@"; do

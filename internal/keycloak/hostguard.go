@@ -20,12 +20,13 @@ import (
 //   - at most Limits.PerHostInFlight requests are in flight; a request that finds them all busy
 //     waits at most a second for a slot, then fails at once as unreachable (a healthy Keycloak
 //     answers in milliseconds, so its requests practically never wait);
-//   - after BreakerThreshold timeouts or connection failures in a row the host's circuit opens:
+//   - after BreakerThreshold timeouts in a row the host's circuit opens:
 //     its requests fail at once, without touching the network, for a cool-down that doubles
 //     from BreakerCooldown up to BreakerMaxCooldown; then one request probes the host, and its
 //     success closes the circuit.
 //
-// Answers of any status (400, 401, 500) are answers: only silence and refused connections count.
+// Only silence counts: a timeout. Answers of any status (400, 401, 500), garbage, and refused or
+// reset connections come back at once and hold no worker: each keeps its own reason.
 
 // Defaults of the guard.
 const (
@@ -158,17 +159,14 @@ func (g *hostGuard) wrap(next http.RoundTripper) http.RoundTripper {
 	})
 }
 
-// silence: the host did not answer (a timeout, a refused or failed connection), as opposed to
-// the caller giving up for reasons of its own or a TLS or protocol error.
+// silence: the host did not answer in time (the request's deadline, or a network timeout), as
+// opposed to the caller giving up for reasons of its own, a refused connection or a protocol error.
 func silence(ctx context.Context, err error) bool {
 	var ne net.Error
-	var op *net.OpError
 	switch {
 	case errors.Is(err, context.Canceled) && !errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return false
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		return true
-	case errors.As(err, &op) && op.Op == "dial":
 		return true
 	}
 	return false

@@ -3,6 +3,7 @@ package keycloak
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -137,5 +138,22 @@ func TestGuardErrorIsUnreachable(t *testing.T) {
 	var ke *Error
 	if !errors.As(err, &ke) || ke.Reason != ReasonUnreachable || !strings.Contains(ke.Message, "not sent: x is silent") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+func TestHostGuardRefusedConnectionsAreNotSilence(t *testing.T) {
+	g := newHostGuard(2)
+	refused := &fakeNet{answer: func(*http.Request) (*http.Response, error) {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
+	}}
+	rt := g.wrap(refused)
+	for range 5 {
+		var ge *guardError
+		if err := request(t, rt, "down.example.com"); errors.As(err, &ge) {
+			t.Fatalf("a refused connection opened the circuit: %v (it returns at once and holds no worker)", err)
+		}
+	}
+	if refused.reached.Load() != 5 {
+		t.Fatalf("%d of 5 requests reached the host", refused.reached.Load())
 	}
 }

@@ -2,10 +2,14 @@ module github.com/mlflow-token-operator/mlflow-token-operator/test/bench
 
 go 1.26.8
 
-replace github.com/mlflow-token-operator/mlflow-token-operator => ../..
+replace (
+	github.com/mlflow-token-operator/mlflow-token-operator => ../..
+	github.com/mlflow-token-operator/mlflow-token-operator/test => ..
+)
 
 require (
 	github.com/mlflow-token-operator/mlflow-token-operator v0.0.0
+	github.com/mlflow-token-operator/mlflow-token-operator/test v0.0.0-00010101000000-000000000000
 	go.uber.org/zap v1.27.1
 	gonum.org/v1/plot v0.17.0
 	k8s.io/api v0.37.2

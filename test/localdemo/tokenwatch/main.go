@@ -19,7 +19,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/mlflow-token-operator/mlflow-token-operator/hack/localdemo/tokenline"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/localdemo/tokenline"
 )
 
 func main() {

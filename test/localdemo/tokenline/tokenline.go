@@ -1,5 +1,5 @@
-// Package tokenline is the one line the local demo's reader pod (hack/localdemo/tokenwatch) prints
-// each time the token in its mounted Secret changes, and its parser (hack/localdemo reads the pod's
+// Package tokenline is the one line the local demo's reader pod (test/localdemo/tokenwatch) prints
+// each time the token in its mounted Secret changes, and its parser (test/localdemo reads the pod's
 // log through the API). A line names a token by a fingerprint only, never the token:
 //
 //	2026-11-30T10:00:05.123456Z token sha256:0a1b2c3d4e5f expires 2026-11-30T10:00:17Z (in 11.9s)

@@ -22,7 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
-	"github.com/mlflow-token-operator/mlflow-token-operator/hack/localdemo/tokenline"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/localdemo/tokenline"
 )
 
 // secretWatch records when each token appeared in the Secret. It keeps the newest token in memory
