@@ -40,7 +40,7 @@ func TestMapAndBound(t *testing.T) {
 			{NamespacedName: types.NamespacedName{Namespace: k.Namespace, Name: k.Name + "-2"}}}
 	})
 	for i := range maxPending + 5 {
-		s.Notify(types.NamespacedName{Namespace: "ns", Name: string(rune('a' + i%26)) + string(rune(i))})
+		s.Notify(types.NamespacedName{Namespace: "ns", Name: string(rune('a'+i%26)) + string(rune(i))})
 	}
 	if s.Dropped() != 5 {
 		t.Fatalf("dropped %d, want 5", s.Dropped())
