@@ -45,8 +45,24 @@ keycloak: ## Fetch Keycloak from Maven Central into bin/ (cached).
 	hack/keycloak.sh install
 
 .PHONY: test
-test: ## Run the whole test suite (unit, API server, Keycloak integration).
-	hack/test.sh
+test: ## Run the whole test suite, tier by tier, fastest first; stops at the first failing tier (hack/test.sh).
+	hack/test.sh all
+
+.PHONY: test-unit
+test-unit: ## Unit tests and controller scenarios: go test ./... at the root (no servers, no root; under a minute).
+	hack/test.sh unit
+
+.PHONY: test-servers
+test-servers: ## The test module against a real API server and Keycloak (integration, tenancy, faults, packaging, release).
+	hack/test.sh servers
+
+.PHONY: test-mlflow
+test-mlflow: ## The end-to-end suite against a real MLflow behind mlflow-oidc-auth, and the Python plugin.
+	hack/test.sh mlflow
+
+.PHONY: test-node
+test-node: ## A real kubelet node (root): the node suite, the operator from its chart and image, the image tests.
+	hack/test.sh node
 
 .PHONY: run-local
 run-local: ## A local node, the operator from its chart, Keycloak, a token and a pod printing each rotation (ARGS="-duration 60s", -envtest). Ctrl-C cleans up.
@@ -129,7 +145,7 @@ helm-lint: helm ## Lint the Helm chart.
 .PHONY: docs-check
 docs-check: ## Check the docs against the repository: kubectl resource names, chart values, flags, links, Mermaid diagrams (needs Node.js).
 	hack/mermaid-check.sh
-	go test -count=1 -run 'Docs|Troubleshooting' ./test/packaging/
+	go -C test test -count=1 -run 'Docs|Troubleshooting' ./packaging/
 
 ##@ Tools
 
@@ -157,7 +173,7 @@ help: ## Show this help.
 fuzz: ## Run each fuzz test for FUZZTIME (default 30s); seeds are in the tests, and run by `make test` too.
 	go test ./internal/jwtclaims -run XXX -fuzz FuzzParse -fuzztime $(or $(FUZZTIME),30s)
 	go test ./internal/keycloak -run XXX -fuzz FuzzTokenResponse -fuzztime $(or $(FUZZTIME),30s)
-	go test ./internal/renewal -run XXX -fuzz FuzzRenewalTime -fuzztime $(or $(FUZZTIME),30s)
+	go test ./internal/policy -run XXX -fuzz FuzzRenewalTime -fuzztime $(or $(FUZZTIME),30s)
 	go test ./internal/tokensecret -run XXX -fuzz FuzzRead -fuzztime $(or $(FUZZTIME),30s)
 
 ##@ Fault tests (issue 4)
@@ -167,7 +183,7 @@ test-faults-long: ## Long fault runs (150-resource outage of 60 s, 100 resources
 	hack/build-envtest.sh | tail -n 1
 	hack/keycloak.sh install | tail -n 1
 	KUBEBUILDER_ASSETS="$(LOCALBIN)/k8s" KEYCLOAK_HOME="$$(hack/keycloak.sh home)" FAULT_LONG=1 \
-		go test -count=1 -v -timeout 60m ./test/fault/ $(ARGS)
+		go -C test test -count=1 -v -timeout 60m ./fault/ $(ARGS)
 
 ##@ Benchmarks (issue 7)
 
@@ -189,4 +205,4 @@ bench-smoke: ## Quick benchmark (N=50, one-minute steady state, ~5 min): writes 
 bench-neighbours: ## Noisy neighbours and cache flood against the real API server and Keycloak (~8 min): ARGS="-operator BIN -label before" measures another binary.
 	hack/build-envtest.sh | tail -n 1
 	hack/keycloak.sh install | tail -n 1
-	KUBEBUILDER_ASSETS="$(LOCALBIN)/k8s" KEYCLOAK_HOME="$$(hack/keycloak.sh home)" go run ./test/neighbours $(ARGS)
+	KUBEBUILDER_ASSETS="$(LOCALBIN)/k8s" KEYCLOAK_HOME="$$(hack/keycloak.sh home)" go -C test run ./neighbours $(ARGS)

@@ -2,7 +2,7 @@
 // (envtest) and a real Keycloak behind a fault-injecting proxy, and kills, restarts and starves
 // it. See docs/reliability.md for the figures and how to reproduce them.
 //
-// Run: KUBEBUILDER_ASSETS=$PWD/bin/k8s KEYCLOAK_HOME=$PWD/bin/keycloak-26.7.3 go test -count=1 -v ./test/fault/
+// Run: KUBEBUILDER_ASSETS=$PWD/bin/k8s KEYCLOAK_HOME=$PWD/bin/keycloak-26.7.3 go -C test test -count=1 -v ./fault/
 // Long version (more resources, more kills, longer outages): FAULT_LONG=1 (make test-faults-long).
 package fault
 

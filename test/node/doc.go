@@ -23,7 +23,7 @@
 // 10 s on 2 cores); it prints its timings. The binaries come from hack/build-envtest.sh (etcd and
 // kube-apiserver) and hack/build-envtest.sh node (the rest), the same pinned k8s.io/kubernetes
 // module as envtest; containerd, runc, the CNI plugins and iptables are Debian's. It needs root.
-// `go run ./test/node/cmd/node` starts one by hand.
+// `go -C test run ./node/cmd/node` starts one by hand.
 //
 // # The node's sandbox
 //

@@ -1344,7 +1344,7 @@ func TestDocsReferences(t *testing.T) {
 		"The policy lives in `internal/policies`, the realms in `test/keycloak/realm-*.json`, `internal/manager.New` wires it.",
 		"`TestNoSuchThing` proves it; make sure to run `make tests`.",
 		"```sh",
-		"make test && go test -run TestNoSuchOther ./test/packaging/   # make sure: not a target",
+		"make test && go -C test test -run TestNoSuchOther ./packaging/   # make sure: not a target",
 		"```",
 	}, code: []bool{false, false, false, true, false}}
 	problems, _ = docReferenceProblems([]*docFile{bad}, facts)

@@ -1,11 +1,11 @@
 // Command node starts the test node of package test/node by hand, for a look around or a demo:
 //
-//	go run ./test/node/cmd/node                                  # bin/images/pause.tar as sandbox image
-//	go run ./test/node/cmd/node -image bin/images/operator.tar=ghcr.io/mlflow-token-operator/mlflow-token-operator:v0.1.0
+//	go -C test run ./node/cmd/node                                  # bin/images/pause.tar as sandbox image
+//	go -C test run ./node/cmd/node -image bin/images/operator.tar=ghcr.io/mlflow-token-operator/mlflow-token-operator:v0.1.0
 //	KUBECONFIG=/tmp/mtonode-0/pki/admin.kubeconfig kubectl get nodes   # the path it prints
 //
 // It runs until Ctrl-C (or -duration), then removes everything. Needs root, the Debian packages
-// and bin/k8s (hack/build-envtest.sh && hack/build-envtest.sh node). `go run ./test/node/cmd/node
+// and bin/k8s (hack/build-envtest.sh && hack/build-envtest.sh node). `go -C test run ./node/cmd/node
 // -clean` only removes what killed runs left behind.
 package main
 
@@ -35,7 +35,25 @@ func (i *images) Set(v string) error {
 	return nil
 }
 
+// toRepoRoot makes relative paths (bin/...) name the repository's: `go -C test run` runs this
+// program in test/.
+func toRepoRoot() {
+	dir, err := os.Getwd()
+	for err == nil {
+		if _, e := os.Stat(filepath.Join(dir, "PROJECT")); e == nil {
+			_ = os.Chdir(dir)
+			return
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return
+		}
+		dir = parent
+	}
+}
+
 func main() {
+	toRepoRoot()
 	var imgs images
 	sandbox := flag.String("sandbox", "bin/images/pause.tar=localhost/mlflow-token-operator/pause:v0.1.0", "sandbox image, PATH=REF")
 	flag.Var(&imgs, "image", "image to import, PATH=REF (repeatable)")
