@@ -28,9 +28,9 @@ import (
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
-	"github.com/mlflow-token-operator/mlflow-token-operator/test/localdemo/tokenline"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/localdemo/tokenline"
 )
 
 // The sample resource points at Keycloak on 127.0.0.1:keycloakPort and at this client Secret.
