@@ -51,7 +51,7 @@ func main() {
 	flag.IntVar(&o.KeycloakLimits.Burst, "keycloak-burst", o.KeycloakLimits.Burst, "Burst above --keycloak-qps.")
 	flag.Float64Var(&o.KeycloakLimits.PerHostQPS, "keycloak-qps-per-host", o.KeycloakLimits.PerHostQPS, "Most requests per second to one Keycloak (base URL) (0: unlimited).")
 	flag.IntVar(&o.KeycloakLimits.PerHostBurst, "keycloak-burst-per-host", o.KeycloakLimits.PerHostBurst, "Burst above --keycloak-qps-per-host.")
-	flag.IntVar(&o.KeycloakLimits.PerHostInFlight, "keycloak-max-in-flight-per-host", 0, "Most requests in flight to one Keycloak (0: half of --concurrency): a Keycloak that does not answer holds at most this many workers, and after two timeouts in a row its requests fail at once for a cool-down (5 s doubling to 1 min) before one probes it again.")
+	flag.IntVar(&o.KeycloakLimits.PerHostInFlight, "keycloak-max-in-flight-per-host", 0, "Most requests in flight to one Keycloak (0: half of --concurrency): a Keycloak that does not answer holds at most this many workers, and after two timeouts in a row its requests fail at once for a cool-down (5 s doubling to 15 s) before one probes it again.")
 	// MLflow acceptance check.
 	flag.BoolVar(&o.CheckMLflow, "mlflow-check", o.CheckMLflow, "After each new token of a resource with spec.mlflow.trackingURI, ask MLflow whether it accepts it (condition MLflowAccepted); off: no requests to MLflow and no condition.")
 	flag.Float64Var(&o.MLflowCheck.QPS, "mlflow-check-qps", o.MLflowCheck.QPS, "Most requests per second to MLflow servers, all together, for --mlflow-check (0: unlimited).")

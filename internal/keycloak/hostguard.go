@@ -28,12 +28,13 @@ import (
 // Only silence counts: a timeout. Answers of any status (400, 401, 500), garbage, and refused or
 // reset connections come back at once and hold no worker: each keeps its own reason.
 
-// Defaults of the guard.
+// Defaults of the guard. The cool-down stays short (at most one Keycloak timeout): a probe costs
+// one worker for at most that long, and a Keycloak that comes back is used again within seconds.
 const (
 	DefaultPerHostInFlight = 2
 	BreakerThreshold       = 2
 	BreakerCooldown        = 5 * time.Second
-	BreakerMaxCooldown     = time.Minute
+	BreakerMaxCooldown     = 15 * time.Second
 	slotWait               = time.Second
 	// idleHostAfter: a host not asked for this long is forgotten (hosts are named by tenants, so
 	// their number is not bounded by the operator's configuration).

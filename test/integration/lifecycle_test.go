@@ -100,7 +100,11 @@ func TestClientCredentialsLifecycle(t *testing.T) {
 			t.Fatalf("the Secret was re-created (UID %s → %s); it must be updated in place", uid, cur.UID)
 		}
 		obj = waitReady(t, ns, "train", 10*time.Second)
-		prevExp = obj.Status.ExpiresAt.Time
+		// The expiry of the token just seen, from its Secret: status may still describe the
+		// previous one for a moment (the Secret is written first).
+		if exp, err := time.Parse(time.RFC3339, string(cur.Data["expiresAt"])); err == nil {
+			prevExp = exp
+		}
 	}
 	obj = get(t, ns, "train")
 	if obj.Status.Rotations < 4 {
