@@ -48,9 +48,12 @@ tier_servers() {
   echo "==> go vet (the test module)"
   (cd test && go vet ./...)
   echo "==> go test (the test module, but MLflow's and the node's suites)"
-  # One package at a time: several start their own API server and Keycloak; on 2 cores side by
-  # side only makes each slower and their timing noisier.
-  (cd test && go test -p 1 -count=1 -timeout 60m \
+  # One package at a time: each starts its own API server and Keycloak, and on 2 cores side by
+  # side only makes each slower and their timing noisier. Within a package, the tests that leave
+  # the servers as they found them run side by side (t.Parallel; -parallel 8: they mostly wait for
+  # rotations); the ones that stop a server, restart the operator or count calls across a realm
+  # run alone, first.
+  (cd test && go test -p 1 -parallel 8 -count=1 -timeout 60m \
     $(go list ./... | grep -v -e '/test/e2e$' -e '/test/node$' -e '/test/cluster$' -e '/test/csi$') "$@")
 }
 
@@ -63,7 +66,7 @@ tier_mlflow() {
   export MLFLOW_VENV
   MLFLOW_VENV="$(hack/mlflow-venv.sh path)"
   echo "==> go test ./e2e (MLflow behind mlflow-oidc-auth)"
-  (cd test && go test -count=1 -timeout 30m ./e2e/ "$@")
+  (cd test && go test -count=1 -parallel 8 -timeout 30m ./e2e/ "$@")
 }
 
 tier_node() {

@@ -37,6 +37,7 @@ const (
 // TestPluginPytest runs the client plugin's own test suite (clients/python/tests) in the venv,
 // so that `make test` fails when it fails.
 func TestPluginPytest(t *testing.T) {
+	t.Parallel()
 	cmd := exec.Command(filepath.Join(venv, "bin", "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", "clients/python")
 	cmd.Dir = repoRoot
 	cmd.Env = mlflowserver.CleanEnv()
@@ -49,6 +50,7 @@ func TestPluginPytest(t *testing.T) {
 
 // TestTrainingJobAcrossRotations is issue 6's end-to-end scenario.
 func TestTrainingJobAcrossRotations(t *testing.T) {
+	t.Parallel()
 	dumpOnFailure(t)
 	begin := time.Now()
 	ctx := context.Background()

@@ -43,6 +43,7 @@ const (
 // (b) A client without the audience mapper: MLflowAccepted=False with a message naming the
 // audience, a Warning event, while Ready stays True and kstatus reads Current.
 func TestMLflowAcceptedCondition(t *testing.T) {
+	t.Parallel()
 	dumpOnFailure(t)
 	ns := newNamespace(t)
 	for name, secret := range map[string]string{"kc-operator": clientSecret, "kc-noaud": noAudClientSecret} {
@@ -182,6 +183,7 @@ func checkHealthy(t *testing.T, ns, name string, metric float64) {
 // what the checker makes of it: the figures behind docs/troubleshooting.md. Each case is a real
 // token from the test Keycloak.
 func TestMLflowCheckAnswers(t *testing.T) {
+	t.Parallel()
 	dumpOnFailure(t)
 	checker := mlflowcheck.New(mlflowcheck.Options{Timeout: 20 * time.Second}, nil)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -3,9 +3,13 @@ package fault
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/policy"
 )
 
@@ -26,8 +30,11 @@ func attemptBound(d time.Duration) int {
 }
 
 // Keycloak stopped for longer than a token lifetime under many live resources: no Secret is
-// blanked or deleted, the operator does not hammer Keycloak (requests within the backoff bound),
-// and every resource is Ready again soon after Keycloak is back.
+// blanked or deleted, status says what is wrong (RenewalFailing while a token is valid, Ready
+// False once it expired), the operator does not hammer Keycloak (requests within the backoff
+// bound), and every resource is Ready again soon after Keycloak is back, with no failure left on
+// record. (The one place a Keycloak outage is tested; integration's single-resource version was
+// merged here.)
 func TestKeycloakOutage(t *testing.T) {
 	nRes := pick(50, 150)
 	down := pick(15*time.Second, 60*time.Second)
@@ -61,10 +68,38 @@ func TestKeycloakOutage(t *testing.T) {
 		}
 	})
 	t.Logf("Keycloak stopped (Stop took %s); staying down for %s", fmtDur(time.Since(stopped)), down)
-	time.Sleep(time.Until(stopped.Add(down)))
+	// What status says during the outage: while a resource's token is still valid, Ready stays
+	// True with reason RenewalFailing and RenewalFailing is True (KeycloakUnreachable); once it
+	// has expired, Ready is False (KeycloakUnreachable) and its message says so.
+	failingWhileValid := map[string]bool{}
+	for time.Now().Before(stopped.Add(down)) {
+		for _, o := range listTokens(t, namespaces) {
+			r, f := cond(&o, authv1alpha1.ConditionReady), cond(&o, authv1alpha1.ConditionRenewalFailing)
+			if r != nil && f != nil && r.Status == metav1.ConditionTrue && r.Reason == authv1alpha1.ReasonRenewalFailing &&
+				f.Status == metav1.ConditionTrue && f.Reason == authv1alpha1.ReasonKeycloakUnreachable &&
+				o.Status.ExpiresAt != nil && time.Now().Before(o.Status.ExpiresAt.Time) {
+				failingWhileValid[o.Namespace+"/"+o.Name] = true
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 	items := listTokens(t, namespaces)
 	n, desc := readiness(items)
-	t.Logf("before restart: %d/%d Ready(TokenValid); %s", n, nRes, desc)
+	t.Logf("before restart: %d/%d Ready(TokenValid); %s; %d resources seen Ready=True/RenewalFailing while their token was valid",
+		n, nRes, desc, len(failingWhileValid))
+	if len(failingWhileValid) == 0 {
+		t.Error("no resource was seen Ready=True with reason RenewalFailing (KeycloakUnreachable) while its token was valid")
+	}
+	for i := range items {
+		o := &items[i]
+		if o.Status.ExpiresAt == nil || time.Now().Before(o.Status.ExpiresAt.Time) {
+			continue
+		}
+		if r := cond(o, authv1alpha1.ConditionReady); r == nil || r.Status != metav1.ConditionFalse || r.Reason != authv1alpha1.ReasonKeycloakUnreachable || !strings.Contains(r.Message, "expired") {
+			t.Errorf("%s/%s, token expired at %s: Ready %s, want False/KeycloakUnreachable saying the token expired",
+				o.Namespace, o.Name, o.Status.ExpiresAt.Format(time.RFC3339), condMessageOf(o, authv1alpha1.ConditionReady))
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	if err := kcServer.Restart(ctx); err != nil {
@@ -98,5 +133,11 @@ func TestKeycloakOutage(t *testing.T) {
 	}
 	if !op.Alive() {
 		t.Errorf("the operator exited")
+	}
+	// Healed means healed: no failure left on record.
+	for _, o := range listTokens(t, namespaces) {
+		if f := cond(&o, authv1alpha1.ConditionRenewalFailing); o.Status.FailedAttempts != 0 || f == nil || f.Status != metav1.ConditionFalse {
+			t.Errorf("%s/%s after recovery: failedAttempts %d, RenewalFailing %s", o.Namespace, o.Name, o.Status.FailedAttempts, condMessageOf(&o, authv1alpha1.ConditionRenewalFailing))
+		}
 	}
 }

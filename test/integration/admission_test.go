@@ -44,6 +44,7 @@ func set(path string, v any) func(map[string]any) {
 // a person understands. kubectl applies with strict field validation, so unknown fields such
 // as a namespace on the Secret reference are rejected too.
 func TestAdmissionRejectsBadResources(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	cases := []struct {
 		name    string
@@ -154,6 +155,7 @@ func TestAdmissionRejectsBadResources(t *testing.T) {
 
 // Issuers are checked at admission too.
 func TestAdmissionRejectsBadIssuers(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	valid := func() map[string]any {
 		return map[string]any{"url": "https://keycloak.example.com", "realm": "mlflow",

@@ -20,6 +20,7 @@ import (
 // Secret, re-checks the issuer and retries its failing tokens at once, instead of at the next
 // periodic check (5 minutes) or after the tokens' backoff.
 func TestIssuerRotatedClientSecret(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	const rotClient, before, after = "mlflow-rotating", "rotatingSecretBefore0001", "rotatingSecretAfter0002"

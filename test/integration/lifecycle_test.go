@@ -20,6 +20,8 @@ import (
 
 // The main promise: a client-credentials token from the real Keycloak lands in the Secret,
 // rotates before it expires, and is revoked when the resource is deleted.
+// Not parallel: it counts the Keycloak calls of the whole realm against its rotations, which
+// resources created and deleted meanwhile by parallel tests would skew.
 func TestClientCredentialsLifecycle(t *testing.T) {
 	ns := newNamespace(t)
 	createClientSecret(t, ns, "kc-client", clientSecret)
@@ -169,6 +171,7 @@ func checkRenewalWindow(t *testing.T, obj *authv1alpha1.MLflowAccessToken) {
 }
 
 func TestWrongClientSecret(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	createClientSecret(t, ns, "kc-client", "not-the-secret")
 	create(t, newToken(ns, "bad"))
@@ -213,6 +216,7 @@ func TestWrongClientSecret(t *testing.T) {
 }
 
 func TestMissingClientSecret(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	create(t, newToken(ns, "nosecret"))
 	obj := waitReason(t, ns, "nosecret", authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonClientSecretNotFound, 30*time.Second)

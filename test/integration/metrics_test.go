@@ -131,6 +131,7 @@ next:
 // /metrics: an anonymous scrape gets 401, a ServiceAccount without the metrics reader role 403,
 // one bound to config/rbac's metrics reader role the metrics.
 func TestMetricsEndpointRequiresAuthorization(t *testing.T) {
+	t.Parallel()
 	testenv.Eventually(t, 30*time.Second, "the metrics endpoint to listen", func() (bool, string) {
 		conn, err := net.DialTimeout("tcp", metricsAddr, time.Second)
 		if err != nil {
@@ -163,6 +164,7 @@ func TestMetricsEndpointRequiresAuthorization(t *testing.T) {
 
 // The metrics endpoint agrees with status, and forgets deleted resources.
 func TestMetricsMatchStatus(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	createClientSecret(t, ns, "kc-client", clientSecret)
 	create(t, newToken(ns, "metered"))

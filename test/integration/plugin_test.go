@@ -385,9 +385,15 @@ func bootstrapAt(t *testing.T, base string, caPEM []byte, accept bool, args ...s
 	if !strings.HasPrefix(uri, base+"/realms/"+realm+"/device") {
 		t.Errorf("verification URL %s is not the realm's device page at %s", uri, base)
 	}
+	// One person, one login at a time: Keycloak answers 500 to two consents of the same user to
+	// the same client at once (both insert the consent row).
+	deviceLoginMu.Lock()
 	outcome := newBrowser(t, caPEM).deviceLogin(uri, deviceUser, deviceUserPassword, accept)
+	deviceLoginMu.Unlock()
 	return p.wait(t, 3*time.Minute), outcome
 }
+
+var deviceLoginMu sync.Mutex
 
 // Bootstrap end to end: the resource fails without a bootstrap token; bootstrap prints the
 // verification URL, the person logs in and consents in a browser, the plugin's poll gets an
@@ -395,6 +401,7 @@ func bootstrapAt(t *testing.T, base string, caPEM []byte, accept bool, args ...s
 // resource Ready with a token for that person. A second bootstrap (a chain about to end) replaces
 // only the token's key of the now existing Secret and starts a new session.
 func TestPluginBootstrap(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	deviceToken(t, ns, "boot", deviceClient, deviceSecret)
 	waitReason(t, ns, "boot", authv1alpha1.ConditionReady, metav1.ConditionFalse, authv1alpha1.ReasonRefreshTokenNotFound, 30*time.Second)
@@ -467,6 +474,7 @@ func TestPluginBootstrap(t *testing.T) {
 
 // --offline=false: a refresh token bound to the browser's SSO session, and an online session.
 func TestPluginBootstrapOnline(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	deviceToken(t, ns, "online", deviceClient, deviceSecret)
 	r, outcome := bootstrapWithLogin(t, true, "online", "-n", ns, "--offline=false")
@@ -490,6 +498,7 @@ func TestPluginBootstrapOnline(t *testing.T) {
 // The person denies the request on the consent screen: the plugin says so, exits 1 and writes
 // nothing.
 func TestPluginBootstrapDenied(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	deviceToken(t, ns, "deny", deviceClient, deviceSecret)
 	r, outcome := bootstrapWithLogin(t, false, "deny", "-n", ns)
@@ -505,6 +514,7 @@ func TestPluginBootstrapDenied(t *testing.T) {
 // Nobody logs in before the code expires (this client's codes live 3 s): the plugin stops
 // polling, says so, exits 1 and writes nothing.
 func TestPluginBootstrapExpired(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	deviceToken(t, ns, "late", deviceShortClient, deviceShortSecret)
 	p := startPlugin(t, "bootstrap", "late", "-n", ns)
@@ -521,6 +531,7 @@ func TestPluginBootstrapExpired(t *testing.T) {
 
 // Wrong clients and missing inputs fail before any login, with a message that says what to fix.
 func TestPluginBootstrapWrongClient(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	const wrongSecret = "not-the-device-secret-71c2"
 	cases := []struct {
@@ -559,6 +570,7 @@ func TestPluginBootstrapWrongClient(t *testing.T) {
 
 // A person who may not read the client secret is told so.
 func TestPluginBootstrapForbiddenSecret(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	deviceToken(t, ns, "nosee", deviceClient, deviceSecret)
 	kc := restrictedKubeconfig(t, ns, "token-reader", []rbacv1.PolicyRule{
@@ -576,6 +588,7 @@ func TestPluginBootstrapForbiddenSecret(t *testing.T) {
 // CA (caConfigMapRef here) and refuses a Keycloak whose certificate does not chain to it; the
 // operator then redeems the token through the same HTTPS URL.
 func TestPluginBootstrapTLS(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	create(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "keycloak-ca", Namespace: ns}, Data: map[string]string{"ca.crt": string(pki.CAPEM)}})
 	deviceToken(t, ns, "tls", deviceClient, deviceSecret, func(o *authv1alpha1.MLflowAccessToken) {
@@ -638,6 +651,7 @@ func restrictedKubeconfig(t *testing.T, ns, user string, rules []rbacv1.PolicyRu
 
 // list, inspect, -A, -l, -o, --context, completion of names, and the not-Ready exit code.
 func TestPluginListAndInspect(t *testing.T) {
+	t.Parallel()
 	ns1, ns2 := newNamespace(t), newNamespace(t)
 	label := ns1 // unique per run: -A must see only this test's resources
 	for _, x := range []struct{ ns, name, team string }{{ns1, "a", label}, {ns1, "b", "other-" + label}, {ns2, "c", label}} {
@@ -805,6 +819,7 @@ func twoContextKubeconfig(t *testing.T, ns string) string {
 // now; revoke makes the old token inactive at Keycloak and rotates; a missing name is exit 3
 // while the others are still acted on.
 func TestPluginRenewRevoke(t *testing.T) {
+	t.Parallel()
 	ns1, ns2 := newNamespace(t), newNamespace(t)
 	label := ns1
 	for _, x := range [][2]string{{ns1, "cli"}, {ns1, "cli2"}, {ns2, "cli3"}} {
@@ -884,6 +899,7 @@ func TestPluginRenewRevoke(t *testing.T) {
 // Usage errors exit 2 (an unknown subcommand is a usage error, not a kubeconfig error), --help
 // exits 0 on every level, version and completion work.
 func TestPluginUsageHelpVersion(t *testing.T) {
+	t.Parallel()
 	for _, args := range [][]string{
 		{"nosuch"}, {"lst"}, {"list", "extra"}, {"list", "--bogus"}, {"inspect"}, {"inspect", "a", "b"},
 		{"renew"}, {"renew", "a", "-l", "x=y"}, {"renew", "--all", "-l", "x=y"}, {"revoke", "-A", "a"},

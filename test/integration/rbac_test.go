@@ -14,6 +14,7 @@ import (
 
 // The operator's identity really is restricted: envtest enforces RBAC.
 func TestOperatorIdentityIsRestricted(t *testing.T) {
+	t.Parallel()
 	c, err := client.New(restCfg, client.Options{Scheme: testScheme})
 	if err != nil {
 		t.Fatal(err)

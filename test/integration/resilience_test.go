@@ -17,6 +17,7 @@ import (
 // A resource in namespace A cannot make the operator read or write a Secret in namespace B:
 // references carry no namespace (admission rejects one, see the admission test) and resolve in A.
 func TestCrossNamespaceIsolation(t *testing.T) {
+	t.Parallel()
 	a, b := newNamespace(t), newNamespace(t)
 	createClientSecret(t, b, "kc-client", clientSecret) // the right secret, but in B
 	create(t, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "victim", Namespace: b}, StringData: map[string]string{"x": "y"}})
@@ -40,6 +41,7 @@ func TestCrossNamespaceIsolation(t *testing.T) {
 // The consumer Secret deleted or edited by hand is restored; a Secret of the same name that the
 // operator does not own is never taken over.
 func TestConsumerSecretRestored(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	createClientSecret(t, ns, "kc-client", clientSecret)
 	create(t, newToken(ns, "restore"))
@@ -84,6 +86,7 @@ func TestConsumerSecretRestored(t *testing.T) {
 // then restored; the spec changed mid-rotation (new token at once, no stuck state); the Secret
 // name changed (the new Secret gets a token, the old one goes).
 func TestInputAndSpecChanges(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	createClientSecret(t, ns, "kc-client", clientSecret)
 	create(t, newToken(ns, "changing"))

@@ -143,6 +143,11 @@ func run(m *testing.M) int {
 	}
 	code := m.Run()
 	stopOperator()
+	// After every test, parallel ones included, so that the scan sees all their logs.
+	if err := scanForLeaks(); err != nil {
+		fmt.Fprintf(os.Stderr, "FAIL: secrets leaked:\n%v\n", err)
+		return 1
+	}
 	return code
 }
 

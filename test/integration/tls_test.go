@@ -15,6 +15,7 @@ import (
 // default (the system roots do not know the test CA), a wrong CA gives a clear condition, and the
 // right CA, inline or from a ConfigMap, works.
 func TestKeycloakOverTLS(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	createClientSecret(t, ns, "kc-client", clientSecret)
 	https := func(o *authv1alpha1.MLflowAccessToken) { o.Spec.Keycloak.URL = kcServer.HTTPSURL() }

@@ -1,6 +1,7 @@
 package federated
 
-// These tests stop and restart the API server (etcd keeps running): they run last (file order).
+// These tests stop and restart the API server (etcd keeps running): they are not parallel, so
+// that no other test runs meanwhile (Go runs the serial tests first, then the parallel ones).
 
 import (
 	"context"
