@@ -11,7 +11,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +21,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
@@ -242,5 +245,45 @@ func TestDependencies(t *testing.T) {
 	}
 	if len(deps) < 100 {
 		t.Fatalf("go list returned %d packages; the check would prove little", len(deps))
+	}
+}
+
+// Without a kubeconfig the plugin says where it looked and how to name one, not client-go's
+// "try setting KUBERNETES_MASTER". (test/integration runs the binary the same way with a HOME
+// without ~/.kube/config.)
+func TestNoKubeconfig(t *testing.T) {
+	dir := t.TempDir()
+	home := clientcmd.RecommendedHomeFile // computed from $HOME when the process starts
+	clientcmd.RecommendedHomeFile = filepath.Join(dir, ".kube", "config")
+	t.Cleanup(func() { clientcmd.RecommendedHomeFile = home })
+	t.Setenv("KUBERNETES_SERVICE_HOST", "") // not a pod
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		kubeconfigEnv string
+		args          []string
+		want          []string
+	}{
+		{"", []string{"list"}, []string{"$KUBECONFIG is not set and ~/.kube/config (" + clientcmd.RecommendedHomeFile + ") does not exist"}},
+		{"", []string{"inspect", "x", "-n", "a"}, []string{"$KUBECONFIG is not set"}},
+		{"/nonexistent" + string(filepath.ListSeparator) + empty, []string{"renew", "x"},
+			[]string{"$KUBECONFIG names /nonexistent (does not exist), " + empty + " (defines no cluster)", "read only when KUBECONFIG is unset"}},
+		{"", []string{"list", "--kubeconfig", empty}, []string{"--kubeconfig " + empty + " defines no cluster"}},
+	} {
+		t.Setenv("KUBECONFIG", tc.kubeconfigEnv)
+		var out, errOut bytes.Buffer
+		code := run(context.Background(), tc.args, genericiooptions.IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut})
+		msg := errOut.String()
+		if code != exitError || strings.Contains(msg, "KUBERNETES_MASTER") || !strings.HasPrefix(msg, "error: no kubeconfig found: ") ||
+			!strings.Contains(msg, "--kubeconfig FILE, or export KUBECONFIG=FILE") {
+			t.Errorf("%v with KUBECONFIG=%q: exit %d\n%s", tc.args, tc.kubeconfigEnv, code, msg)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(msg, w) {
+				t.Errorf("%v: the message lacks %q:\n%s", tc.args, w, msg)
+			}
+		}
 	}
 }

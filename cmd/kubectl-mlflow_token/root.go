@@ -212,8 +212,7 @@ func restMapper() meta.RESTMapper {
 
 // namespace is -n, else the kubeconfig context's namespace, else "default".
 func (o *rootOptions) namespace() (string, error) {
-	ns, _, err := o.configFlags.ToRawKubeConfigLoader().Namespace()
-	return ns, err
+	return o.configFlags.Namespace()
 }
 
 // connect returns the namespace (namespace()) and an API client (client()): what every
