@@ -19,11 +19,14 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
@@ -348,5 +351,22 @@ func TestConsumerPodDelivery(t *testing.T) {
 	}
 	if _, ok := consumerPod(pod(true, corev1.PodRunning, mounted, false), "other"); ok {
 		t.Error("a pod that does not read the Secret is a consumer")
+	}
+}
+
+// The plugin's REST mapping is static (no discovery): every kind a command reads or writes must
+// be in it, or the request fails with "no matches for kind". bootstrap reads issuers and asks for
+// ServiceAccount tokens; inspect lists pods and events.
+func TestRESTMapperKnowsEveryKind(t *testing.T) {
+	s := scheme.New()
+	for _, obj := range []client.Object{&authv1alpha1.MLflowAccessToken{}, &authv1alpha1.KeycloakIssuer{}, &authv1alpha1.ClusterKeycloakIssuer{},
+		&corev1.Secret{}, &corev1.ConfigMap{}, &corev1.Namespace{}, &corev1.Pod{}, &corev1.ServiceAccount{}, &eventsv1.Event{}, &appsv1.Deployment{}} {
+		gvk, err := apiutil.GVKForObject(obj, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := restMapper().RESTMapping(gvk.GroupKind(), gvk.Version); err != nil {
+			t.Errorf("%s: %v", gvk, err)
+		}
 	}
 }
