@@ -200,6 +200,7 @@ func (c *Client) Poll(ctx context.Context, a *Authorization) (*Token, error) {
 	expired := func(detail string) error {
 		return &Error{Endpoint: "token", Code: ErrorExpiredToken, Description: "the code expired before the login was completed" + detail}
 	}
+	var failed *Error // the last transient failure, if the code expires while retrying
 	for {
 		// DeviceAccessToken polls until the token, a final answer or the code's expiry (its
 		// context deadline); it restarts here only after a transient failure.
@@ -211,6 +212,9 @@ func (c *Client) Poll(ctx context.Context, a *Authorization) (*Token, error) {
 			return nil, ctx.Err()
 		}
 		if !time.Now().Before(a.ExpiresAt) {
+			if failed != nil {
+				return nil, expired(" (the last poll failed: " + failed.Error() + ")")
+			}
 			return nil, expired("")
 		}
 		e := describe("token", err)
@@ -218,6 +222,7 @@ func (c *Client) Poll(ctx context.Context, a *Authorization) (*Token, error) {
 		case e.Code == "invalid_grant" && time.Until(a.ExpiresAt) < expirySlack:
 			return nil, expired(" (" + e.Description + ")")
 		case e.transient():
+			failed = e
 			da.Interval = min(2*max(da.Interval, 1), int64(maxInterval/time.Second))
 		default:
 			return nil, e

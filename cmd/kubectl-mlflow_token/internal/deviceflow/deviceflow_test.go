@@ -244,6 +244,13 @@ func TestPollStopsWhenTheCodeExpires(t *testing.T) {
 			t.Errorf("polled %d times over %s after a 2 s code", len(gaps), time.Since(start))
 		}
 	})
+	t.Run("server failing", func(t *testing.T) {
+		t.Parallel()
+		_, err, _ := newServer(t, short, "503", "503", "503").run(context.Background())
+		if CodeOf(err) != ErrorExpiredToken || !strings.Contains(err.Error(), "(the last poll failed: token endpoint answered HTTP 503)") {
+			t.Fatalf("a server failing until the code expired: %v", err)
+		}
+	})
 	t.Run("invalid_grant", func(t *testing.T) {
 		t.Parallel()
 		_, err, _ := newServer(t, short, "invalid_grant").run(context.Background())
