@@ -72,8 +72,9 @@ func (f *kubeFlags) explain(err error) error {
 }
 
 // noKubeconfigError replaces client-go's "no configuration has been provided, try setting
-// KUBERNETES_MASTER environment variable" (a variable kubectl no longer reads) with where the
-// kubeconfig was looked for and how to name one. client-go reads $KUBECONFIG (a list of files)
+// KUBERNETES_MASTER environment variable" with where the kubeconfig was looked for and how to
+// name one. The hint is wrong here: only client-go's deprecated DefaultClientConfig reads that
+// variable, not the loading rules kubectl and this plugin use (TestNoKubeconfig sets it). client-go reads $KUBECONFIG (a list of files)
 // when it is set and ~/.kube/config only when it is not; missing files are skipped silently.
 func (f *kubeFlags) noKubeconfigError() error {
 	state := func(path string) string {

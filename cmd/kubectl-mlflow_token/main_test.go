@@ -262,7 +262,8 @@ func TestNoKubeconfig(t *testing.T) {
 	home := clientcmd.RecommendedHomeFile // computed from $HOME when the process starts
 	clientcmd.RecommendedHomeFile = filepath.Join(dir, ".kube", "config")
 	t.Cleanup(func() { clientcmd.RecommendedHomeFile = home })
-	t.Setenv("KUBERNETES_SERVICE_HOST", "") // not a pod
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")              // not a pod
+	t.Setenv("KUBERNETES_MASTER", "https://127.0.0.1:1") // client-go's hint, which changes nothing
 	empty := filepath.Join(dir, "empty")
 	if err := os.WriteFile(empty, nil, 0o600); err != nil {
 		t.Fatal(err)
