@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -30,20 +28,30 @@ type inspectOptions struct {
 func newInspectCommand(root *rootOptions) *cobra.Command {
 	o := &inspectOptions{rootOptions: root}
 	cmd := &cobra.Command{
-		Use:   "inspect NAME",
-		Short: "Show what a person needs to debug a 401 from MLflow (never the token itself)",
-		Long: `Show one MLflowAccessToken: its Keycloak, grant and conditions, when its token expires and
-is renewed next (with countdowns), its session, its last failure, and the non-secret claims
-of the token that is in its Secret right now (what pods send to MLflow: iss, sub,
-preferred_username, azp, aud, scope, groups, exp). The token itself is never shown.
+		Use:     "inspect NAME",
+		Aliases: []string{"status"},
+		Short:   "Show one token's whole story: conditions, issuer, Secret, claims, consumer pods, events",
+		Long: `Show one MLflowAccessToken in one view (the token itself is never shown):
+  - its Keycloak or issuer (KeycloakIssuer or ClusterKeycloakIssuer) and whether that is Ready,
+    its grant and all its conditions;
+  - its Secret (the names of its keys), when the token expires and is renewed next (with
+    countdowns), its session, its last failure;
+  - the non-secret claims of the token in the Secret right now (what pods send to MLflow: iss,
+    sub, preferred_username, azp, aud, scope, groups, exp);
+  - the pods in its namespace that read the Secret (volume, env or envFrom), and how new tokens
+    reach each: nudged by the operator (labelled auth.mlflow-token-operator.io/consumer=true and
+    mounting the Secret as a directory), at the kubelet's periodic sync, or never (env, subPath);
+  - its events, newest first, a repeated event once with its count.
 
-Reading the claims needs get on the Secret; without it the rest is still shown.
+Each part needs get or list on what it reads (the Secret, the issuer, pods, events); without it
+the rest is still shown, with what was not readable and why. "status" is another name for it.
 
 --require-ready makes the command exit with 4 when the token is not Ready (no valid token in
 the Secret), after printing the report, so scripts and CI can gate on it.
 
 ` + exitCodesHelp,
 		Example: `  kubectl mlflow-token inspect training-token
+  kubectl mlflow-token status training-token
   kubectl mlflow-token inspect training-token -o json | jq .claims.aud
   kubectl mlflow-token inspect training-token --require-ready >/dev/null && echo usable`,
 		Args:              exactArgs(1, "one NAME"),
@@ -77,6 +85,16 @@ type report struct {
 	// Claims of the token in the Secret (signature not verified), or why they are missing.
 	Claims      *reportClaims `json:"claims,omitempty"`
 	ClaimsError string        `json:"claimsError,omitempty"`
+	// SecretKeys are the names of the Secret's keys (never their values).
+	SecretKeys []string `json:"secretKeys,omitempty"`
+	// Consumers is the operator's account of how the current token reached labelled pods.
+	Consumers *authv1alpha1.ConsumersStatus `json:"consumers,omitempty"`
+	// ConsumerPods read the Secret (volume, env, envFrom), or PodsError says why they are unknown.
+	ConsumerPods []reportPod `json:"consumerPods,omitempty"`
+	PodsError    string      `json:"podsError,omitempty"`
+	// Events about the resource, newest first, or EventsError says why they are unknown.
+	Events      []reportEvent `json:"events,omitempty"`
+	EventsError string        `json:"eventsError,omitempty"`
 }
 
 type reportKeycloak struct {
@@ -85,6 +103,9 @@ type reportKeycloak struct {
 	URL      string `json:"url,omitempty"`
 	Realm    string `json:"realm,omitempty"`
 	ClientID string `json:"clientID,omitempty"`
+	// IssuerReady is the issuer's Ready condition, or IssuerError says why it is unknown.
+	IssuerReady *reportCondition `json:"issuerReady,omitempty"`
+	IssuerError string           `json:"issuerError,omitempty"`
 }
 
 // keycloakOf describes where the resource's tokens come from: its inline Keycloak, or its issuer
@@ -144,6 +165,11 @@ func (o *inspectOptions) run(ctx context.Context, name string) error {
 		return err
 	}
 	r := buildReport(ctx, c, obj, o.now())
+	describeIssuer(ctx, c, obj, &r.Keycloak)
+	r.Events, r.EventsError = resourceEvents(ctx, c, obj)
+	if r.Secret != "" {
+		r.ConsumerPods, r.PodsError = consumerPods(ctx, c, obj.Namespace, r.Secret)
+	}
 	switch o.output {
 	case "json":
 		b, err := json.MarshalIndent(r, "", "  ")
@@ -158,7 +184,7 @@ func (o *inspectOptions) run(ctx context.Context, name string) error {
 		}
 		printf(o.streams.Out, "%s", b)
 	default:
-		printReport(o.streams.Out, r)
+		printReport(o.streams.Out, r, o.now())
 	}
 	if o.requireReady && !r.Ready {
 		why := "no Ready condition yet"
@@ -188,6 +214,7 @@ func buildReport(ctx context.Context, c client.Reader, obj *authv1alpha1.MLflowA
 		ExpiresAt: at(s.ExpiresAt), RenewalAt: at(s.RenewalTime), Rotations: s.Rotations,
 		RefreshChainEndsAt: at(s.RefreshChainExpiresAt),
 		LastRenewalRequest: s.LastRenewalRequest, LastRevocationRequest: s.LastRevocationRequest,
+		Consumers: s.Consumers,
 	}
 	if s.SessionID != "" {
 		r.Session = &reportSession{ID: s.SessionID, Offline: s.OfflineSession}
@@ -216,6 +243,7 @@ func buildReport(ctx context.Context, c client.Reader, obj *authv1alpha1.MLflowA
 		}
 		return r
 	}
+	r.SecretKeys = sortedKeys(sec.Data)
 	claims, err := jwtclaims.Parse(string(sec.Data[tokensecret.KeyToken]))
 	if err != nil {
 		r.ClaimsError = err.Error()
@@ -235,76 +263,6 @@ func buildReport(ctx context.Context, c client.Reader, obj *authv1alpha1.MLflowA
 	}
 	r.Claims = rc
 	return r
-}
-
-// printReport is inspect's text output.
-func printReport(w io.Writer, r *report) {
-	p := func(k, v string) {
-		if v != "" {
-			printf(w, "%-22s %s\n", k+":", v)
-		}
-	}
-	when := func(c *countdown) string {
-		if c == nil {
-			return ""
-		}
-		return fmtTime(c.Time) + " (" + relative(time.Duration(c.Seconds)*time.Second) + ")"
-	}
-	p("MLflowAccessToken", r.Namespace+"/"+r.Name)
-	if r.Keycloak.Issuer != "" {
-		p("Issuer", fmt.Sprintf("%s client %s, grant %s", r.Keycloak.Issuer, firstNonEmpty(r.Keycloak.ClientID, "(the issuer's)"), r.Grant))
-	} else {
-		p("Keycloak", fmt.Sprintf("%s realm %s client %s, grant %s", r.Keycloak.URL, r.Keycloak.Realm, r.Keycloak.ClientID, r.Grant))
-	}
-	for _, t := range []string{authv1alpha1.ConditionReady, authv1alpha1.ConditionRenewalFailing, authv1alpha1.ConditionRefreshChainExpiring} {
-		if cnd := meta.FindStatusCondition(r.Conditions, t); cnd != nil {
-			p(t, strings.TrimSpace(fmt.Sprintf("%s (%s) %s", cnd.Status, cnd.Reason, cnd.Message)))
-		}
-	}
-	p("Secret", r.Secret)
-	p("Expires", when(r.ExpiresAt))
-	p("Next renewal", when(r.RenewalAt))
-	p("Rotations", fmt.Sprint(r.Rotations))
-	if r.Session != nil {
-		kind := "online"
-		if r.Session.Offline {
-			kind = "offline"
-		}
-		p("Session", r.Session.ID+" ("+kind+")")
-	}
-	p("Refresh chain ends", when(r.RefreshChainEndsAt))
-	if f := r.LastFailure; f != nil {
-		msg := fmt.Sprintf("%s, %d attempt(s) in a row", fmtTime(f.Time), f.Attempts)
-		if f.Reason != "" {
-			msg += ": " + f.Reason + ": " + f.Message
-		}
-		p("Last failure", msg)
-	}
-	p("Manual renewal", r.LastRenewalRequest)
-	p("Manual revocation", r.LastRevocationRequest)
-	if r.Claims == nil {
-		p("Token claims", "("+r.ClaimsError+")")
-		return
-	}
-	printf(w, "Token claims (signature not verified; the token itself is not shown):\n")
-	c := r.Claims
-	iat := ""
-	if c.IssuedAt != nil {
-		iat = fmtTime(*c.IssuedAt)
-	}
-	rows := [][2]string{
-		{"aud", strings.Join(c.Audience, ", ")}, {"azp", c.AuthorizedParty}, {"exp", when(c.ExpiresAt)},
-		{"groups", strings.Join(c.Groups, ", ")}, {"iat", iat}, {"iss", c.Issuer}, {"jti", c.ID},
-		{"preferred_username", c.PreferredUsername}, {"scope", c.Scope}, {"sid", c.SessionID}, {"sub", c.Subject},
-	}
-	for _, row := range rows {
-		if row[1] != "" {
-			printf(w, "  %-20s %s\n", row[0]+":", row[1])
-		}
-	}
-	if len(c.Audience) == 0 {
-		printf(w, "Hint: the token has no aud claim; if MLflow pins OIDC_AUDIENCE, add an audience mapper to the client.\n")
-	}
 }
 
 // relative is "in 4m10s" or "3m0s ago".

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 
@@ -51,7 +53,53 @@ func (f *kubeFlags) ToRawKubeConfigLoader() clientcmd.ClientConfig {
 
 // ToRESTConfig is the REST configuration of the selected context.
 func (f *kubeFlags) ToRESTConfig() (*rest.Config, error) {
-	return f.ToRawKubeConfigLoader().ClientConfig()
+	cfg, err := f.ToRawKubeConfigLoader().ClientConfig()
+	return cfg, f.explain(err)
+}
+
+// Namespace is -n, else the kubeconfig context's namespace, else "default".
+func (f *kubeFlags) Namespace() (string, error) {
+	ns, _, err := f.ToRawKubeConfigLoader().Namespace()
+	return ns, f.explain(err)
+}
+
+// explain rewords client-go's error for a missing kubeconfig; other errors pass unchanged.
+func (f *kubeFlags) explain(err error) error {
+	if clientcmd.IsEmptyConfig(err) {
+		return f.noKubeconfigError()
+	}
+	return err
+}
+
+// noKubeconfigError replaces client-go's "no configuration has been provided, try setting
+// KUBERNETES_MASTER environment variable" with where the kubeconfig was looked for and how to
+// name one. The hint is wrong here: only client-go's deprecated DefaultClientConfig reads that
+// variable, not the loading rules kubectl and this plugin use (TestNoKubeconfig sets it). client-go reads $KUBECONFIG (a list of files)
+// when it is set and ~/.kube/config only when it is not; missing files are skipped silently.
+func (f *kubeFlags) noKubeconfigError() error {
+	state := func(path string) string {
+		if _, err := os.Stat(path); err != nil {
+			return "does not exist"
+		}
+		return "defines no cluster"
+	}
+	var where string
+	switch env := os.Getenv(clientcmd.RecommendedConfigPathEnvVar); {
+	case f.kubeconfig != "":
+		where = "--kubeconfig " + f.kubeconfig + " " + state(f.kubeconfig)
+	case env != "":
+		var files []string
+		for _, p := range filepath.SplitList(env) {
+			if p != "" {
+				files = append(files, p+" ("+state(p)+")")
+			}
+		}
+		where = "$KUBECONFIG names " + strings.Join(files, ", ") + ", and ~/.kube/config is read only when KUBECONFIG is unset"
+	default:
+		where = "$KUBECONFIG is not set and ~/.kube/config (" + clientcmd.RecommendedHomeFile + ") " + state(clientcmd.RecommendedHomeFile)
+	}
+	return fmt.Errorf("no kubeconfig found: %s; nor is this a pod in a cluster.\n"+
+		"Point the plugin at a cluster as you would kubectl: --kubeconfig FILE, or export KUBECONFIG=FILE", where)
 }
 
 // outputFormats are the -o values handled by cli-runtime's printers (list adds wide and the table).

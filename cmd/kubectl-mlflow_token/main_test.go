@@ -11,14 +11,22 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/apiutil"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
@@ -126,7 +134,7 @@ func TestInspectReportHoldsNoToken(t *testing.T) {
 	c := fake.NewClientBuilder().WithScheme(scheme.New()).WithObjects(sec).Build()
 	r := buildReport(context.Background(), c, obj, now)
 	var text bytes.Buffer
-	printReport(&text, r)
+	printReport(&text, r, now)
 	js, _ := json.Marshal(r)
 	for _, out := range []string{text.String(), string(js)} {
 		if strings.Contains(out, token) || strings.Contains(out, "c2lnbmF0dXJlLXNlY3JldA") || strings.Contains(out, strings.Split(token, ".")[1]) {
@@ -204,6 +212,7 @@ func TestFlags(t *testing.T) {
 	want := map[string][]string{
 		"list":      {"all-namespaces", "selector", "output", "no-headers", "show-labels"},
 		"inspect":   {"output", "require-ready"},
+		"status":    {"output", "require-ready"}, // an alias of inspect
 		"renew":     {"all-namespaces", "selector", "all", "wait", "timeout"},
 		"revoke":    {"all-namespaces", "selector", "all", "wait", "timeout"},
 		"bootstrap": {"offline", "wait", "timeout"},
@@ -211,7 +220,7 @@ func TestFlags(t *testing.T) {
 	}
 	for name, flags := range want {
 		cmd, _, err := root.Find([]string{name})
-		if err != nil || cmd.Name() != name {
+		if err != nil || (cmd.Name() != name && !slices.Contains(cmd.Aliases, name)) {
 			t.Fatalf("no command %s: %v", name, err)
 		}
 		for _, f := range flags {
@@ -242,5 +251,123 @@ func TestDependencies(t *testing.T) {
 	}
 	if len(deps) < 100 {
 		t.Fatalf("go list returned %d packages; the check would prove little", len(deps))
+	}
+}
+
+// Without a kubeconfig the plugin says where it looked and how to name one, not client-go's
+// "try setting KUBERNETES_MASTER". (test/integration runs the binary the same way with a HOME
+// without ~/.kube/config.)
+func TestNoKubeconfig(t *testing.T) {
+	dir := t.TempDir()
+	home := clientcmd.RecommendedHomeFile // computed from $HOME when the process starts
+	clientcmd.RecommendedHomeFile = filepath.Join(dir, ".kube", "config")
+	t.Cleanup(func() { clientcmd.RecommendedHomeFile = home })
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")              // not a pod
+	t.Setenv("KUBERNETES_MASTER", "https://127.0.0.1:1") // client-go's hint, which changes nothing
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		kubeconfigEnv string
+		args          []string
+		want          []string
+	}{
+		{"", []string{"list"}, []string{"$KUBECONFIG is not set and ~/.kube/config (" + clientcmd.RecommendedHomeFile + ") does not exist"}},
+		{"", []string{"inspect", "x", "-n", "a"}, []string{"$KUBECONFIG is not set"}},
+		{"/nonexistent" + string(filepath.ListSeparator) + empty, []string{"renew", "x"},
+			[]string{"$KUBECONFIG names /nonexistent (does not exist), " + empty + " (defines no cluster)", "read only when KUBECONFIG is unset"}},
+		{"", []string{"list", "--kubeconfig", empty}, []string{"--kubeconfig " + empty + " defines no cluster"}},
+	} {
+		t.Setenv("KUBECONFIG", tc.kubeconfigEnv)
+		var out, errOut bytes.Buffer
+		code := run(context.Background(), tc.args, genericiooptions.IOStreams{In: strings.NewReader(""), Out: &out, ErrOut: &errOut})
+		msg := errOut.String()
+		if code != exitError || strings.Contains(msg, "KUBERNETES_MASTER") || !strings.HasPrefix(msg, "error: no kubeconfig found: ") ||
+			!strings.Contains(msg, "--kubeconfig FILE, or export KUBECONFIG=FILE") {
+			t.Errorf("%v with KUBECONFIG=%q: exit %d\n%s", tc.args, tc.kubeconfigEnv, code, msg)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(msg, w) {
+				t.Errorf("%v: the message lacks %q:\n%s", tc.args, w, msg)
+			}
+		}
+	}
+}
+
+// Events written by an events.k8s.io recorder (series) and by a core/v1 one (deprecated count and
+// timestamps) fold alike.
+func TestFoldedEvent(t *testing.T) {
+	t0 := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	micro := func(d time.Duration) metav1.MicroTime { return metav1.MicroTime{Time: t0.Add(d)} }
+	for _, tc := range []struct {
+		name string
+		ev   eventsv1.Event
+		want string
+	}{
+		{"single", eventsv1.Event{EventTime: micro(0), ReportingController: "op"}, "1 12:00:00 12:00:00 op"},
+		{"series", eventsv1.Event{EventTime: micro(0), Series: &eventsv1.EventSeries{Count: 7, LastObservedTime: micro(time.Minute)}}, "7 12:00:00 12:01:00 "},
+		{"core/v1", eventsv1.Event{DeprecatedFirstTimestamp: metav1.Time{Time: t0}, DeprecatedLastTimestamp: metav1.Time{Time: t0.Add(time.Hour)},
+			DeprecatedCount: 3, DeprecatedSource: corev1.EventSource{Component: "old"}}, "3 12:00:00 13:00:00 old"},
+		{"no time", eventsv1.Event{ObjectMeta: metav1.ObjectMeta{CreationTimestamp: metav1.Time{Time: t0}}}, "1 12:00:00 12:00:00 "},
+	} {
+		e := foldedEvent(tc.ev)
+		if got := fmt.Sprintf("%d %s %s %s", e.Count, e.First.Format(time.TimeOnly), e.Last.Format(time.TimeOnly), e.From); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
+// What inspect says about each kind of consumer pod (the verdict itself is internal/consumers').
+func TestConsumerPodDelivery(t *testing.T) {
+	vol := []corev1.Volume{{Name: "t", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "s"}}}}
+	mounted := corev1.Container{Name: "c", VolumeMounts: []corev1.VolumeMount{{Name: "t", MountPath: "/m"}}}
+	pod := func(labelled bool, phase corev1.PodPhase, c corev1.Container, init bool) *corev1.Pod {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}, Spec: corev1.PodSpec{Volumes: vol}, Status: corev1.PodStatus{Phase: phase}}
+		if labelled {
+			p.Labels = map[string]string{authv1alpha1.LabelConsumer: "true"}
+		}
+		if init {
+			p.Spec.InitContainers = []corev1.Container{c}
+		} else {
+			p.Spec.Containers = []corev1.Container{c}
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		pod    *corev1.Pod
+		nudged bool
+		want   string
+	}{
+		{pod(true, corev1.PodRunning, mounted, false), true, "nudged after each rotation"},
+		{pod(false, corev1.PodRunning, mounted, false), false, "not nudged (no label"},
+		{pod(true, corev1.PodSucceeded, mounted, false), false, "finished"},
+		{pod(true, corev1.PodRunning, mounted, true), false, "only an init container"},
+		{pod(true, corev1.PodRunning, corev1.Container{Name: "c", VolumeMounts: []corev1.VolumeMount{{Name: "t", MountPath: "/m/token", SubPath: "token"}}}, false), false, "env or subPath only"},
+	} {
+		p, ok := consumerPod(tc.pod, "s")
+		if !ok || p.Nudged != tc.nudged || !strings.HasPrefix(p.Delivery, tc.want) {
+			t.Errorf("%+v: %v %+v, want nudged=%v %q", tc.pod.Spec, ok, p, tc.nudged, tc.want)
+		}
+	}
+	if _, ok := consumerPod(pod(true, corev1.PodRunning, mounted, false), "other"); ok {
+		t.Error("a pod that does not read the Secret is a consumer")
+	}
+}
+
+// The plugin's REST mapping is static (no discovery): every kind a command reads or writes must
+// be in it, or the request fails with "no matches for kind". bootstrap reads issuers and asks for
+// ServiceAccount tokens; inspect lists pods and events.
+func TestRESTMapperKnowsEveryKind(t *testing.T) {
+	s := scheme.New()
+	for _, obj := range []client.Object{&authv1alpha1.MLflowAccessToken{}, &authv1alpha1.KeycloakIssuer{}, &authv1alpha1.ClusterKeycloakIssuer{},
+		&corev1.Secret{}, &corev1.ConfigMap{}, &corev1.Namespace{}, &corev1.Pod{}, &corev1.ServiceAccount{}, &eventsv1.Event{}, &appsv1.Deployment{}} {
+		gvk, err := apiutil.GVKForObject(obj, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := restMapper().RESTMapping(gvk.GroupKind(), gvk.Version); err != nil {
+			t.Errorf("%s: %v", gvk, err)
+		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/labels"
@@ -207,13 +208,17 @@ func restMapper() meta.RESTMapper {
 	m.Add(corev1.SchemeGroupVersion.WithKind("ConfigMap"), meta.RESTScopeNamespace)
 	m.Add(corev1.SchemeGroupVersion.WithKind("Namespace"), meta.RESTScopeRoot)
 	m.Add(appsv1.SchemeGroupVersion.WithKind("Deployment"), meta.RESTScopeNamespace)
+	m.Add(corev1.SchemeGroupVersion.WithKind("Pod"), meta.RESTScopeNamespace)
+	m.Add(corev1.SchemeGroupVersion.WithKind("ServiceAccount"), meta.RESTScopeNamespace)
+	m.Add(eventsv1.SchemeGroupVersion.WithKind("Event"), meta.RESTScopeNamespace)
+	m.Add(authv1alpha1.GroupVersion.WithKind(authv1alpha1.KindKeycloakIssuer), meta.RESTScopeNamespace)
+	m.Add(authv1alpha1.GroupVersion.WithKind(authv1alpha1.KindClusterKeycloakIssuer), meta.RESTScopeRoot)
 	return m
 }
 
 // namespace is -n, else the kubeconfig context's namespace, else "default".
 func (o *rootOptions) namespace() (string, error) {
-	ns, _, err := o.configFlags.ToRawKubeConfigLoader().Namespace()
-	return ns, err
+	return o.configFlags.Namespace()
 }
 
 // connect returns the namespace (namespace()) and an API client (client()): what every

@@ -10,6 +10,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/consumers"
 )
 
 // This file answers "which pods consume this Secret, and can a nudge help them?" from the pods
@@ -20,80 +21,18 @@ import (
 // volume source, env var, envFrom).
 const IndexSecrets = "nudge.secretNames"
 
-// Use is how a pod consumes a Secret.
-type Use int
+// Use is how a pod consumes a Secret. The rules live in internal/consumers, which the kubectl
+// plugin shares, so that the pods it calls nudged are the ones nudged here.
+type Use = consumers.Use
 
 const (
-	// NotUsed: the pod does not read the Secret (or only in init containers that have run).
-	NotUsed Use = iota
-	// Mounted: a running container mounts the Secret's volume as a directory, which the kubelet
-	// updates in place when it syncs the pod. A nudge makes that happen at once.
-	Mounted
-	// NotUpdatable: the pod reads the Secret only through environment variables or subPath mounts,
-	// which never change in a running container. A nudge cannot help it.
-	NotUpdatable
+	NotUsed      = consumers.NotUsed
+	Mounted      = consumers.Mounted
+	NotUpdatable = consumers.NotUpdatable
 )
 
 // SecretUse says how pod consumes the Secret called secret.
-func SecretUse(pod *corev1.Pod, secret string) Use {
-	volumes := map[string]bool{} // volumes that carry the Secret
-	for _, v := range pod.Spec.Volumes {
-		if volumeSecrets(v, func(name string) bool { return name == secret }) {
-			volumes[v.Name] = true
-		}
-	}
-	use := NotUsed
-	for _, c := range runningContainers(pod) {
-		for _, m := range c.VolumeMounts {
-			if !volumes[m.Name] {
-				continue
-			}
-			if m.SubPath == "" && m.SubPathExpr == "" {
-				return Mounted
-			}
-			use = NotUpdatable
-		}
-		for _, e := range c.Env {
-			if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil && e.ValueFrom.SecretKeyRef.Name == secret {
-				use = NotUpdatable
-			}
-		}
-		for _, e := range c.EnvFrom {
-			if e.SecretRef != nil && e.SecretRef.Name == secret {
-				use = NotUpdatable
-			}
-		}
-	}
-	return use
-}
-
-// volumeSecrets calls f with each Secret the volume carries; it returns true as soon as f does.
-func volumeSecrets(v corev1.Volume, f func(string) bool) bool {
-	if v.Secret != nil && f(v.Secret.SecretName) {
-		return true
-	}
-	if v.Projected != nil {
-		for _, s := range v.Projected.Sources {
-			if s.Secret != nil && f(s.Secret.Name) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// runningContainers are the containers that run alongside the workload: the regular ones and the
-// sidecars (init containers with restartPolicy Always). Other init containers have finished
-// before the workload starts, so what they read does not matter after a rotation.
-func runningContainers(pod *corev1.Pod) []corev1.Container {
-	out := slices.Clone(pod.Spec.Containers)
-	for _, c := range pod.Spec.InitContainers {
-		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
-			out = append(out, c)
-		}
-	}
-	return out
-}
+func SecretUse(pod *corev1.Pod, secret string) Use { return consumers.SecretUse(pod, secret) }
 
 // secretNames lists the Secrets pod references, each once: the index's values.
 func secretNames(pod *corev1.Pod) []string {
@@ -105,9 +44,9 @@ func secretNames(pod *corev1.Pod) []string {
 		return false
 	}
 	for _, v := range pod.Spec.Volumes {
-		volumeSecrets(v, add)
+		consumers.VolumeSecrets(v, add)
 	}
-	for _, c := range runningContainers(pod) {
+	for _, c := range consumers.RunningContainers(pod) {
 		for _, e := range c.Env {
 			if e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
 				add(e.ValueFrom.SecretKeyRef.Name)
@@ -133,9 +72,7 @@ func SecretsIndex(o client.Object) []string {
 
 // Finished reports whether the pod's containers will not run again (or it is being deleted):
 // nudging it is pointless.
-func Finished(pod *corev1.Pod) bool {
-	return pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed
-}
+func Finished(pod *corev1.Pod) bool { return consumers.Finished(pod) }
 
 // CacheConfig is the pod cache of the operator: only pods labelled as consumers, stripped by
 // StripPod.

@@ -30,12 +30,14 @@ def clean_env(monkeypatch):
 
 @pytest.fixture
 def counting_open(monkeypatch):
-    """Counts the plugin's file reads (the module's own `open`)."""
+    """Counts the plugin's reads of token files (the module's own `open`; the expiresAt file
+    beside the token is read with it and not counted)."""
     calls = []
     real_open = open
 
     def counted(path, *args, **kwargs):
-        calls.append(path)
+        if os.path.basename(path) != plugin.EXPIRES_AT_KEY:
+            calls.append(path)
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(plugin, "open", counted, raising=False)

@@ -1,39 +1,38 @@
-// Package deviceflow is a client of the OAuth 2.0 Device Authorization Grant (RFC 8628): it asks
-// the authorization server for a device code and a user code, and then polls the token endpoint
-// until the person has logged in with that user code in a browser, denied it, or let it expire.
+// Package deviceflow runs the OAuth 2.0 Device Authorization Grant (RFC 8628) for the kubectl
+// plugin's bootstrap, on golang.org/x/oauth2's Config.DeviceAuth and Config.DeviceAccessToken
+// (the requests, the polling ticker, authorization_pending and slow_down). It adds only what the
+// library leaves to its callers (golang.org/x/oauth2 v0.36.0, deviceauth.go):
 //
-// It is the kubectl plugin's way to seed a RefreshToken grant without a password ever being typed
-// into a terminal. Only the standard library is used, so the plugin links no Keycloak client.
-//
-// Client credentials of a confidential client travel in the form body (client_secret_post), not
-// in a Basic header: Keycloak does not URL-decode the Basic header's parts, so secrets with
-// characters such as '%', '+' or '&' would fail there (the operator does the same).
+//   - Client authentication at the device authorization endpoint. DeviceAuth sends client_id
+//     and scope only; Keycloak answers a confidential client without its credentials with
+//     invalid_client. The secret (or a client assertion) goes in as a form parameter.
+//   - Credentials in the form body (client_secret_post) at the token endpoint as well
+//     (AuthStyleInParams): Keycloak does not URL-decode the Basic header's parts, so secrets
+//     with '%', '+' or '&' fail there (the operator does the same).
+//   - Back-off after a failure to reach the server or a 5xx. DeviceAccessToken returns at the
+//     first such error ("default: return tok, err"); RFC 8628 §3.5 asks the client to slow down
+//     and go on, and a person halfway through a login should not have to start again.
+//   - Checks of the answer before it reaches a terminal, an expiry that is required, and errors
+//     that name the endpoint, status and OAuth code but never quote a response body.
+//   - A Token whose String hides the secrets (oauth2.Token prints them under %v).
 package deviceflow
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"mime"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 	"unicode"
+
+	"golang.org/x/oauth2"
 )
 
-// GrantType is the grant_type of the device access token request (RFC 8628 §3.4).
-const GrantType = "urn:ietf:params:oauth:grant-type:device_code"
-
-// Error codes of RFC 8628 §3.5 and RFC 6749 §5.2 that callers act on.
+// Error codes of RFC 8628 §3.5 that callers act on.
 const (
-	// ErrorAuthorizationPending: the person has not finished logging in yet; keep polling.
-	ErrorAuthorizationPending = "authorization_pending"
-	// ErrorSlowDown: polling too fast; keep polling, 5 seconds slower.
-	ErrorSlowDown = "slow_down"
 	// ErrorAccessDenied: the person denied the request.
 	ErrorAccessDenied = "access_denied"
 	// ErrorExpiredToken: the device code expired before the person logged in.
@@ -41,14 +40,11 @@ const (
 )
 
 const (
-	// defaultInterval is the polling interval when the server names none (RFC 8628 §3.2).
-	defaultInterval = 5 * time.Second
-	// slowDownStep is added to the interval at each slow_down (RFC 8628 §3.5).
-	slowDownStep = 5 * time.Second
-	// maxInterval bounds the interval grown by slow_down and by the back-off after errors.
+	// maxInterval bounds the polling interval the server asks for and the back-off after errors.
 	maxInterval = 60 * time.Second
-	// maxResponseBytes caps what is read from the server.
-	maxResponseBytes = 1 << 20
+	// expirySlack: Keycloak counts a code's lifetime in whole seconds and forgets an expired code
+	// (invalid_grant), which can happen a moment before the local deadline.
+	expirySlack = 2 * time.Second
 )
 
 // Client talks to one client's device authorization and token endpoints.
@@ -67,10 +63,6 @@ type Client struct {
 	// ClientAssertion authenticates a confidential client with a signed JWT instead of a secret
 	// (a Kubernetes service-account token, for Keycloak's federated client authentication).
 	ClientAssertion string
-
-	// Now and Sleep are the clock; nil means the real one. Sleep waits d or until ctx ends.
-	Now   func() time.Time
-	Sleep func(ctx context.Context, d time.Duration) error
 }
 
 // Authorization is the server's answer to a device authorization request (RFC 8628 §3.2).
@@ -85,7 +77,7 @@ type Authorization struct {
 	VerificationURIComplete string
 	// ExpiresAt is when the device code and the user code expire.
 	ExpiresAt time.Time
-	// Interval is the minimum time between two polls.
+	// Interval is the minimum time between two polls (whole seconds on the wire).
 	Interval time.Duration
 }
 
@@ -97,17 +89,16 @@ func (a *Authorization) String() string {
 // Token is the token endpoint's answer. It holds secrets: never print it (String and GoString
 // leave them out, so a %v in a log line cannot leak them).
 type Token struct {
-	AccessToken      string
-	RefreshToken     string
-	TokenType        string
-	Scope            string
-	ExpiresIn        time.Duration
-	RefreshExpiresIn time.Duration
+	AccessToken  string
+	RefreshToken string
+	TokenType    string
+	Scope        string
+	ExpiresIn    time.Duration
 }
 
 // String leaves out the tokens.
 func (t *Token) String() string {
-	return fmt.Sprintf("{token type %q, scope %q, expires in %s, refresh expires in %s}", t.TokenType, t.Scope, t.ExpiresIn, t.RefreshExpiresIn)
+	return fmt.Sprintf("{token type %q, scope %q, expires in %s}", t.TokenType, t.Scope, t.ExpiresIn)
 }
 
 // GoString leaves out the tokens.
@@ -140,6 +131,9 @@ func (e *Error) Error() string {
 	return b.String()
 }
 
+// transient: no answer, or a server error without an OAuth code; worth trying again later.
+func (e *Error) transient() bool { return e.Code == "" && (e.Status == 0 || e.Status >= 500) }
+
 // CodeOf returns the OAuth error code of err, or "".
 func CodeOf(err error) string {
 	var e *Error
@@ -151,182 +145,153 @@ func CodeOf(err error) string {
 
 // Authorize starts a device authorization (RFC 8628 §3.1) for the given scopes.
 func (c *Client) Authorize(ctx context.Context, scopes []string) (*Authorization, error) {
-	form := c.form()
+	const endpoint = "device authorization"
+	opts := c.credentials()
+	if c.ClientSecret != "" && c.ClientAssertion == "" {
+		opts = append(opts, oauth2.SetAuthURLParam("client_secret", c.ClientSecret))
+	}
 	if len(scopes) > 0 {
-		form.Set("scope", strings.Join(scopes, " "))
+		opts = append(opts, oauth2.SetAuthURLParam("scope", strings.Join(scopes, " ")))
 	}
-	var res struct {
-		DeviceCode              string      `json:"device_code"`
-		UserCode                string      `json:"user_code"`
-		VerificationURI         string      `json:"verification_uri"`
-		VerificationURIComplete string      `json:"verification_uri_complete"`
-		ExpiresIn               json.Number `json:"expires_in"`
-		Interval                json.Number `json:"interval"`
+	start := time.Now()
+	da, err := c.config().DeviceAuth(c.withHTTP(ctx), opts...)
+	if err != nil {
+		return nil, describe(endpoint, err)
 	}
-	start := c.now()
-	if err := c.post(ctx, "device authorization", c.DeviceAuthorizationURL, form, &res); err != nil {
-		return nil, err
-	}
-	bad := func(what string) error {
-		return &Error{Status: http.StatusOK, Endpoint: "device authorization", Description: what}
-	}
-	if res.DeviceCode == "" || res.UserCode == "" || res.VerificationURI == "" {
+	bad := func(what string) error { return &Error{Status: http.StatusOK, Endpoint: endpoint, Description: what} }
+	if da.DeviceCode == "" || da.UserCode == "" || da.VerificationURI == "" {
 		return nil, bad("the answer lacks device_code, user_code or verification_uri")
 	}
 	// The URI and the user code are printed to a terminal: refuse anything that could carry
 	// escape sequences or point somewhere other than a web page.
-	if !printable(res.UserCode) {
+	if !printable(da.UserCode) {
 		return nil, bad("the user code holds non-printable characters")
 	}
-	if err := checkWebURL(res.VerificationURI); err != nil {
+	if err := checkWebURL(da.VerificationURI); err != nil {
 		return nil, bad("verification_uri: " + err.Error())
 	}
-	if res.VerificationURIComplete != "" {
-		if err := checkWebURL(res.VerificationURIComplete); err != nil {
+	if da.VerificationURIComplete != "" {
+		if err := checkWebURL(da.VerificationURIComplete); err != nil {
 			return nil, bad("verification_uri_complete: " + err.Error())
 		}
 	}
-	expiresIn, err := seconds(res.ExpiresIn)
-	if err != nil || expiresIn <= 0 {
+	// Without an expiry DeviceAccessToken would poll until the context ends.
+	if !da.Expiry.After(start) {
 		return nil, bad("expires_in is missing or not a positive number of seconds")
 	}
-	interval, err := seconds(res.Interval)
-	if err != nil || interval <= 0 {
-		interval = defaultInterval
+	interval := time.Duration(da.Interval) * time.Second
+	if interval <= 0 {
+		interval = 5 * time.Second // RFC 8628 §3.2
 	}
 	return &Authorization{
-		DeviceCode: res.DeviceCode, UserCode: res.UserCode,
-		VerificationURI: res.VerificationURI, VerificationURIComplete: res.VerificationURIComplete,
-		ExpiresAt: start.Add(expiresIn), Interval: min(interval, maxInterval),
+		DeviceCode: da.DeviceCode, UserCode: da.UserCode,
+		VerificationURI: da.VerificationURI, VerificationURIComplete: da.VerificationURIComplete,
+		ExpiresAt: da.Expiry, Interval: min(interval, maxInterval),
 	}, nil
 }
 
 // Poll asks the token endpoint, every interval, whether the person has logged in (RFC 8628
 // §3.4, §3.5). It returns the token, or an *Error with code access_denied when the person denied
 // the request, expired_token when the code expired first, or another code the server answered.
-// It waits longer after slow_down (5 s more each time) and after failures to reach the server
-// (the interval doubles), as the RFC asks, and gives up when the code has expired.
+// After a failure to reach the server or a 5xx it goes on polling at twice the interval.
 func (c *Client) Poll(ctx context.Context, a *Authorization) (*Token, error) {
-	interval := a.Interval
-	if interval <= 0 {
-		interval = defaultInterval
-	}
-	form := c.form()
-	form.Set("grant_type", GrantType)
-	form.Set("device_code", a.DeviceCode)
+	da := &oauth2.DeviceAuthResponse{DeviceCode: a.DeviceCode, Expiry: a.ExpiresAt, Interval: int64(a.Interval / time.Second)}
+	cfg, hctx := c.config(), c.withHTTP(ctx)
 	expired := func(detail string) error {
 		return &Error{Endpoint: "token", Code: ErrorExpiredToken, Description: "the code expired before the login was completed" + detail}
 	}
+	var failed *Error // the last transient failure, if the code expires while retrying
 	for {
-		if !c.now().Before(a.ExpiresAt) {
-			return nil, expired("")
-		}
-		if err := c.sleep(ctx, interval); err != nil {
-			return nil, err
-		}
-		var res struct {
-			AccessToken      string      `json:"access_token"`
-			RefreshToken     string      `json:"refresh_token"`
-			TokenType        string      `json:"token_type"`
-			Scope            string      `json:"scope"`
-			ExpiresIn        json.Number `json:"expires_in"`
-			RefreshExpiresIn json.Number `json:"refresh_expires_in"`
-		}
-		err := c.post(ctx, "token", c.TokenURL, form, &res)
+		// DeviceAccessToken polls until the token, a final answer or the code's expiry (its
+		// context deadline); it restarts here only after a transient failure.
+		tok, err := cfg.DeviceAccessToken(hctx, da, c.credentials()...)
 		if err == nil {
-			if res.AccessToken == "" {
-				return nil, &Error{Status: http.StatusOK, Endpoint: "token", Description: "the answer holds no access_token"}
-			}
-			t := &Token{AccessToken: res.AccessToken, RefreshToken: res.RefreshToken, TokenType: res.TokenType, Scope: res.Scope}
-			t.ExpiresIn, _ = seconds(res.ExpiresIn)
-			t.RefreshExpiresIn, _ = seconds(res.RefreshExpiresIn)
-			return t, nil
+			return tokenOf(tok), nil
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		var oe *Error
+		if !time.Now().Before(a.ExpiresAt) {
+			if failed != nil {
+				return nil, expired(" (the last poll failed: " + failed.Error() + ")")
+			}
+			return nil, expired("")
+		}
+		e := describe("token", err)
 		switch {
-		case !errors.As(err, &oe):
-			return nil, err
-		case oe.Code == ErrorAuthorizationPending:
-		case oe.Code == ErrorSlowDown:
-			interval = min(interval+slowDownStep, maxInterval)
-		case oe.Code == "" && (oe.Status == 0 || oe.Status >= 500):
-			// Unreachable, timed out or a server error: poll less often (RFC 8628 §3.5).
-			interval = min(2*interval, maxInterval)
-		case oe.Code == "invalid_grant" && !c.now().Before(a.ExpiresAt):
-			// Keycloak forgets an expired device code and then calls it invalid.
-			return nil, expired(" (" + oe.Description + ")")
+		case e.Code == "invalid_grant" && time.Until(a.ExpiresAt) < expirySlack:
+			return nil, expired(" (" + e.Description + ")")
+		case e.transient():
+			failed = e
+			da.Interval = min(2*max(da.Interval, 1), int64(maxInterval/time.Second))
 		default:
-			return nil, err
+			return nil, e
 		}
 	}
 }
 
-func (c *Client) form() url.Values {
-	f := url.Values{}
-	f.Set("client_id", c.ClientID)
-	switch {
-	case c.ClientAssertion != "":
-		f.Set("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
-		f.Set("client_assertion", c.ClientAssertion)
-	case c.ClientSecret != "":
-		f.Set("client_secret", c.ClientSecret)
+func (c *Client) config() *oauth2.Config {
+	cfg := &oauth2.Config{
+		ClientID: c.ClientID,
+		Endpoint: oauth2.Endpoint{
+			DeviceAuthURL: c.DeviceAuthorizationURL,
+			TokenURL:      c.TokenURL,
+			AuthStyle:     oauth2.AuthStyleInParams,
+		},
 	}
-	return f
+	// With an assertion no secret is sent: AuthStyleInParams then adds client_id only.
+	if c.ClientAssertion == "" {
+		cfg.ClientSecret = c.ClientSecret
+	}
+	return cfg
 }
 
-// post sends a form and decodes a 200 JSON answer into out; anything else becomes an *Error.
-func (c *Client) post(ctx context.Context, endpoint, u string, form url.Values, out any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, strings.NewReader(form.Encode()))
-	if err != nil {
-		return &Error{Endpoint: endpoint, Description: err.Error()}
+// credentials are the form parameters of a client assertion (none for a client secret: the
+// token endpoint gets that from AuthStyleInParams, the device endpoint from Authorize).
+func (c *Client) credentials() []oauth2.AuthCodeOption {
+	if c.ClientAssertion == "" {
+		return nil
 	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Accept", "application/json")
+	return []oauth2.AuthCodeOption{
+		oauth2.SetAuthURLParam("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+		oauth2.SetAuthURLParam("client_assertion", c.ClientAssertion),
+	}
+}
+
+// withHTTP hands the HTTP client to x/oauth2, which takes it from the context.
+func (c *Client) withHTTP(ctx context.Context) context.Context {
 	hc := c.HTTP
 	if hc == nil {
 		hc = &http.Client{Timeout: 30 * time.Second}
 	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return &Error{Endpoint: endpoint, Description: transportError(err)}
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
-	if err != nil {
-		return &Error{Endpoint: endpoint, Status: resp.StatusCode, Description: "reading the answer: " + err.Error()}
-	}
-	if len(body) > maxResponseBytes {
-		return &Error{Endpoint: endpoint, Status: resp.StatusCode, Description: "the answer is larger than 1 MiB"}
-	}
-	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-	isJSON := mt == "application/json" || strings.HasSuffix(mt, "+json")
-	if resp.StatusCode != http.StatusOK {
-		e := &Error{Endpoint: endpoint, Status: resp.StatusCode}
-		var oauth struct {
-			Error       string `json:"error"`
-			Description string `json:"error_description"`
+	return context.WithValue(ctx, oauth2.HTTPClient, hc)
+}
+
+// describe turns x/oauth2's errors into an *Error. It never quotes the response body
+// (RetrieveError.Error does when there is no OAuth code).
+func describe(endpoint string, err error) *Error {
+	var re *oauth2.RetrieveError
+	var ue *url.Error
+	switch {
+	case errors.As(err, &re):
+		e := &Error{Endpoint: endpoint, Code: re.ErrorCode, Description: re.ErrorDescription}
+		if re.Response != nil {
+			e.Status = re.Response.StatusCode
 		}
-		if isJSON && json.Unmarshal(body, &oauth) == nil && oauth.Error != "" {
-			e.Code, e.Description = oauth.Error, oauth.Description
-		} else if resp.StatusCode == http.StatusNotFound {
+		if e.Code == "" && e.Status == http.StatusNotFound {
 			e.Description = "not found (wrong URL or realm?)"
 		}
 		return e
+	case errors.As(err, &ue):
+		return &Error{Endpoint: endpoint, Description: transportError(ue.Err)}
+	default:
+		// An answer with a success status that is not what RFC 8628 or RFC 6749 describe
+		// (x/oauth2's messages name the problem, not the content).
+		return &Error{Endpoint: endpoint, Status: http.StatusOK, Description: "unusable answer: " + strings.TrimPrefix(err.Error(), "oauth2: ")}
 	}
-	if !isJSON {
-		return &Error{Endpoint: endpoint, Status: resp.StatusCode, Description: fmt.Sprintf("the answer is %q, not JSON", mt)}
-	}
-	if err := json.Unmarshal(body, out); err != nil {
-		return &Error{Endpoint: endpoint, Status: resp.StatusCode, Description: "the answer is not the expected JSON object"}
-	}
-	return nil
 }
 
-// transportError describes a failure to get an answer without quoting the request (its URL
-// holds nothing secret, but the wrapped errors can be long).
+// transportError describes a failure to get an answer.
 func transportError(err error) string {
 	var ne net.Error
 	switch {
@@ -337,37 +302,12 @@ func transportError(err error) string {
 	}
 }
 
-func (c *Client) now() time.Time {
-	if c.Now != nil {
-		return c.Now()
+func tokenOf(t *oauth2.Token) *Token {
+	scope, _ := t.Extra("scope").(string)
+	return &Token{
+		AccessToken: t.AccessToken, RefreshToken: t.RefreshToken, TokenType: t.TokenType, Scope: scope,
+		ExpiresIn: time.Duration(t.ExpiresIn) * time.Second,
 	}
-	return time.Now()
-}
-
-func (c *Client) sleep(ctx context.Context, d time.Duration) error {
-	if c.Sleep != nil {
-		return c.Sleep(ctx, d)
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
-
-// seconds reads an OAuth "number of seconds" field ("" is zero).
-func seconds(n json.Number) (time.Duration, error) {
-	if n == "" {
-		return 0, nil
-	}
-	f, err := n.Float64()
-	if err != nil || f < 0 || f > 10*365*24*3600 {
-		return 0, errors.New("not a plausible number of seconds")
-	}
-	return time.Duration(f * float64(time.Second)), nil
 }
 
 func printable(s string) bool {

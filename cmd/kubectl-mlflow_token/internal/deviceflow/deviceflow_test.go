@@ -1,8 +1,10 @@
 package deviceflow
 
 // The polling rules (interval, slow_down, back-off, expiry) are tested here against an httptest
-// server that answers a scripted sequence, with a fake clock: a real Keycloak cannot be made to
-// answer slow_down or 503 on cue. The real Keycloak flow is tested in test/integration.
+// server that answers a scripted sequence: a real Keycloak cannot be made to answer slow_down or
+// 503 on cue. x/oauth2 polls on a real ticker in whole seconds, so these tests take real time
+// (about 8 s, in parallel); the waits are measured at the server. The real Keycloak flow is
+// tested in test/integration (TestPluginBootstrap*).
 
 import (
 	"context"
@@ -16,147 +18,194 @@ import (
 	"time"
 )
 
-const secret = "s%+&= ecret"
+const (
+	secret    = "s%+&= ecret"
+	assertion = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2EifQ.c2ln"
+)
 
-type fakeClock struct {
-	mu     sync.Mutex
-	now    time.Time
-	slept  []time.Duration
-	cancel func() // called at the n-th sleep when set
-	cancAt int
+// fakeServer answers the device authorization once and then the token requests from script, one
+// entry per request ("pending", "slow_down", "denied", "expired", "503", "drop", "token",
+// "invalid_grant"). It checks every request's client authentication.
+type fakeServer struct {
+	t         *testing.T
+	srv       *httptest.Server
+	assertion bool // expect a client assertion instead of the secret
+	device    string
+	script    []string
+	onPoll    func(n int) // called before answering the n-th token request (1-based)
+
+	mu    sync.Mutex
+	polls []time.Time
 }
 
-func (f *fakeClock) Now() time.Time {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.now
-}
-
-func (f *fakeClock) Sleep(ctx context.Context, d time.Duration) error {
-	f.mu.Lock()
-	f.slept = append(f.slept, d)
-	f.now = f.now.Add(d)
-	n := len(f.slept)
-	f.mu.Unlock()
-	if f.cancel != nil && n == f.cancAt {
-		f.cancel()
-	}
-	return ctx.Err()
-}
-
-// server answers the device authorization once and then the token requests from script, one
-// entry per request ("pending", "slow_down", "denied", "expired", "503", "token", "invalid_grant").
-func server(t *testing.T, deviceAnswer string, script ...string) (*httptest.Server, *int) {
+func newServer(t *testing.T, deviceAnswer string, script ...string) *fakeServer {
 	t.Helper()
-	var mu sync.Mutex
-	polls := 0
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Authorization") != "" {
-			t.Error("credentials sent in an Authorization header; they must travel in the form body")
+	f := &fakeServer{t: t, device: deviceAnswer, script: script}
+	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func (f *fakeServer) serve(w http.ResponseWriter, r *http.Request) {
+	t := f.t
+	if r.Header.Get("Authorization") != "" {
+		t.Error("credentials sent in an Authorization header; they must travel in the form body")
+	}
+	if err := r.ParseForm(); err != nil {
+		t.Error(err)
+	}
+	f.checkClientAuth(r)
+	w.Header().Set("Content-Type", "application/json")
+	oauthErr := func(code int, e string) {
+		w.WriteHeader(code)
+		fmt.Fprintf(w, `{"error":%q,"error_description":"described %s"}`, e, e)
+	}
+	switch r.URL.Path {
+	case "/device":
+		if r.PostForm.Get("scope") != "openid offline_access" {
+			t.Errorf("scope = %q", r.PostForm.Get("scope"))
 		}
-		if err := r.ParseForm(); err != nil {
-			t.Error(err)
+		fmt.Fprint(w, f.device)
+	case "/token":
+		if r.PostForm.Get("grant_type") != "urn:ietf:params:oauth:grant-type:device_code" || r.PostForm.Get("device_code") != "dev-code" {
+			t.Errorf("token request form = %v", r.PostForm)
 		}
-		if r.PostForm.Get("client_id") != "cli" || r.PostForm.Get("client_secret") != secret {
-			t.Errorf("client authentication in the form = %v", r.PostForm)
+		if r.PostForm.Has("scope") {
+			t.Errorf("the token request repeats the scope: %v", r.PostForm)
 		}
-		w.Header().Set("Content-Type", "application/json")
-		oauthErr := func(code int, e string) {
-			w.WriteHeader(code)
-			fmt.Fprintf(w, `{"error":%q,"error_description":"described %s"}`, e, e)
+		f.mu.Lock()
+		f.polls = append(f.polls, time.Now())
+		n := len(f.polls)
+		f.mu.Unlock()
+		if f.onPoll != nil {
+			f.onPoll(n)
 		}
-		switch r.URL.Path {
-		case "/device":
-			if r.PostForm.Get("scope") != "openid offline_access" {
-				t.Errorf("scope = %q", r.PostForm.Get("scope"))
-			}
-			fmt.Fprint(w, deviceAnswer)
-		case "/token":
-			if r.PostForm.Get("grant_type") != GrantType || r.PostForm.Get("device_code") != "dev-code" {
-				t.Errorf("token request form = %v", r.PostForm)
-			}
-			mu.Lock()
-			step := "token"
-			if polls < len(script) {
-				step = script[polls]
-			}
-			polls++
-			mu.Unlock()
-			switch step {
-			case "pending":
-				oauthErr(400, ErrorAuthorizationPending)
-			case "slow_down":
-				oauthErr(400, ErrorSlowDown)
-			case "denied":
-				oauthErr(400, ErrorAccessDenied)
-			case "expired":
-				oauthErr(400, ErrorExpiredToken)
-			case "invalid_grant":
-				oauthErr(400, "invalid_grant")
-			case "503":
-				w.Header().Set("Content-Type", "text/html")
-				w.WriteHeader(503)
-				fmt.Fprint(w, "<html>busy</html>")
-			default:
-				fmt.Fprint(w, `{"access_token":"AT-secret","refresh_token":"RT-secret","token_type":"Bearer","scope":"openid offline_access","expires_in":300,"refresh_expires_in":0}`)
+		step := "token"
+		if n <= len(f.script) {
+			step = f.script[n-1]
+		}
+		switch step {
+		case "pending":
+			oauthErr(400, "authorization_pending")
+		case "slow_down":
+			oauthErr(400, "slow_down")
+		case "denied":
+			oauthErr(400, ErrorAccessDenied)
+		case "expired":
+			oauthErr(400, ErrorExpiredToken)
+		case "invalid_grant":
+			oauthErr(400, "invalid_grant")
+		case "503":
+			w.Header().Set("Content-Type", "text/html")
+			w.WriteHeader(503)
+			fmt.Fprint(w, "<html>busy body-must-not-show</html>")
+		case "drop": // the connection breaks: no answer at all
+			conn, _, err := w.(http.Hijacker).Hijack()
+			if err == nil {
+				conn.Close()
 			}
 		default:
-			http.NotFound(w, r)
+			fmt.Fprint(w, `{"access_token":"AT-secret","refresh_token":"RT-secret","token_type":"Bearer","scope":"openid offline_access","expires_in":300,"refresh_expires_in":0}`)
 		}
-	}))
-	t.Cleanup(srv.Close)
-	return srv, &polls
-}
-
-const goodDevice = `{"device_code":"dev-code","user_code":"ABCD-EFGH","verification_uri":"https://kc.example/realms/r/device","verification_uri_complete":"https://kc.example/realms/r/device?user_code=ABCD-EFGH","expires_in":600,"interval":2}`
-
-func client(srv *httptest.Server, clk *fakeClock) *Client {
-	return &Client{
-		HTTP: srv.Client(), DeviceAuthorizationURL: srv.URL + "/device", TokenURL: srv.URL + "/token",
-		ClientID: "cli", ClientSecret: secret, Now: clk.Now, Sleep: clk.Sleep,
+	default:
+		http.NotFound(w, r)
 	}
 }
 
-func run(t *testing.T, deviceAnswer string, script ...string) (*Token, error, *fakeClock, int) {
-	t.Helper()
-	srv, polls := server(t, deviceAnswer, script...)
-	clk := &fakeClock{now: time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)}
-	c := client(srv, clk)
-	a, err := c.Authorize(context.Background(), []string{"openid", "offline_access"})
+// checkClientAuth: a confidential client authenticates at both endpoints, in the form body.
+func (f *fakeServer) checkClientAuth(r *http.Request) {
+	form := r.PostForm
+	if form.Get("client_id") != "cli" {
+		f.t.Errorf("%s: client_id = %q", r.URL.Path, form.Get("client_id"))
+	}
+	if f.assertion {
+		if form.Has("client_secret") || form.Get("client_assertion") != assertion ||
+			form.Get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
+			f.t.Errorf("%s: client assertion in the form = %v", r.URL.Path, form)
+		}
+		return
+	}
+	if form.Get("client_secret") != secret || form.Has("client_assertion") {
+		f.t.Errorf("%s: client secret in the form = %v", r.URL.Path, form)
+	}
+}
+
+// gaps are the times between the device authorization's answer (start) and each poll.
+func (f *fakeServer) gaps(start time.Time) []time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []time.Duration
+	prev := start
+	for _, p := range f.polls {
+		out = append(out, p.Sub(prev))
+		prev = p
+	}
+	return out
+}
+
+func (f *fakeServer) client() *Client {
+	c := &Client{HTTP: f.srv.Client(), DeviceAuthorizationURL: f.srv.URL + "/device", TokenURL: f.srv.URL + "/token", ClientID: "cli"}
+	if f.assertion {
+		c.ClientAssertion = assertion
+	} else {
+		c.ClientSecret = secret
+	}
+	return c
+}
+
+const goodDevice = `{"device_code":"dev-code","user_code":"ABCD-EFGH","verification_uri":"https://kc.example/realms/r/device","verification_uri_complete":"https://kc.example/realms/r/device?user_code=ABCD-EFGH","expires_in":600,"interval":1}`
+
+// run authorizes and polls; it returns the token, the error and the waits before each poll.
+func (f *fakeServer) run(ctx context.Context) (*Token, error, []time.Duration) {
+	f.t.Helper()
+	c := f.client()
+	a, err := c.Authorize(ctx, []string{"openid", "offline_access"})
 	if err != nil {
-		t.Fatal(err)
+		f.t.Fatal(err)
 	}
-	tok, err := c.Poll(context.Background(), a)
-	return tok, err, clk, *polls
+	start := time.Now()
+	tok, err := c.Poll(ctx, a)
+	return tok, err, f.gaps(start)
+}
+
+// within: each wait is at least want[i] and not much longer (the ticker is real time).
+func within(t *testing.T, got []time.Duration, want ...time.Duration) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%d polls (waits %v), want %d", len(got), got, len(want))
+	}
+	for i := range want {
+		if got[i] < want[i]-50*time.Millisecond || got[i] > want[i]+900*time.Millisecond {
+			t.Errorf("wait before poll %d: %s, want %s (all: %v)", i+1, got[i].Round(time.Millisecond), want[i], got)
+		}
+	}
 }
 
 func TestPollHonoursIntervalAndSlowDown(t *testing.T) {
-	tok, err, clk, polls := run(t, goodDevice, "pending", "slow_down", "pending", "slow_down", "token")
+	t.Parallel()
+	tok, err, gaps := newServer(t, goodDevice, "pending", "slow_down", "token").run(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tok.RefreshToken != "RT-secret" || tok.ExpiresIn != 300*time.Second {
+	if tok.AccessToken != "AT-secret" || tok.RefreshToken != "RT-secret" || tok.ExpiresIn != 300*time.Second || tok.Scope != "openid offline_access" {
 		t.Errorf("token = %v", tok)
 	}
-	// interval 2 s; each slow_down adds 5 s for all later polls.
-	want := []time.Duration{2 * time.Second, 2 * time.Second, 7 * time.Second, 7 * time.Second, 12 * time.Second}
-	if fmt.Sprint(clk.slept) != fmt.Sprint(want) || polls != 5 {
-		t.Errorf("waits %v (polls %d), want %v", clk.slept, polls, want)
-	}
+	// interval 1 s; a slow_down adds 5 s.
+	within(t, gaps, time.Second, time.Second, 6*time.Second)
 }
 
+// A 5xx or a broken connection does not end the login: the interval doubles and polling goes on.
 func TestPollBacksOffWhenTheServerFails(t *testing.T) {
-	_, err, clk, _ := run(t, goodDevice, "503", "503", "pending", "token")
+	t.Parallel()
+	_, err, gaps := newServer(t, goodDevice, "503", "drop", "token").run(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []time.Duration{2 * time.Second, 4 * time.Second, 8 * time.Second, 8 * time.Second}
-	if fmt.Sprint(clk.slept) != fmt.Sprint(want) {
-		t.Errorf("waits %v, want %v", clk.slept, want)
-	}
+	within(t, gaps, time.Second, 2*time.Second, 4*time.Second)
 }
 
 func TestPollOutcomes(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name   string
 		script []string
@@ -167,47 +216,73 @@ func TestPollOutcomes(t *testing.T) {
 		{"other error", []string{"invalid_grant"}, "invalid_grant"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tok, err, _, _ := run(t, goodDevice, tc.script...)
+			t.Parallel()
+			tok, err, _ := newServer(t, goodDevice, tc.script...).run(context.Background())
 			if tok != nil || CodeOf(err) != tc.code {
 				t.Fatalf("got %v, %v; want code %s", tok, err, tc.code)
 			}
-			if !strings.Contains(err.Error(), "described") && tc.code != ErrorExpiredToken {
-				t.Errorf("the server's description is missing: %v", err)
+			if !strings.Contains(err.Error(), "described "+tc.code) || !strings.Contains(err.Error(), "HTTP 400") {
+				t.Errorf("the server's status or description is missing: %v", err)
 			}
 		})
 	}
 }
 
 // The code's lifetime runs out while the server still says pending: Poll stops by itself, and an
-// invalid_grant after expiry (Keycloak forgets expired codes) is reported as expired.
+// invalid_grant just before the expiry (Keycloak forgets expired codes) is reported as expired.
 func TestPollStopsWhenTheCodeExpires(t *testing.T) {
-	short := strings.Replace(goodDevice, `"expires_in":600`, `"expires_in":5`, 1)
-	script := []string{"pending", "pending", "pending", "pending", "pending", "pending"}
-	_, err, clk, polls := run(t, short, script...)
-	if CodeOf(err) != ErrorExpiredToken {
-		t.Fatalf("err = %v", err)
-	}
-	if polls > 3 {
-		t.Errorf("polled %d times after the code expired (waits %v)", polls, clk.slept)
-	}
-	_, err, _, _ = run(t, short, "pending", "pending", "invalid_grant")
-	if CodeOf(err) != ErrorExpiredToken || !strings.Contains(err.Error(), "expired") {
-		t.Fatalf("invalid_grant after expiry: %v", err)
-	}
+	t.Parallel()
+	short := strings.Replace(goodDevice, `"expires_in":600`, `"expires_in":2`, 1)
+	t.Run("pending", func(t *testing.T) {
+		t.Parallel()
+		start := time.Now()
+		_, err, gaps := newServer(t, short, "pending", "pending", "pending", "pending").run(context.Background())
+		if CodeOf(err) != ErrorExpiredToken || !strings.Contains(err.Error(), "the code expired before the login was completed") {
+			t.Fatalf("err = %v", err)
+		}
+		if len(gaps) > 2 || time.Since(start) > 3*time.Second {
+			t.Errorf("polled %d times over %s after a 2 s code", len(gaps), time.Since(start))
+		}
+	})
+	t.Run("server failing", func(t *testing.T) {
+		t.Parallel()
+		_, err, _ := newServer(t, short, "503", "503", "503").run(context.Background())
+		if CodeOf(err) != ErrorExpiredToken || !strings.Contains(err.Error(), "(the last poll failed: token endpoint answered HTTP 503)") {
+			t.Fatalf("a server failing until the code expired: %v", err)
+		}
+	})
+	t.Run("invalid_grant", func(t *testing.T) {
+		t.Parallel()
+		_, err, _ := newServer(t, short, "invalid_grant").run(context.Background())
+		if CodeOf(err) != ErrorExpiredToken || !strings.Contains(err.Error(), "described invalid_grant") {
+			t.Fatalf("invalid_grant at the expiry: %v", err)
+		}
+	})
 }
 
 func TestPollStopsWhenCancelled(t *testing.T) {
-	srv, _ := server(t, goodDevice, "pending", "pending", "pending", "pending")
-	clk := &fakeClock{now: time.Now()}
+	t.Parallel()
+	f := newServer(t, goodDevice, "pending", "pending", "pending", "pending")
 	ctx, cancel := context.WithCancel(context.Background())
-	clk.cancel, clk.cancAt = cancel, 2
-	c := client(srv, clk)
-	a, err := c.Authorize(ctx, []string{"openid", "offline_access"})
-	if err != nil {
-		t.Fatal(err)
+	defer cancel()
+	f.onPoll = func(n int) {
+		if n == 2 {
+			cancel()
+		}
 	}
-	if _, err := c.Poll(ctx, a); err != context.Canceled {
-		t.Fatalf("err = %v", err)
+	if _, err, gaps := f.run(ctx); err != context.Canceled || len(gaps) != 2 {
+		t.Fatalf("err = %v after %d polls", err, len(gaps))
+	}
+}
+
+// A client with federated client authentication sends its assertion at both endpoints, and no
+// secret.
+func TestClientAssertion(t *testing.T) {
+	t.Parallel()
+	f := newServer(t, goodDevice, "token")
+	f.assertion = true
+	if tok, err, _ := f.run(context.Background()); err != nil || tok.RefreshToken != "RT-secret" {
+		t.Fatalf("%v %v", tok, err)
 	}
 }
 
@@ -219,27 +294,31 @@ func TestAuthorizeRejectsUnusableAnswers(t *testing.T) {
 		"escape in complete":   `{"device_code":"d","user_code":"A","verification_uri":"https://x/d","verification_uri_complete":"https://x/d?\u001b]0;","expires_in":600}`,
 		"no expiry":            `{"device_code":"d","user_code":"A","verification_uri":"https://x/d"}`,
 		"not an object":        `[1,2]`,
+		"not JSON":             `<html>hello</html>`,
 		"negative expires_in":  `{"device_code":"d","user_code":"A","verification_uri":"https://x/d","expires_in":-1}`,
 		"absurd interval type": `{"device_code":"d","user_code":"A","verification_uri":"https://x/d","expires_in":600,"interval":"x"}`,
 	} {
 		t.Run(name, func(t *testing.T) {
-			srv, _ := server(t, answer)
-			_, err := client(srv, &fakeClock{now: time.Now()}).Authorize(context.Background(), []string{"openid", "offline_access"})
+			f := newServer(t, answer)
+			_, err := f.client().Authorize(context.Background(), []string{"openid", "offline_access"})
 			if err == nil {
 				t.Fatal("accepted")
+			}
+			if strings.Contains(err.Error(), `"d"`) || strings.Contains(err.Error(), "hello") {
+				t.Errorf("the error quotes the answer: %v", err)
 			}
 		})
 	}
 }
 
 func TestAuthorizeDefaultsTheInterval(t *testing.T) {
-	srv, _ := server(t, `{"device_code":"dev-code-xyz","user_code":"A","verification_uri":"https://x/d","expires_in":600}`)
-	a, err := client(srv, &fakeClock{now: time.Now()}).Authorize(context.Background(), []string{"openid", "offline_access"})
+	f := newServer(t, `{"device_code":"dev-code-xyz","user_code":"A","verification_uri":"https://x/d","expires_in":600}`)
+	a, err := f.client().Authorize(context.Background(), []string{"openid", "offline_access"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.Interval != 5*time.Second {
-		t.Errorf("interval = %s", a.Interval)
+	if a.Interval != 5*time.Second || time.Until(a.ExpiresAt) < 590*time.Second {
+		t.Errorf("interval = %s, expires in %s", a.Interval, time.Until(a.ExpiresAt))
 	}
 	if strings.Contains(fmt.Sprintf("%v %s %+v", a, a, a), "dev-code-xyz") {
 		t.Errorf("String shows the device code: %s", a)
@@ -257,6 +336,35 @@ func TestOAuthErrorOfTheDeviceEndpoint(t *testing.T) {
 	_, err := c.Authorize(context.Background(), nil)
 	if CodeOf(err) != "invalid_client" || !strings.Contains(err.Error(), "HTTP 401") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// Errors without an OAuth code say what happened without quoting the body; a missing endpoint
+// (404) hints at the URL or realm; no answer at all names the transport's failure.
+func TestErrorsWithoutAnOAuthCode(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/missing" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(502)
+		fmt.Fprint(w, "<html>proxy body-must-not-show</html>")
+	}))
+	defer srv.Close()
+	for path, want := range map[string]string{
+		"/missing": "device authorization endpoint answered HTTP 404: not found (wrong URL or realm?)",
+		"/bad":     "device authorization endpoint answered HTTP 502",
+	} {
+		c := &Client{HTTP: srv.Client(), DeviceAuthorizationURL: srv.URL + path, ClientID: "cli", ClientSecret: secret}
+		_, err := c.Authorize(context.Background(), nil)
+		if err == nil || err.Error() != want {
+			t.Errorf("%s: %v, want %q", path, err, want)
+		}
+	}
+	c := &Client{DeviceAuthorizationURL: "http://127.0.0.1:1/device", ClientID: "cli", ClientSecret: secret}
+	if _, err := c.Authorize(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("unreachable: %v", err)
 	}
 }
 
