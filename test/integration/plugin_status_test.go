@@ -96,6 +96,7 @@ func inspectJSON(t *testing.T, args ...string) (statusReport, string) {
 }
 
 func TestPluginStatus(t *testing.T) {
+	t.Parallel()
 	ns := newNamespace(t)
 	createClientSecret(t, ns, "platform-client", clientSecret)
 	create(t, &authv1alpha1.KeycloakIssuer{
@@ -267,6 +268,7 @@ func jsonString(v any) string {
 // The binary itself, without any kubeconfig (HOME without ~/.kube/config, KUBECONFIG unset):
 // where it looked and how to name one, not client-go's KUBERNETES_MASTER hint.
 func TestPluginWithoutKubeconfig(t *testing.T) {
+	t.Parallel()
 	home := t.TempDir()
 	cmd := exec.Command(pluginBinary(t), "list")
 	for _, e := range os.Environ() {

@@ -287,6 +287,7 @@ func TestClientAssertion(t *testing.T) {
 }
 
 func TestAuthorizeRejectsUnusableAnswers(t *testing.T) {
+	t.Parallel()
 	for name, answer := range map[string]string{
 		"no device code":       `{"user_code":"A","verification_uri":"https://x/d","expires_in":600}`,
 		"javascript URI":       `{"device_code":"d","user_code":"A","verification_uri":"javascript:alert(1)","expires_in":600}`,
@@ -312,6 +313,7 @@ func TestAuthorizeRejectsUnusableAnswers(t *testing.T) {
 }
 
 func TestAuthorizeDefaultsTheInterval(t *testing.T) {
+	t.Parallel()
 	f := newServer(t, `{"device_code":"dev-code-xyz","user_code":"A","verification_uri":"https://x/d","expires_in":600}`)
 	a, err := f.client().Authorize(context.Background(), []string{"openid", "offline_access"})
 	if err != nil {
@@ -326,6 +328,7 @@ func TestAuthorizeDefaultsTheInterval(t *testing.T) {
 }
 
 func TestOAuthErrorOfTheDeviceEndpoint(t *testing.T) {
+	t.Parallel()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json; charset=utf-8")
 		w.WriteHeader(401)
@@ -342,6 +345,7 @@ func TestOAuthErrorOfTheDeviceEndpoint(t *testing.T) {
 // Errors without an OAuth code say what happened without quoting the body; a missing endpoint
 // (404) hints at the URL or realm; no answer at all names the transport's failure.
 func TestErrorsWithoutAnOAuthCode(t *testing.T) {
+	t.Parallel()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/missing" {
 			http.NotFound(w, r)
@@ -369,6 +373,7 @@ func TestErrorsWithoutAnOAuthCode(t *testing.T) {
 }
 
 func TestTokenStringHidesSecrets(t *testing.T) {
+	t.Parallel()
 	tok := &Token{AccessToken: "AT-secret", RefreshToken: "RT-secret", Scope: "openid"}
 	for _, s := range []string{fmt.Sprint(tok), fmt.Sprintf("%v %+v %#v %s", tok, tok, tok, tok)} {
 		if strings.Contains(s, "secret") {
