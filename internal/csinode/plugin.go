@@ -74,7 +74,9 @@ func Run(ctx context.Context, cfg *rest.Config, o Options, log logr.Logger) erro
 		d.Start(ctx)
 		errs := make(chan error, 2)
 		go func() { errs <- d.ServeCSI(ctx, csiSocket, o.Version) }()
-		go func() { errs <- ServeRegistration(ctx, regSocket, o.DriverName, csiSocket, log.WithName("registration")) }()
+		go func() {
+			errs <- ServeRegistration(ctx, regSocket, o.DriverName, csiSocket, log.WithName("registration"))
+		}()
 		close(serving)
 		log.Info("Serving", "driver", o.DriverName, "csiSocket", csiSocket, "registrationSocket", regSocket, "volumes", d.count())
 		select {
