@@ -49,9 +49,10 @@ func (d *Driver) publish(ctx context.Context, id, targetPath string, volCtx, sec
 		return err
 	}
 	metrics.CSIIssuance(spec.Issuer(), pod.Namespace, "mount")
-	metrics.CSIPublished(spec.Issuer(), pod.Namespace, d.clock.Since(start))
-	d.log.Info("Published a token", "pod", pod.Namespace+"/"+pod.Name, "volume", id, "issuer", spec.Issuer(), "client", rec.ClientID,
-		"token", fingerprint(rec.AccessToken), "answeredAt", answered, "expires", rec.ExpiresAt, "renewAt", v.next)
+	took := d.clock.Since(start)
+	metrics.CSIPublished(spec.Issuer(), pod.Namespace, took)
+	d.log.Info("Published a token", "pod", pod.Namespace+"/"+pod.Name, "volume", id, "issuer", spec.Issuer(), "client", rec.ClientID, "subject", pod.Subject(), "took", took.String(),
+		"token", fingerprint(rec.AccessToken), "answeredAt", answered.UTC().Format(time.RFC3339Nano), "expires", rec.ExpiresAt, "renewAt", v.next)
 	go d.observe() // it takes every volume's lock, maybe the one held here
 	return nil
 }

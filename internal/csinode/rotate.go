@@ -69,7 +69,7 @@ func (d *Driver) renew(ctx context.Context, v *volume, kind string) error {
 	}
 	metrics.CSIIssuance(issuer, ns, kind)
 	d.log.Info("Rotated a token", "pod", rec.Pod.Namespace+"/"+rec.Pod.Name, "volume", rec.VolumeID, "token", fingerprint(rec.AccessToken),
-		"answeredAt", answered, "expires", rec.ExpiresAt, "renewAt", v.next)
+		"answeredAt", answered.UTC().Format(time.RFC3339Nano), "expires", rec.ExpiresAt, "renewAt", v.next)
 	go d.observe() // it takes every volume's lock, maybe the one held here
 	return nil
 }
