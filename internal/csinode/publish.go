@@ -48,6 +48,10 @@ func (d *Driver) publish(ctx context.Context, id, targetPath string, volCtx, sec
 		d.log.Info("Mount refused", "pod", pod.Namespace+"/"+pod.Name, "volume", id, "issuer", spec.Issuer(), "reason", err.Error())
 		return err
 	}
+	// A call that waited on v.mu behind a failed one finds v removed from the map: put it back.
+	d.mu.Lock()
+	d.vols[id] = v
+	d.mu.Unlock()
 	metrics.CSIIssuance(spec.Issuer(), pod.Namespace, "mount")
 	took := d.clock.Since(start)
 	metrics.CSIPublished(spec.Issuer(), pod.Namespace, took)

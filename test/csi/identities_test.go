@@ -3,9 +3,17 @@ package csi
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/csinode"
 )
 
 // claimsScript prints the token's claims that say whose it is (never the token), then waits.
@@ -96,6 +104,7 @@ func testIdentities(t *testing.T) {
 	if !sawNobody {
 		t.Error("Keycloak's events do not show the refused request of the pod without a client: the check for no request proves nothing")
 	}
+	testMissingAudience(t)
 	for _, p := range [][2]string{{nobody.Namespace, nobody.Name}, {deniedNS, denied.Name}} {
 		_ = deletePod(p[0], p[1])
 	}
@@ -120,4 +129,50 @@ func firstEvent(ns, name, reason string) string {
 		}
 	}
 	return ""
+}
+
+// testMissingAudience: an issuer of another realm, whose issuer URL the CSIDriver does not
+// request tokens for: the mount fails naming the audience to add; once `helm upgrade` adds it, the
+// kubelet's next retry carries the pod's token for it (here Keycloak then refuses it: the realm
+// has no client bound to the ServiceAccount, which proves the token got there).
+func testMissingAudience(t *testing.T) {
+	ctx := context.Background()
+	other := &authv1alpha1.ClusterKeycloakIssuer{
+		ObjectMeta: metav1.ObjectMeta{Name: "other-realm"},
+		Spec: authv1alpha1.ClusterKeycloakIssuerSpec{
+			KeycloakIssuerSpec: authv1alpha1.KeycloakIssuerSpec{URL: kcURL, Realm: "master",
+				ClientAuth: authv1alpha1.IssuerClientAuth{ServiceAccount: &authv1alpha1.ServiceAccountAuth{Name: "unused"}}},
+			AllowInsecureHTTP: true,
+		},
+	}
+	if err := k8s.Create(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, 250*time.Millisecond, "issuer other-realm Ready", func() (bool, string) {
+		cur := &authv1alpha1.ClusterKeycloakIssuer{}
+		if err := k8s.Get(ctx, client.ObjectKey{Name: other.Name}, cur); err != nil {
+			return false, err.Error()
+		}
+		return len(cur.Status.Conditions) > 0 && cur.Status.Conditions[0].Status == metav1.ConditionTrue, fmt.Sprint(cur.Status.Conditions)
+	})
+	p := podWith(alpha.Namespace, "other-realm", alpha.ServiceAccount, alpha.ClientID, tokenwatchImage, "/var/run/secrets/mlflow/token")
+	p.Spec.Volumes[0].CSI.VolumeAttributes[csinode.AttrIssuerRef] = authv1alpha1.KindClusterKeycloakIssuer + "/" + other.Name
+	createPod(t, p)
+	audience := kcURL + "/realms/master"
+	eventually(t, 2*time.Minute, 500*time.Millisecond, "the mount failure naming the missing audience", func() (bool, string) {
+		ev := podEvents(p.Namespace, p.Name)
+		return strings.Contains(ev, "no service-account token for the audience "+audience), ev
+	})
+	t.Logf("audience missing: %s", firstEvent(p.Namespace, p.Name, "FailedMount"))
+	start := time.Now()
+	if out, err := helm("upgrade", "mto", filepath.Join(repoRoot, "charts", "mlflow-token-operator"), "--namespace", releaseNS, "--reuse-values",
+		"--set", "csiDriver.tokenAudiences={"+realmIssuer()+","+audience+"}"); err != nil {
+		t.Fatalf("helm upgrade: %v\n%s", err, out)
+	}
+	eventually(t, 3*time.Minute, 500*time.Millisecond, "the kubelet passing the new audience's token", func() (bool, string) {
+		ev := podEvents(p.Namespace, p.Name)
+		return strings.Contains(ev, "Keycloak refused "+alpha.subject()+" as client \""+alpha.ClientID+"\" of realm master"), ev
+	})
+	figures.add("a missing audience added with helm upgrade: the waiting pod's next mount attempt carried its token %.1fs later", time.Since(start).Seconds())
+	_ = deletePod(p.Namespace, p.Name)
 }
