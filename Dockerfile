@@ -13,7 +13,7 @@ COPY cmd/ cmd/
 COPY api/ api/
 COPY controllers/ controllers/
 COPY internal/ internal/
-RUN CGO_ENABLED=0 GOOS=${TARGETOS} GOARCH=${TARGETARCH} go build -trimpath -buildvcs=false -ldflags="-s -w" -o manager ./cmd
+RUN CGO_ENABLED=0 GOOS=${TARGETOS} GOARCH=${TARGETARCH} go build -trimpath -buildvcs=false -tags=grpcnotrace -ldflags="-s -w" -o manager ./cmd
 
 # Runtime: nothing but the binary. It carries Mozilla's CA roots (x509roots/fallback), so it
 # needs no /etc/ssl; the numeric USER lets the kubelet enforce runAsNonRoot without a passwd file.

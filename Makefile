@@ -72,7 +72,7 @@ run-local: ## A local node, the operator from its chart, Keycloak, a token and a
 
 .PHONY: build
 build: manifests generate ## Build the manager binary.
-	go build -o bin/manager ./cmd
+	go build -tags=grpcnotrace -o bin/manager ./cmd
 
 .PHONY: run
 run: manifests generate ## Run the controller against the cluster in ~/.kube/config.
@@ -97,7 +97,7 @@ docker-build: ## Build the container image with a Docker engine (the same image 
 
 .PHONY: docker-build-stage
 docker-build-stage: ## Run the Dockerfile's build-stage command without Docker (static binary).
-	CGO_ENABLED=0 GOOS=linux go build -trimpath -buildvcs=false -ldflags="-s -w" -o bin/manager-static ./cmd
+	CGO_ENABLED=0 GOOS=linux go build -trimpath -buildvcs=false -tags=grpcnotrace -ldflags="-s -w" -o bin/manager-static ./cmd
 
 ##@ Packaging
 

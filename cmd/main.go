@@ -23,6 +23,8 @@ func main() {
 			os.Exit(runUninstall(os.Args[2:]))
 		case "probe":
 			os.Exit(runProbe(os.Args[2:]))
+		case "csi-node":
+			os.Exit(runCSINode(os.Args[2:]))
 		}
 	}
 	o := manager.Defaults()

@@ -1,80 +1,28 @@
 package controllers
 
 import (
-	"fmt"
-	"net/url"
-	"slices"
-	"strings"
 	"time"
 
-	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
-
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/scope"
 )
 
-// Guardrails are the platform's limits on where the operator sends credentials.
-type Guardrails struct {
-	// AllowInsecureHTTP lets every resource use plain http:// Keycloak URLs (operator flag).
-	AllowInsecureHTTP bool
-	// AllowedHosts, when set, are the only Keycloak hosts the operator talks to: exact host
-	// names, or suffixes beginning with a dot (".example.com" allows every host under it).
-	AllowedHosts []string
-	// AllowedMLflowHosts, when set, are the only MLflow hosts the acceptance check sends a token
-	// to (same forms as AllowedHosts).
-	AllowedMLflowHosts []string
+// Guardrails are the platform's limits on where the operator sends credentials (internal/scope,
+// which the CSI node plugin applies too).
+type Guardrails = scope.Guardrails
+
+// checkURL refuses a Keycloak URL the platform does not allow, saying how to allow it.
+func checkURL(g Guardrails, raw string, allowHTTP bool, issuer string) *failure {
+	return refused(g.Check(raw, allowHTTP, issuer))
 }
 
-// checkMLflow refuses a tracking URI the acceptance check may not send a token to: the same
-// rules as for Keycloak (no plain HTTP unless the platform allows it for this resource, only the
-// allowed hosts), so that a tenant's tracking URI cannot make the operator send requests where the
-// platform does not want them. A refusal only skips the check; the token is issued as usual.
-func (g Guardrails) checkMLflow(raw string, allowHTTP bool) string {
-	u, err := url.Parse(raw)
-	switch {
-	case err != nil || u.Host == "":
-		return fmt.Sprintf("%q is not a URL", raw)
-	case u.Scheme == "http" && !g.AllowInsecureHTTP && !allowHTTP:
-		return fmt.Sprintf("%s is plain HTTP and the platform does not allow plain HTTP (operator flag --allow-insecure-http, or allowInsecureHTTP on a ClusterKeycloakIssuer): MLflow is not asked whether it accepts the token", raw)
-	case len(g.AllowedMLflowHosts) > 0 && !hostAllowed(u.Hostname(), g.AllowedMLflowHosts):
-		return fmt.Sprintf("the operator may only send tokens to the MLflow hosts %s (flag --allowed-mlflow-hosts); %s is not one of them: MLflow is not asked whether it accepts the token",
-			strings.Join(g.AllowedMLflowHosts, ", "), u.Hostname())
+// refused turns a rule's refusal into a failure (nil stays nil).
+func refused(r *scope.Refusal) *failure {
+	if r == nil {
+		return nil
 	}
-	return ""
-}
-
-// check refuses a URL the platform does not allow, saying how to allow it.
-func (g Guardrails) check(raw string, allowHTTP bool, issuer string) *failure {
-	u, err := url.Parse(raw)
-	if err != nil || u.Host == "" {
-		return &failure{Reason: authv1alpha1.ReasonURLNotAllowed, Message: fmt.Sprintf("%q is not a URL", raw)}
-	}
-	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		return &failure{Reason: authv1alpha1.ReasonURLNotAllowed, Message: "the Keycloak URL must not carry credentials, a query or a fragment"}
-	}
-	if u.Scheme == "http" && !g.AllowInsecureHTTP && !allowHTTP {
-		how := "use https://, or ask the platform team to allow plain HTTP (operator flag --allow-insecure-http, or a ClusterKeycloakIssuer with allowInsecureHTTP: true)"
-		if issuer != "" {
-			how = "use https:// in " + issuer + ", or allow plain HTTP (operator flag --allow-insecure-http, or allowInsecureHTTP: true on a ClusterKeycloakIssuer)"
-		}
-		return &failure{Reason: authv1alpha1.ReasonInsecureURL, Message: fmt.Sprintf(
-			"%s is plain HTTP: the client's credentials and the tokens would cross the network in clear text; %s", raw, how)}
-	}
-	if len(g.AllowedHosts) > 0 && !hostAllowed(u.Hostname(), g.AllowedHosts) {
-		return &failure{Reason: authv1alpha1.ReasonHostNotAllowed, Message: fmt.Sprintf(
-			"the operator may only talk to the Keycloak hosts %s (flag --allowed-keycloak-hosts); %s is not one of them", strings.Join(g.AllowedHosts, ", "), u.Hostname())}
-	}
-	return nil
-}
-
-func hostAllowed(host string, allowed []string) bool {
-	host = strings.ToLower(strings.TrimSuffix(host, "."))
-	return slices.ContainsFunc(allowed, func(a string) bool {
-		a = strings.ToLower(strings.TrimSuffix(a, "."))
-		if strings.HasPrefix(a, ".") {
-			return strings.HasSuffix(host, a)
-		}
-		return host == a
-	})
+	return &failure{Reason: r.Reason, Message: r.Message}
 }
 
 // noteCredentialChange records that a watched Secret or ConfigMap an issuer references changed.

@@ -3,7 +3,6 @@ package controllers
 import (
 	"cmp"
 	"context"
-	"crypto/x509"
 	"slices"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/scope"
 )
 
 // This file reads what the user gives the operator: the Keycloak endpoint and CA, the client's
@@ -103,8 +103,8 @@ func readCABundle(ctx context.Context, apiReader client.Reader, w Watched, c caR
 	default:
 		return nil, nil
 	}
-	if !x509.NewCertPool().AppendCertsFromPEM(pemData) {
-		return nil, &failure{Reason: authv1alpha1.ReasonInvalidCABundle, Message: "the CA bundle (" + c.field + ") holds no PEM certificate"}
+	if f := refused(scope.CABundle(pemData, c.field)); f != nil {
+		return nil, f
 	}
 	return pemData, nil
 }

@@ -171,7 +171,7 @@ var issuerStalledReasons = map[string]bool{
 
 // check runs the issuer's checks and returns the realm's issuer.
 func (r *IssuerReconciler) check(ctx context.Context, spec authv1alpha1.KeycloakIssuerSpec, credsNS string, allowHTTP bool, desc string) (string, *failure) {
-	if f := r.Guardrails.check(spec.URL, allowHTTP, desc); f != nil {
+	if f := checkURL(r.Guardrails, spec.URL, allowHTTP, desc); f != nil {
 		return "", f
 	}
 	ep := keycloak.Endpoint{URL: spec.URL, Realm: spec.Realm}

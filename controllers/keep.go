@@ -87,7 +87,7 @@ func (r *MLflowAccessTokenReconciler) kitAccess(kit *tokensecret.Kit) (a access,
 	if kit == nil {
 		return access{}, false, nil
 	}
-	if f := r.Guardrails.check(kit.URL, kit.AllowHTTP, ""); f != nil {
+	if f := checkURL(r.Guardrails, kit.URL, kit.AllowHTTP, ""); f != nil {
 		return access{}, false, f
 	}
 	a = access{Endpoint: keycloak.Endpoint{URL: kit.URL, Realm: kit.Realm, CABundle: kit.CABundle}, Auth: keycloak.ClientAuth{ClientID: kit.ClientID}}

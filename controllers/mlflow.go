@@ -83,7 +83,7 @@ func tokenID(obj *authv1alpha1.MLflowAccessToken) string {
 // uri is the tracking URI (trackingURI); ca is the CA bundle the resource gives for Keycloak,
 // trusted for MLflow too, on top of the system's roots: a private PKI usually signs both.
 func (r *MLflowAccessTokenReconciler) checkMLflow(obj *authv1alpha1.MLflowAccessToken, why policy.Why, accessToken, uri string, allowHTTP bool, ca []byte) {
-	if uri == "" || r.MLflow == nil || accessToken == "" || r.Guardrails.checkMLflow(uri, allowHTTP) != "" {
+	if uri == "" || r.MLflow == nil || accessToken == "" || r.Guardrails.CheckMLflow(uri, allowHTTP) != "" {
 		return
 	}
 	if why == policy.Due {
@@ -104,7 +104,7 @@ func (r *MLflowAccessTokenReconciler) reportMLflow(ctx context.Context, obj *aut
 		meta.RemoveStatusCondition(&obj.Status.Conditions, authv1alpha1.ConditionMLflowAccepted)
 		return
 	}
-	if msg := r.Guardrails.checkMLflow(uri, allowHTTP); msg != "" {
+	if msg := r.Guardrails.CheckMLflow(uri, allowHTTP); msg != "" {
 		setMLflowCondition(obj, metav1.ConditionUnknown, authv1alpha1.ReasonMLflowCheckNotAllowed, msg)
 		return
 	}

@@ -11,7 +11,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
@@ -19,6 +18,7 @@ import (
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/keycloak"
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/scope"
 )
 
 // target is where and as whom a resource's tokens are obtained: resolved from its inline
@@ -72,7 +72,7 @@ func (r *MLflowAccessTokenReconciler) resolveTarget(ctx context.Context, obj *au
 	if f != nil {
 		return nil, f
 	}
-	if f := r.Guardrails.check(t.Endpoint.URL, t.allowHTTP, t.issuer); f != nil {
+	if f := checkURL(r.Guardrails, t.Endpoint.URL, t.allowHTTP, t.issuer); f != nil {
 		return nil, f
 	}
 	return t, nil
@@ -122,8 +122,7 @@ func (r *MLflowAccessTokenReconciler) issuerTarget(ctx context.Context, obj *aut
 			return nil, f
 		}
 		if !ok {
-			return nil, &failure{Reason: authv1alpha1.ReasonIssuerNotAllowed, Message: fmt.Sprintf(
-				"%s does not admit namespace %s (its namespaceSelector); ask the platform team, or use another issuer", desc, obj.Namespace)}
+			return nil, refused(scope.NotAdmitted(desc, obj.Namespace))
 		}
 		spec, status, credsNS, allowHTTP = iss.Spec.KeycloakIssuerSpec, iss.Status, r.ClusterResourceNamespace, iss.Spec.AllowInsecureHTTP
 	default:
@@ -134,12 +133,8 @@ func (r *MLflowAccessTokenReconciler) issuerTarget(ctx context.Context, obj *aut
 		}
 		spec, status, credsNS = iss.Spec, iss.Status, obj.Namespace
 	}
-	ready := meta.FindStatusCondition(status.Conditions, authv1alpha1.ConditionReady)
-	switch {
-	case ready == nil:
-		return nil, &failure{Reason: authv1alpha1.ReasonIssuerNotReady, Message: desc + " has not been checked yet"}
-	case ready.Status != metav1.ConditionTrue:
-		return nil, &failure{Reason: authv1alpha1.ReasonIssuerNotReady, Message: fmt.Sprintf("%s is not ready (%s): %s", desc, ready.Reason, ready.Message)}
+	if f := refused(scope.Ready(status, desc)); f != nil {
+		return nil, f
 	}
 
 	t := &target{Endpoint: keycloak.Endpoint{URL: spec.URL, Realm: spec.Realm}, ClientID: cmp.Or(obj.Spec.ClientID, spec.ClientAuth.ClientID),
@@ -168,14 +163,13 @@ func (r *MLflowAccessTokenReconciler) issuerTarget(ctx context.Context, obj *aut
 
 // issuerCA is where an issuer's CA bundle comes from.
 func issuerCA(spec authv1alpha1.KeycloakIssuerSpec, credsNS, desc string) caRef {
-	ca := spec.CA
-	switch {
-	case ca == nil:
+	switch src := scope.IssuerCA(spec, credsNS); {
+	case src == nil:
 		return caRef{}
-	case ca.ConfigMapRef != nil:
-		return caRef{configMap: &secretRef{types.NamespacedName{Namespace: credsNS, Name: ca.ConfigMapRef.Name}, cmp.Or(ca.ConfigMapRef.Key, "ca.crt"), ""}, field: desc + " ca.configMapRef"}
+	case src.Kind == scope.KindConfigMap:
+		return caRef{configMap: &secretRef{src.NamespacedName, src.Key, ""}, field: desc + " ca.configMapRef"}
 	default:
-		return caRef{secret: &secretRef{types.NamespacedName{Namespace: credsNS, Name: ca.SecretRef.Name}, cmp.Or(ca.SecretRef.Key, "ca.crt"), ""}, field: desc + " ca.secretRef"}
+		return caRef{secret: &secretRef{src.NamespacedName, src.Key, ""}, field: desc + " ca.secretRef"}
 	}
 }
 
@@ -197,12 +191,9 @@ func issuerGetFailure(err error, desc string) *failure {
 
 // namespaceAdmitted reports whether a cluster issuer's namespace selector admits ns.
 func (r *MLflowAccessTokenReconciler) namespaceAdmitted(ctx context.Context, ns string, sel *metav1.LabelSelector) (bool, *failure) {
-	if sel == nil {
-		return true, nil
-	}
-	s, err := metav1.LabelSelectorAsSelector(sel)
-	if err != nil {
-		return false, &failure{Reason: authv1alpha1.ReasonIssuerNotAllowed, Message: "the issuer's namespaceSelector is invalid: " + err.Error()}
+	s, rf := scope.NamespaceSelector(sel)
+	if rf != nil {
+		return false, refused(rf)
 	}
 	if s.Empty() {
 		return true, nil

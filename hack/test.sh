@@ -91,6 +91,14 @@ tier_node() {
   (cd test && go test -count=1 -timeout 20m -v ./node/ "$@") | grep -vE '^=== (RUN|PAUSE|CONT)'
   echo "==> the operator on a real node (test/cluster)"
   (cd test && go test -count=1 -timeout 30m -v ./cluster/ "$@") | grep -vE '^=== (RUN|PAUSE|CONT)'
+  # The CSI driver of per-pod tokens: the chart with csiDriver.enabled from the operator's image,
+  # Keycloak trusting the node's API server as service-account issuer, MLflow behind
+  # mlflow-oidc-auth; a training Job, identities and refusals, 100+ rotations measured,
+  # revocation, the plugin killed and taken down, the API server searched for tokens. It also
+  # needs the tokenwatch image (the readers). About 5 min.
+  echo "==> the CSI driver on a real node (test/csi)"
+  hack/images.sh tokenwatch | tail -n 1
+  (cd test && go test -count=1 -timeout 30m -v ./csi/ "$@") | grep -vE '^=== (RUN|PAUSE|CONT)'
   echo "==> image tests (hack/tools/image: its own module)"
   (cd hack/tools/image && GOWORK=off go test -count=1 -timeout 30m ./...)
 }

@@ -169,7 +169,7 @@ bootstrap only, to Keycloak. It never prints a token, refresh token, password or
 	registerConfigFlagCompletions(cmd, o)
 
 	cmd.AddCommand(newListCommand(o), newInspectCommand(o), newRenewCommand(o), newRevokeCommand(o),
-		newBootstrapCommand(o), newVersionCommand(o))
+		newBootstrapCommand(o), newVersionCommand(o), newPodsCommand(o))
 	return cmd
 }
 

@@ -529,6 +529,37 @@ func TestPrometheusAlertsFire(t *testing.T) {
 		expectAt(t, evals, end-5*minute-30, "MLflowTokenKeycloakErrors[warning] token", "MLflowTokenKeycloakSlow[info] token")
 	})
 
+	t.Run("CSI driver: expired tokens and an unregistered plugin", func(t *testing.T) {
+		start := end - hour
+		tl := newTimeline(start, end)
+		tl.addOperator(leader)
+		broken := end - 10*minute
+		pluginA, pluginB := "mto-csi-node-a", "mto-csi-node-b"
+		expired := func(ns string, from, to float64, n float64) {
+			tl.add(scrapedLabels(metrics.NameCSIExpired, pluginA, "namespace", ns, "issuer", "ClusterKeycloakIssuer/mlflow"), func(ts float64) (float64, bool) {
+				if ts >= from && ts < to {
+					return n, true
+				}
+				return 0, true
+			})
+		}
+		expired("team-a", broken, math.Inf(1), 2)          // rotations fail for good
+		expired("team-b", end-30*minute, end-29*minute, 1) // a Keycloak restart: expired for a minute, no alert
+		tl.add(scrapedLabels(metrics.NameCSIRegistered, pluginA), func(float64) (float64, bool) { return 1, true })
+		tl.add(scrapedLabels(metrics.NameCSIRegistered, pluginB), func(ts float64) (float64, bool) {
+			if ts >= broken {
+				return 0, true
+			}
+			return 1, true
+		})
+		evals := tl.evaluate(t)
+		want := []string{"MLflowTokenCSIExpiredTokens[critical] @team-a", "MLflowTokenCSIPluginNotRegistered[warning] metrics"}
+		expectAt(t, evals, end, want...)
+		expectAt(t, evals, end-29*minute)
+		expectAt(t, evals, broken+90)
+		cover(want...)
+	})
+
 	// Every alert of rules.yaml was shown to fire in some scenario.
 	for _, r := range alertRules(t) {
 		if !covered[r.Alert] {

@@ -22,7 +22,9 @@ func knownMetrics() map[string]bool {
 	m := map[string]bool{}
 	for _, n := range []string{metrics.NameExpiry, metrics.NameRenewal, metrics.NameReady, metrics.NameFailedAttempts,
 		metrics.NameKeycloakRequests, metrics.NameRevocations, metrics.NameSuperseded, chainExpiryMetric, metrics.NameMLflowAccepted,
-		metrics.NameIssuerReady, metrics.NameSATokenRequests, metrics.NamePodNudges} {
+		metrics.NameIssuerReady, metrics.NameSATokenRequests, metrics.NamePodNudges,
+		metrics.NameCSIVolumes, metrics.NameCSIExpired, metrics.NameCSIIssuances, metrics.NameCSIFailures,
+		metrics.NameCSIRevocations, metrics.NameCSINextRotation, metrics.NameCSIRegistered} {
 		m[n] = true
 	}
 	for _, h := range histogramMetrics {
@@ -35,7 +37,7 @@ func knownMetrics() map[string]bool {
 
 // histogramMetrics are the operator's histograms: Prometheus stores each as _bucket, _sum and
 // _count series.
-var histogramMetrics = []string{metrics.NameKeycloakDuration, metrics.NamePodNudgeDelay}
+var histogramMetrics = []string{metrics.NameKeycloakDuration, metrics.NamePodNudgeDelay, metrics.NameCSIDelivery, metrics.NameCSIMountDuration}
 
 // TestKnownMetricsComplete: knownMetrics lists exactly the metric names internal/metrics
 // defines, so that the dashboard check (every metric shown) and the rule checks cover a new

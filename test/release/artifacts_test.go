@@ -369,6 +369,35 @@ func checkChart(t *testing.T, r release, digest string) {
 	objs := decodeObjects(t, out)
 	checkDeployment(t, "the chart", managerDeployment(t, "the chart", objs), r, digest)
 	checkCRDs(t, "the chart", objs, true)
+	checkChartCSIDriver(t, r, digest)
+}
+
+// checkChartCSIDriver: the released chart's CSI driver (csiDriver.enabled) runs the node plugin
+// from the release's image, pinned by the same digest.
+func checkChartCSIDriver(t *testing.T, r release, digest string) {
+	cmd := exec.Command(tool(t, "helm"), "template", "mlflow-token-operator", r.path(r.chartTgz()), "--namespace", "mlflow-token-operator-system",
+		"--set", "csiDriver.enabled=true", "--set", "csiDriver.tokenAudiences={https://keycloak.example.com/realms/mlflow}")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helm template with csiDriver.enabled: %v\n%s", err, stderr.String())
+	}
+	docs := strings.Split(string(out), "\n---")
+	var ds string
+	for _, d := range docs {
+		if strings.Contains(d, "\nkind: DaemonSet\n") {
+			ds = d
+		}
+	}
+	switch {
+	case !strings.Contains(string(out), "\nkind: CSIDriver\n"):
+		t.Error("the chart with csiDriver.enabled renders no CSIDriver")
+	case ds == "":
+		t.Error("the chart with csiDriver.enabled renders no DaemonSet")
+	case !strings.Contains(ds, `image: "`+imageRepo+"@"+digest+`"`) || !strings.Contains(ds, "- csi-node\n"):
+		t.Errorf("the node plugin DaemonSet does not run `csi-node` of the release's image %s@%s:\n%s", imageRepo, digest, ds)
+	}
 }
 
 // --- the kubectl plugin --------------------------------------------------------------------------

@@ -267,7 +267,7 @@ func checkStaticGoBinary(t testing.TB, data []byte, arch string) *buildinfo.Buil
 			t.Errorf("binary for %s is not stripped (section %s): want -ldflags=-s -w", arch, s.Name)
 		}
 	}
-	for k, v := range map[string]string{"CGO_ENABLED": "0", "-trimpath": "true", "GOOS": "linux", "GOARCH": arch} {
+	for k, v := range map[string]string{"CGO_ENABLED": "0", "-trimpath": "true", "-tags": "grpcnotrace", "GOOS": "linux", "GOARCH": arch} {
 		if settings[k] != v {
 			t.Errorf("binary for %s: build setting %s = %q, want %q", arch, k, settings[k], v)
 		}
@@ -443,7 +443,7 @@ func TestOperatorImage(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, want := range []string{
-			"CGO_ENABLED=0 GOOS=${TARGETOS} GOARCH=${TARGETARCH} go build -trimpath -buildvcs=false -ldflags=\"-s -w\" -o manager ./cmd",
+			"CGO_ENABLED=0 GOOS=${TARGETOS} GOARCH=${TARGETARCH} go build -trimpath -buildvcs=false -tags=grpcnotrace -ldflags=\"-s -w\" -o manager ./cmd",
 			"\nFROM scratch\n", "\nUSER 65532:65532\n", "\nENTRYPOINT [\"/manager\"]\n",
 		} {
 			if !strings.Contains(string(df), want) {
