@@ -97,7 +97,9 @@ func run(m *testing.M) int {
 		APIServerCertDir: filepath.Join(workDir, "apiserver-certs"),
 		Kubeconfig:       kubeconfigPath,
 		Alongside: []func(context.Context) error{func(context.Context) error {
-			if out, err := exec.Command("go", "build", "-o", operatorBin, "../../cmd").CombinedOutput(); err != nil {
+			build := exec.Command("go", "build", "-o", operatorBin, "./cmd")
+			build.Dir = testenv.RepoRoot() // the operator's module, not the test module
+			if out, err := build.CombinedOutput(); err != nil {
 				return fmt.Errorf("building the operator: go build ./cmd: %v\n%s", err, out)
 			}
 			return nil

@@ -23,7 +23,6 @@ import (
 // without it the anonymous request is refused (Kubernetes binds the discovery role to service
 // accounts only).
 func TestIssuerDiscoveryIsAnonymous(t *testing.T) {
-	t.Parallel()
 	ctx := context.Background()
 	caPEM, err := os.ReadFile(servers.IssuerCAFile)
 	if err != nil {

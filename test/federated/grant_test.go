@@ -19,7 +19,6 @@ import (
 // is the realm's issuer URL is the client authentication of client federated-a, with no secret,
 // and it can be used again and again until it expires (the operator may cache it).
 func TestServiceAccountTokenAuthenticatesClient(t *testing.T) {
-	t.Parallel()
 	saTok := saToken(t, nsA, saName, 600, realmIssuer)
 	c := claims(t, saTok)
 	// What Keycloak matches on: iss (the identity provider's issuer), sub (the client's
@@ -90,7 +89,6 @@ func TestServiceAccountTokenAuthenticatesClient(t *testing.T) {
 // introspection (RFC 7662) endpoints run the same client-authentication flow as the token
 // endpoint, so the service-account token authenticates there too.
 func TestRevocationAndIntrospectionAcceptFederatedAuth(t *testing.T) {
-	t.Parallel()
 	saTok := saToken(t, nsA, saName, 600, realmIssuer)
 	a := grant(t, saTok, nil)
 	if a.Status != http.StatusOK {
@@ -128,7 +126,6 @@ func TestRevocationAndIntrospectionAcceptFederatedAuth(t *testing.T) {
 // provider disabled, authenticator not in the flow, key not found), and 400 invalid_client with
 // a precise description once the client is known and a claim is wrong.
 func TestRejections(t *testing.T) {
-	t.Parallel()
 	ctx := context.Background()
 	if err := ensureServiceAccount(ctx, nsB, "unbound"); err != nil {
 		t.Fatal(err)
@@ -174,7 +171,6 @@ func TestRejections(t *testing.T) {
 // TestIdentityProviderIssuerMustMatchExactly: the provider's issuer is compared verbatim with
 // the token's `iss`; a trailing slash (envtest's default issuer has one) is another issuer.
 func TestIdentityProviderIssuerMustMatchExactly(t *testing.T) {
-	t.Parallel()
 	ctx := context.Background()
 	saTok := saToken(t, nsA, saName, 600, realmIssuer)
 	t.Cleanup(func() { restoreIdP(t) })
@@ -193,7 +189,6 @@ func TestIdentityProviderIssuerMustMatchExactly(t *testing.T) {
 // token. Removing access means removing the client binding (or the client) in Keycloak, or
 // waiting out the token (at most 3600 s after its iat).
 func TestDeletedServiceAccountStillAccepted(t *testing.T) {
-	t.Parallel()
 	ctx := context.Background()
 	const sa = "deleted"
 	if err := ensureServiceAccount(ctx, nsA, sa); err != nil {
@@ -237,7 +232,6 @@ func TestDeletedServiceAccountStillAccepted(t *testing.T) {
 // that deleting the ServiceAccount does not: rebind the client to another subject, or disable
 // the client. Both take effect at the next request (no cache in the way).
 func TestCuttingAccess(t *testing.T) {
-	t.Parallel()
 	ctx := context.Background()
 	const sa = "cut"
 	if err := ensureServiceAccount(ctx, nsA, sa); err != nil {

@@ -1,7 +1,8 @@
 package federated
 
-// These tests stop and restart the API server (etcd keeps running): they are not parallel, so
-// that no other test runs meanwhile (Go runs the serial tests first, then the parallel ones).
+// These tests stop and restart the API server (etcd keeps running) and leave it as they found it.
+// No test of this package is parallel: several change the realm's identity provider or the
+// clients others use (measured: run side by side, four of them fail).
 
 import (
 	"context"

@@ -15,7 +15,6 @@ import (
 // provider's default for the identity provider setting fedClientAssertionMaxExp), whatever its
 // exp. So a cached service-account token is good for min(exp, iat+3600).
 func TestServiceAccountTokenLifetime(t *testing.T) {
-	t.Parallel()
 	ctx := context.Background()
 	_, err := requestSAToken(ctx, nsA, saName, 599, realmIssuer)
 	// Measured: `TokenRequest.authentication.k8s.io "" is invalid: spec.expirationSeconds:

@@ -29,7 +29,6 @@ import (
 // ServiceAccount stops the issuance at once and its return resumes it; deletion revokes, checked
 // by introspection at Keycloak.
 func TestOperatorWithoutClientSecrets(t *testing.T) {
-	t.Parallel()
 	ctx := context.Background()
 	c, err := client.New(servers.Config, client.Options{Scheme: scheme.New()})
 	if err != nil {

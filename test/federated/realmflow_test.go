@@ -15,7 +15,6 @@ import (
 // service-account token with 401, and Keycloak does not let anyone add an execution to a
 // built-in flow: the fix is a copy of the flow with the authenticator, bound to the realm.
 func TestClientAuthenticationFlow(t *testing.T) {
-	t.Parallel()
 	ctx := context.Background()
 	saTok := saToken(t, nsA, saName, 600, realmIssuer)
 

@@ -112,11 +112,11 @@ func buildImages() (imageSet, error) {
 		return imageSet{}, err
 	}
 	bin := filepath.Join(dir, "probe")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./test/node/probe")
-	cmd.Dir = repoRoot()
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./node/probe")
+	cmd.Dir = filepath.Join(repoRoot(), "test") // the test module
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return imageSet{}, fmt.Errorf("go build ./test/node/probe: %v: %s", err, out)
+		return imageSet{}, fmt.Errorf("go build ./node/probe (test module): %v: %s", err, out)
 	}
 	data, err := os.ReadFile(bin)
 	if err != nil {
