@@ -18,6 +18,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/yaml"
 )
 
@@ -705,6 +706,61 @@ func TestChartReadmeValuesTable(t *testing.T) {
 	for _, bad := range []string{"mlflowtokens ", "mlflowtokens`"} {
 		if strings.Contains(readme, bad) {
 			t.Errorf("the chart README uses %q: kubectl knows mlflowaccesstokens, mlflowtoken and mat", bad)
+		}
+	}
+}
+
+// TestChartGlobalValues: a parent chart's global.imageRegistry replaces the image's registry host
+// (or prefixes a repository without one), and global.imagePullSecrets reach every pod of the
+// chart, before its own; other global keys are accepted and ignored.
+func TestChartGlobalValues(t *testing.T) {
+	cases := []struct{ values, image string }{
+		{`global: {imageRegistry: mirror.example.com, imagePullSecrets: [{name: parent}], other: 1}
+imagePullSecrets: [{name: own}]
+csiDriver: {enabled: true, tokenAudiences: ["https://kc.example.com/realms/mlflow"]}`, "mirror.example.com/mlflow-token-operator/mlflow-token-operator:"},
+		{`global: {imageRegistry: "mirror.example.com:5000/"}
+image: {repository: team/operator, tag: v9}`, "mirror.example.com:5000/team/operator:v9"},
+		{`global: {}`, "ghcr.io/mlflow-token-operator/mlflow-token-operator:"},
+	}
+	for i, c := range cases {
+		objs := helmTemplate(t, "x", "g", c.values)
+		var pods []corev1.PodSpec
+		for _, kind := range []string{"Deployment", "DaemonSet", "Job", "Pod"} {
+			for _, o := range find(objs, kind) {
+				spec, found, err := unstructured.NestedMap(o.Object, "spec", "template", "spec")
+				if !found {
+					spec, found, err = unstructured.NestedMap(o.Object, "spec")
+				}
+				if err != nil || !found {
+					t.Fatalf("%s %s: no pod spec (%v)", kind, o.GetName(), err)
+				}
+				var ps corev1.PodSpec
+				if err := runtime.DefaultUnstructuredConverter.FromUnstructured(spec, &ps); err != nil {
+					t.Fatal(err)
+				}
+				pods = append(pods, ps)
+			}
+		}
+		if len(pods) < 2 {
+			t.Fatalf("case %d: %d pod specs rendered", i, len(pods))
+		}
+		for _, ps := range pods {
+			for _, ctr := range ps.Containers {
+				if strings.Contains(ctr.Image, "mlflow-token-operator") || strings.Contains(ctr.Image, "operator") {
+					if !strings.HasPrefix(ctr.Image, c.image) {
+						t.Errorf("case %d: container %s runs %s, want %s…", i, ctr.Name, ctr.Image, c.image)
+					}
+				}
+			}
+			if i == 0 {
+				var names []string
+				for _, s := range ps.ImagePullSecrets {
+					names = append(names, s.Name)
+				}
+				if strings.Join(names, ",") != "parent,own" {
+					t.Errorf("pull secrets %v, want parent,own", names)
+				}
+			}
 		}
 	}
 }

@@ -65,13 +65,35 @@ test/packaging fails when the copy is stale.
 {{- toYaml $rules }}
 {{- end }}
 
-{{/* The operator image: pinned by digest when one is given, else by tag (default: appVersion). */}}
+{{/*
+The operator image: pinned by digest when one is given, else by tag (default: appVersion).
+global.imageRegistry (a parent chart's mirror) replaces the repository's registry host, or is put
+in front of a repository without one.
+*/}}
 {{- define "mto.image" -}}
-{{- if .Values.image.digest -}}
-{{ .Values.image.repository }}@{{ .Values.image.digest }}
+{{- $repo := .Values.image.repository -}}
+{{- with (.Values.global | default dict).imageRegistry -}}
+{{- $first := regexFind "^[^/]+" $repo -}}
+{{- if and (contains "/" $repo) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) -}}
+{{- $repo = printf "%s%s" (trimSuffix "/" .) (trimPrefix $first $repo) -}}
 {{- else -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- $repo = printf "%s/%s" (trimSuffix "/" .) $repo -}}
 {{- end -}}
+{{- end -}}
+{{- if .Values.image.digest -}}
+{{ $repo }}@{{ .Values.image.digest }}
+{{- else -}}
+{{ $repo }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- end }}
+
+{{/* Pull secrets of every pod of the chart: global.imagePullSecrets, then imagePullSecrets. */}}
+{{- define "mto.imagePullSecrets" -}}
+{{- $all := concat ((.Values.global | default dict).imagePullSecrets | default list) (.Values.imagePullSecrets | default list) | uniq -}}
+{{- with $all }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
 
 {{/* Name of the metrics Service. */}}
@@ -92,10 +114,7 @@ Scheduling and security of the chart's short-lived pods (uninstall hook, helm te
 operator's, so that they run wherever the operator may.
 */}}
 {{- define "mto.auxPodSpec" -}}
-{{- with .Values.imagePullSecrets }}
-imagePullSecrets:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
+{{- include "mto.imagePullSecrets" . }}
 {{- with .Values.priorityClassName }}
 priorityClassName: {{ . }}
 {{- end }}
