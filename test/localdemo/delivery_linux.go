@@ -10,97 +10,17 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/localdemo/tokenline"
 )
-
-// secretWatch records when each token appeared in the Secret. It keeps the newest token in memory
-// for the revocation check at the end; it never prints it.
-type secretWatch struct {
-	mu      sync.Mutex
-	written map[string]time.Time // fingerprint → when the watch saw it
-	last    []byte
-	lastExp time.Time
-}
-
-func watchSecret(ctx context.Context, cs kubernetes.Interface, ns, name string) *secretWatch {
-	w := &secretWatch{written: map[string]time.Time{}}
-	go func() {
-		sel := fields.OneTermEqualSelector("metadata.name", name).String()
-		for ctx.Err() == nil {
-			list, err := cs.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{FieldSelector: sel})
-			if err != nil {
-				time.Sleep(time.Second)
-				continue
-			}
-			for i := range list.Items {
-				w.saw(&list.Items[i])
-			}
-			wi, err := cs.CoreV1().Secrets(ns).Watch(ctx, metav1.ListOptions{FieldSelector: sel, ResourceVersion: list.ResourceVersion})
-			if err != nil {
-				time.Sleep(time.Second)
-				continue
-			}
-			for ev := range wi.ResultChan() {
-				if s, ok := ev.Object.(*corev1.Secret); ok && (ev.Type == watch.Added || ev.Type == watch.Modified) {
-					w.saw(s)
-				}
-			}
-			wi.Stop()
-		}
-	}()
-	return w
-}
-
-func (w *secretWatch) saw(s *corev1.Secret) {
-	now := time.Now()
-	token := s.Data["token"]
-	if len(token) == 0 {
-		return
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	fp := tokenline.Fingerprint(token)
-	if _, ok := w.written[fp]; !ok {
-		w.written[fp] = now
-		w.last = token
-		w.lastExp, _ = tokenline.Expiry(token)
-	}
-}
-
-// latest is the newest token written to the Secret and its expiry.
-func (w *secretWatch) latest() ([]byte, time.Time) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.last, w.lastExp
-}
-
-// writtenAt is when the watch saw the token with this fingerprint in the Secret. The pod reads a
-// token only after the kubelet got it from the API server, so the watch has nearly always seen it
-// first; wait a moment for a slow watch all the same.
-func (w *secretWatch) writtenAt(fp string) (time.Time, bool) {
-	for range 20 {
-		w.mu.Lock()
-		t, ok := w.written[fp]
-		w.mu.Unlock()
-		if ok {
-			return t, true
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return time.Time{}, false
-}
 
 type watchResult struct {
 	rotations int

@@ -90,15 +90,12 @@ type demo struct {
 	kcErr   error
 	n       *node.Node
 	fwd     *forwarder
-	c       client.Client
-	kcURL   string // Keycloak as pods (and the issuer) reach it
+	objects // the API client, Keycloak's URL as pods reach it, the Secret's watch
 	// keycloakAddr is where Keycloak itself listens: 127.0.0.1:keycloakPort, unless taken.
 	keycloakAddr string
-	secrets      *secretWatch
 	bg           context.Context // lives until the teardown is done: watches and log copies
 	stopBg       context.CancelFunc
 	helmUp       bool
-	tokenSet     bool
 }
 
 func newDemo() (*demo, error) {

@@ -10,12 +10,12 @@ package tokenline
 
 import (
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/mlflow-token-operator/mlflow-token-operator/internal/jwtclaims"
 )
 
 // Line is one token read by the pod.
@@ -32,27 +32,14 @@ func Fingerprint(token []byte) string {
 	return "sha256:" + hex.EncodeToString(sum[:6])
 }
 
-// Expiry reads the exp claim of a JWT without verifying its signature: it is shown, not trusted.
+// Expiry reads the exp claim of a JWT without verifying its signature (internal/jwtclaims): it
+// is shown, not trusted.
 func Expiry(token []byte) (time.Time, bool) {
-	parts := strings.Split(strings.TrimSpace(string(token)), ".")
-	if len(parts) != 3 {
+	c, err := jwtclaims.Parse(strings.TrimSpace(string(token)))
+	if err != nil || c.ExpiresAt.IsZero() || c.ExpiresAt.Unix() <= 0 {
 		return time.Time{}, false
 	}
-	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
-	if err != nil {
-		return time.Time{}, false
-	}
-	var claims struct {
-		Exp *json.Number `json:"exp"`
-	}
-	if err := json.Unmarshal(payload, &claims); err != nil || claims.Exp == nil {
-		return time.Time{}, false
-	}
-	exp, err := claims.Exp.Float64()
-	if err != nil || exp <= 0 {
-		return time.Time{}, false
-	}
-	return time.Unix(int64(exp), 0).UTC(), true
+	return c.ExpiresAt.UTC(), true
 }
 
 // Of is the line for token, read at seen.
