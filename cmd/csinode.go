@@ -15,7 +15,7 @@ import (
 )
 
 // version is the VendorVersion the node plugin reports (the image's version; -ldflags may set it).
-var version = "v0.1.0"
+var version = "v0.2.0-alpha.0"
 
 // runCSINode is `manager csi-node`: the CSI node plugin (a DaemonSet of the chart with
 // csiDriver.enabled), in the operator's image. Flags and wiring only: the logic is in

@@ -18,7 +18,7 @@ import (
 
 // version is the plugin's release; release builds set it with
 // -ldflags "-X main.version=v$(cat VERSION)".
-var version = "v0.1.0"
+var version = "v0.2.0-alpha.0"
 
 // operatorSelector finds the operator's Deployment (the chart and config/manager label it so).
 const operatorSelector = "app.kubernetes.io/name=mlflow-token-operator"

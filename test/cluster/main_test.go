@@ -44,10 +44,10 @@ import (
 
 // The images `make images` builds (hack/images.sh), under the names the chart and the installer
 // use by default, so the node runs them without any pull.
-const (
-	operatorImage = "ghcr.io/mlflow-token-operator/mlflow-token-operator:v0.1.0"
-	pauseImage    = "localhost/mlflow-token-operator/pause:v0.1.0"
-	trainingImage = "localhost/mlflow-token-operator/training-job:v0.1.0"
+var (
+	operatorImage = "ghcr.io/mlflow-token-operator/mlflow-token-operator:" + testenv.ImageTag()
+	pauseImage    = "localhost/mlflow-token-operator/pause:" + testenv.ImageTag()
+	trainingImage = "localhost/mlflow-token-operator/training-job:" + testenv.ImageTag()
 )
 
 // EnvVenv names the MLflow virtualenv built by hack/mlflow-venv.sh (the MLflow server runs from it).

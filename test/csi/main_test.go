@@ -56,11 +56,11 @@ import (
 )
 
 // The images `make images` (and hack/images.sh tokenwatch) build, under the names the chart uses.
-const (
-	operatorImage   = "ghcr.io/mlflow-token-operator/mlflow-token-operator:v0.1.0"
-	pauseImage      = "localhost/mlflow-token-operator/pause:v0.1.0"
-	trainingImage   = "localhost/mlflow-token-operator/training-job:v0.1.0"
-	tokenwatchImage = "localhost/mlflow-token-operator/tokenwatch:v0.1.0"
+var (
+	operatorImage   = "ghcr.io/mlflow-token-operator/mlflow-token-operator:" + testenv.ImageTag()
+	pauseImage      = "localhost/mlflow-token-operator/pause:" + testenv.ImageTag()
+	trainingImage   = "localhost/mlflow-token-operator/training-job:" + testenv.ImageTag()
+	tokenwatchImage = "localhost/mlflow-token-operator/tokenwatch:" + testenv.ImageTag()
 )
 
 // The node's API server issues service-account tokens as this (test/node), which Keycloak's

@@ -150,4 +150,3 @@ func (d *demo) startReader(ctx context.Context) error {
 		demoNS, readerPod, since(t), secretName, tokenDir, authv1alpha1.LabelConsumer)
 	return nil
 }
-

@@ -235,4 +235,3 @@ func (w *secretWatch) writtenAt(fp string) (time.Time, bool) {
 	}
 	return time.Time{}, false
 }
-

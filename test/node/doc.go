@@ -5,8 +5,8 @@
 // # Use
 //
 //	n, err := node.Start(ctx, node.Options{
-//		SandboxImage: node.Image{Path: "bin/images/pause.tar", Ref: "localhost/mlflow-token-operator/pause:v0.1.0"},
-//		Images:       []node.Image{{Path: "bin/images/operator.tar", Ref: "ghcr.io/mlflow-token-operator/mlflow-token-operator:v0.1.0"}},
+//		SandboxImage: node.Image{Path: "bin/images/pause.tar", Ref: "localhost/mlflow-token-operator/pause:v" + version},
+//		Images:       []node.Image{{Path: "bin/images/operator.tar", Ref: "ghcr.io/mlflow-token-operator/mlflow-token-operator:v" + version}},
 //	})
 //	if err != nil { ... }           // one line saying what is missing and the command that fixes it
 //	defer n.Stop()                  // everything gone; an error names anything left behind

@@ -16,6 +16,7 @@ import (
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/node"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/node/ociimage"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // The suite runs on one node, started once (about 15-30 s).
@@ -26,7 +27,7 @@ var (
 )
 
 // pauseRef is the sandbox image `make images` builds into bin/images/pause.tar.
-const pauseRef = "localhost/mlflow-token-operator/pause:v0.1.0"
+var pauseRef = "localhost/mlflow-token-operator/pause:" + testenv.ImageTag()
 
 type imageSet struct {
 	sandbox node.Image

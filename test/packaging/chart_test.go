@@ -20,6 +20,8 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"sigs.k8s.io/yaml"
+
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 const chartDir = "charts/mlflow-token-operator"
@@ -199,8 +201,8 @@ func TestChartDefaultValues(t *testing.T) {
 	if *d.Spec.Replicas != 1 {
 		t.Errorf("replicas = %d, want 1", *d.Spec.Replicas)
 	}
-	if img := d.Spec.Template.Spec.Containers[0].Image; img != "ghcr.io/mlflow-token-operator/mlflow-token-operator:v0.1.0" {
-		t.Errorf("default image %s, want ghcr.io/mlflow-token-operator/mlflow-token-operator:v0.1.0 (the chart's appVersion)", img)
+	if img, want := d.Spec.Template.Spec.Containers[0].Image, "ghcr.io/mlflow-token-operator/mlflow-token-operator:"+testenv.ImageTag(); img != want {
+		t.Errorf("default image %s, want %s (the chart's appVersion)", img, want)
 	}
 	// A numeric user, so that the kubelet runs the pod under runAsNonRoot whatever USER the
 	// image declares (found on a real node).

@@ -5,10 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
-
-	"sigs.k8s.io/yaml"
 )
 
 // TestProjectHygiene: the license (Apache-2.0, in full, and the Python package's copy identical
@@ -78,19 +77,35 @@ func TestProjectHygiene(t *testing.T) {
 		}
 	}
 
-	var chart struct{ Version, AppVersion string }
-	if err := yaml.Unmarshal(mustRead(t, chartDir+"/Chart.yaml"), &chart); err != nil {
-		t.Fatal(err)
-	}
+	// VERSION is the version this checkout becomes when released: the changelog's latest release
+	// only when nothing is unreleased (the release commit), else a later one, as a pre-release
+	// (X.Y.Z-alpha.N) until it is cut.
 	latest := releases[0][1]
-	if chart.Version != latest || chart.AppVersion != "v"+latest {
-		t.Errorf("Chart.yaml version %s, appVersion %s: want %s and v%s (the changelog's latest release)", chart.Version, chart.AppVersion, latest, latest)
+	version := strings.TrimSpace(string(mustRead(t, "VERSION")))
+	unreleased := changelog[strings.Index(changelog, "## [Unreleased]"):strings.Index(changelog, releases[0][0])]
+	pending := strings.Contains(unreleased, "\n- ")
+	m := regexp.MustCompile(`^(\d+\.\d+\.\d+)(-(alpha|beta|rc)\.\d+)?$`).FindStringSubmatch(version)
+	switch {
+	case m == nil:
+		t.Errorf("VERSION %q is not X.Y.Z or X.Y.Z-(alpha|beta|rc).N", version)
+	case pending && (m[2] == "" || !semverLess(latest, m[1])):
+		t.Errorf("VERSION is %s while CHANGELOG.md lists unreleased changes after %s: want a later version's pre-release (e.g. %s-alpha.0)", version, latest, "X.Y.Z")
+	case !pending && version != latest:
+		t.Errorf("VERSION is %s, but nothing is unreleased since %s: a release commit says %s", version, latest, latest)
 	}
-	if v, err := os.ReadFile(filepath.Join(repoRoot(t), "VERSION")); err == nil {
-		if got := strings.TrimSpace(string(v)); got != chart.Version {
-			t.Errorf("VERSION says %s, Chart.yaml %s", got, chart.Version)
+	// The chart, the installer's tag, the plugins' built-in versions and the Python package say
+	// the same as VERSION: test/release's TestVersionsInStep.
+}
+
+// semverLess: a < b for X.Y.Z versions.
+func semverLess(a, b string) bool {
+	pa, pb := strings.Split(a, "."), strings.Split(b, ".")
+	for i := range 3 {
+		x, _ := strconv.Atoi(pa[i])
+		y, _ := strconv.Atoi(pb[i])
+		if x != y {
+			return x < y
 		}
-	} else if !os.IsNotExist(err) {
-		t.Fatal(err)
 	}
+	return false
 }

@@ -284,6 +284,7 @@ func TestVersionsInStep(t *testing.T) {
 	checks := []struct{ file, re, want string }{
 		{"clients/python/pyproject.toml", `(?m)^version = "([^"]*)"$`, pep440(v)},
 		{"cmd/kubectl-mlflow_token/version.go", `(?m)^var version = "([^"]*)"$`, "v" + v},
+		{"cmd/csinode.go", `(?m)^var version = "([^"]*)"$`, "v" + v},
 		{"config/manager/kustomization.yaml", `(?m)^  newTag: (\S+)$`, "v" + v},
 		{"charts/mlflow-token-operator/Chart.yaml", `(?m)^version: (\S+)$`, v},
 		{"charts/mlflow-token-operator/Chart.yaml", `(?m)^appVersion: (\S+)$`, "v" + v},

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -323,4 +324,13 @@ func StartOperator(ctx context.Context, cfg *rest.Config, o manager.Options) (st
 		}
 	}()
 	return func() { cancel(); <-done }, nil
+}
+
+// ImageTag is the tag `make images` gives this checkout's images: v and the VERSION file.
+func ImageTag() string {
+	b, err := os.ReadFile(filepath.Join(RepoRoot(), "VERSION"))
+	if err != nil {
+		panic("reading VERSION: " + err.Error())
+	}
+	return "v" + strings.TrimSpace(string(b))
 }

@@ -1,7 +1,7 @@
 // Command node starts the test node of package test/node by hand, for a look around or a demo:
 //
 //	go -C test run ./node/cmd/node                                  # bin/images/pause.tar as sandbox image
-//	go -C test run ./node/cmd/node -image bin/images/operator.tar=ghcr.io/mlflow-token-operator/mlflow-token-operator:v0.1.0
+//	go -C test run ./node/cmd/node -image bin/images/operator.tar=ghcr.io/mlflow-token-operator/mlflow-token-operator:v$(cat VERSION)
 //	KUBECONFIG=/tmp/mtonode-0/pki/admin.kubeconfig kubectl get nodes   # the path it prints
 //
 // It runs until Ctrl-C (or -duration), then removes everything. Needs root, the Debian packages
@@ -20,6 +20,7 @@ import (
 	"syscall"
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/node"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 type images []node.Image
@@ -55,7 +56,7 @@ func toRepoRoot() {
 func main() {
 	toRepoRoot()
 	var imgs images
-	sandbox := flag.String("sandbox", "bin/images/pause.tar=localhost/mlflow-token-operator/pause:v0.1.0", "sandbox image, PATH=REF")
+	sandbox := flag.String("sandbox", "bin/images/pause.tar=localhost/mlflow-token-operator/pause:"+testenv.ImageTag(), "sandbox image, PATH=REF")
 	flag.Var(&imgs, "image", "image to import, PATH=REF (repeatable)")
 	binDir := flag.String("bin-dir", "bin/k8s", "directory with the Kubernetes binaries")
 	logDir := flag.String("log-dir", "bin/node-logs/manual", "component logs (kept)")
