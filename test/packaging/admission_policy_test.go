@@ -107,3 +107,22 @@ func TestAdmissionPoliciesHoldTheOperator(t *testing.T) {
 		t.Errorf("the policies hold an administrator too: %v", err)
 	}
 }
+
+// TestChartAdmissionPoliciesNeedTheirAPI: on a cluster older than 1.30 (no
+// ValidatingAdmissionPolicy API) the chart leaves the policies out instead of failing the install.
+func TestChartAdmissionPoliciesNeedTheirAPI(t *testing.T) {
+	for _, c := range []struct {
+		kube string
+		some bool
+	}{{"1.29.0", false}, {"1.30.0", true}} {
+		out, err := helmTemplateErr(t, "x", "vap", "", "--kube-version", c.kube)
+		if err != nil {
+			t.Fatalf("helm template --kube-version %s: %v", c.kube, err)
+		}
+		objs := decodeObjects(t, out)
+		n := len(find(objs, "ValidatingAdmissionPolicy")) + len(find(objs, "ValidatingAdmissionPolicyBinding"))
+		if (n > 0) != c.some {
+			t.Errorf("Kubernetes %s: %d policies and bindings rendered, want some: %v", c.kube, n, c.some)
+		}
+	}
+}
