@@ -29,8 +29,8 @@ import (
 //   - TestDocsKubectlCommands: kubectl commands name resources kubectl resolves (our CRDs' names);
 //   - TestDocsChartValues: chart values exist in values.yaml;
 //   - TestDocsStandAlone: no pointer to documents users do not have; links and anchors resolve;
-//   - TestDocsFlags: flags exist in the operator's or the plugin's sources, and the README's flags
-//     table lists every flag of the operator;
+//   - TestDocsFlags: flags exist in the operator's or the plugin's sources, and the flags table
+//     of docs/reference.md lists every flag of the operator;
 //   - TestDocsMermaid: the diagrams parse (Mermaid's own parser, under Node.js);
 //   - TestDocsReferences: quoted repository paths, make targets and test names exist.
 //
@@ -931,7 +931,7 @@ func TestDocsStandAlone(t *testing.T) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// e. Flags named in the documents exist, and the README's table lists every operator flag.
+// e. Flags named in the documents exist, and docs/reference.md's table lists every operator flag.
 
 var goFlagRE = regexp.MustCompile(`\b(?:flag|fs|Flags\(\)|PersistentFlags\(\))\.[A-Z]\w*\((?:&[^,]+,\s*)?"([a-z0-9][a-z0-9-]*)"`)
 
@@ -1098,10 +1098,10 @@ func TestDocsFlags(t *testing.T) {
 		t.Errorf("only %d flags found: the scanner no longer finds them", checked)
 	}
 
-	// The README's flag table lists every flag of the operator, the logging ones included.
+	// The reference's flag table lists every flag of the operator, the logging ones included.
 	var readme *docFile
 	for _, f := range files {
-		if f.rel == "README.md" {
+		if f.rel == referenceDoc {
 			readme = f
 		}
 	}
@@ -1120,7 +1120,7 @@ func TestDocsFlags(t *testing.T) {
 	for _, set := range []map[string]bool{sets.operator, sets.zap} {
 		for name := range set {
 			if !documented[name] {
-				t.Errorf("README.md: the flags table has no row for --%s", name)
+				t.Errorf("%s: the flags table has no row for --%s", referenceDoc, name)
 			}
 		}
 	}
