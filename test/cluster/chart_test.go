@@ -91,7 +91,7 @@ func chartInstall(t *testing.T) {
 	helmDone := time.Since(start)
 	pods := waitDeployment(t, chartNS, deployment, 1, 3*time.Minute)
 	ready := time.Since(start)
-	times.add("helm install (chart defaults) -> operator pod Ready (probes)", ready)
+	times.Step("helm install (chart defaults) -> operator pod Ready (probes)", ready)
 	t.Logf("helm install returned after %s; the operator pod %s was Ready after %s", helmDone.Round(100*time.Millisecond), pods[0].Name, ready.Round(100*time.Millisecond))
 	if !strings.Contains(out, "STATUS: deployed") {
 		t.Errorf("helm install output lacks STATUS: deployed:\n%s", out)
@@ -132,7 +132,7 @@ func chartToken(t *testing.T) {
 		RenewBefore: &metav1.Duration{Duration: strictTokenLifespan - 10*time.Second},
 	})
 	obj = waitTokenReady(t, teamNS, obj.Name, 2*time.Minute)
-	times.add("MLflowAccessToken created -> Ready (ClientCredentials over HTTPS)", time.Since(start))
+	times.Step("MLflowAccessToken created -> Ready (ClientCredentials over HTTPS)", time.Since(start))
 	tok := tokenOf(t, obj)
 	if iss := jwtClaims(tok)["iss"]; iss != kcURL+"/realms/"+realmStrict {
 		t.Errorf("the token's issuer is %v, want %s", iss, kcURL+"/realms/"+realmStrict)
@@ -141,7 +141,7 @@ func chartToken(t *testing.T) {
 		t.Fatalf("Keycloak says the Secret's token is not active (%v, %v)", active, err)
 	}
 	d := waitRotations(t, teamNS, obj.Name, 2, 2*time.Minute)
-	times.add("two rotations of the Secret", d)
+	times.Step("two rotations of the Secret", d)
 	if tokenOf(t, obj) == tok {
 		t.Fatal("the Secret still holds the first token after two rotations")
 	}
@@ -154,7 +154,7 @@ func chartHelmTest(t *testing.T) {
 	if err != nil {
 		t.Fatalf("helm test: %v\n%s", err, out)
 	}
-	times.add("helm test (probe pod -> metrics Service)", time.Since(start))
+	times.Step("helm test (probe pod -> metrics Service)", time.Since(start))
 	if !strings.Contains(out, "Phase:          Succeeded") {
 		t.Errorf("helm test output lacks a succeeded test pod:\n%s", out)
 	}
@@ -170,7 +170,7 @@ func chartUpgrade(t *testing.T) {
 	helm(t, "upgrade", release, chartDir(), "--namespace", chartNS, "--reuse-values",
 		"--set", "replicas=2", "--set", "logging.level=debug")
 	pods := waitDeployment(t, chartNS, deployment, 2, 3*time.Minute)
-	times.add("helm upgrade (replicas 1->2, log level debug) -> 2 new pods Ready", time.Since(start))
+	times.Step("helm upgrade (replicas 1->2, log level debug) -> 2 new pods Ready", time.Since(start))
 	names := map[string]bool{}
 	for _, p := range pods {
 		names[p.Name] = true
@@ -254,7 +254,7 @@ func chartUninstall(t *testing.T) {
 
 	start := time.Now()
 	out := helm(t, "uninstall", release, "--namespace", chartNS, "--timeout", "5m")
-	times.add(fmt.Sprintf("helm uninstall (pre-delete hook revokes the tokens of %d resources)", len(list.Items)), time.Since(start))
+	times.Step(fmt.Sprintf("helm uninstall (pre-delete hook revokes the tokens of %d resources)", len(list.Items)), time.Since(start))
 	checkedAt := time.Now()
 	t.Logf("helm uninstall: %s", strings.TrimSpace(out))
 	stopWatch()
@@ -288,7 +288,7 @@ func chartUninstall(t *testing.T) {
 	if len(checked) < len(list.Items) {
 		t.Errorf("only %d tokens could prove their revocation (the others expired first: %v); want at least one per resource", len(checked), expired)
 	}
-	times.figure("uninstall: %d tokens revoked (inactive at Keycloak before their expiry): %s; %d expired before the check", len(checked), strings.Join(checked, ", "), len(expired))
+	times.Figure("uninstall: %d tokens revoked (inactive at Keycloak before their expiry): %s; %d expired before the check", len(checked), strings.Join(checked, ", "), len(expired))
 
 	// Nothing left with the operator's finalizer, and the operator gone.
 	eventually(t, time.Minute, 250*time.Millisecond, "no MLflowAccessToken and no operator pod", func() (bool, string) {
@@ -342,12 +342,12 @@ func chartUninstall(t *testing.T) {
 		}
 		return true, ""
 	})
-	times.add(fmt.Sprintf("%d namespaces deleted -> gone", len(nss)), time.Since(start))
+	times.Step(fmt.Sprintf("%d namespaces deleted -> gone", len(nss)), time.Since(start))
 
 	// crds.keep: the CRDs stay for the next install; the user deletes them (nothing holds them).
 	start = time.Now()
 	deleteCRDs(t)
-	times.add("CRDs (kept by the chart) deleted -> gone", time.Since(start))
+	times.Step("CRDs (kept by the chart) deleted -> gone", time.Since(start))
 }
 
 // deleteCRDs deletes the operator's CRDs and waits until they are gone.

@@ -114,7 +114,7 @@ func testFailover(t *testing.T, opNS string) {
 	if count["REFRESH_TOKEN"] == 0 {
 		t.Errorf("Keycloak recorded no refresh: are events stored for realm %s?", realmStrict)
 	}
-	times.figure("failover tokens (strict rotation): rotations %s; Keycloak events: %d refreshes, %d refresh errors, %d introspections; %d Secret samples, 0 expired allowed (%d seen)",
+	times.Figure("failover tokens (strict rotation): rotations %s; Keycloak events: %d refreshes, %d refresh errors, %d introspections; %d Secret samples, 0 expired allowed (%d seen)",
 		strings.Join(rotations, ", "), count["REFRESH_TOKEN"], count["REFRESH_TOKEN_ERROR"], count["INTROSPECT_TOKEN"], mon.samples, len(mon.expired))
 }
 
@@ -226,8 +226,8 @@ func failover(t *testing.T, opNS, mode string, mon *secretWatch, names []string)
 	}
 	firstRotation := mon.firstChangeAfter(acquired)
 
-	times.add(fmt.Sprintf("failover (%s): leader stopped -> new holder's Lease acquireTime", mode), takeover)
-	times.figure("failover (%s): %s took over %.2fs after the stop (Lease release %s); controllers started %s after the acquisition (log, 1 s resolution); first rotation after the takeover %.2fs after the stop",
+	times.Step(fmt.Sprintf("failover (%s): leader stopped -> new holder's Lease acquireTime", mode), takeover)
+	times.Figure("failover (%s): %s took over %.2fs after the stop (Lease release %s); controllers started %s after the acquisition (log, 1 s resolution); first rotation after the takeover %.2fs after the stop",
 		mode, who, takeover.Seconds(), rel, workers.Sub(acquired.Truncate(time.Second)).Round(time.Second), firstRotation.Sub(stopAt).Seconds())
 
 	if mode == "crash" {

@@ -29,6 +29,8 @@ import (
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/node"
+
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // restricted is the Pod Security level of every namespace the suite creates.
@@ -39,43 +41,8 @@ const leaseName = "mlflow-token-operator.auth.mlflow-token-operator.io"
 
 // --- Figures --------------------------------------------------------------------------------
 
-// stepTimes collects the suite's measured times and figures; TestMain prints them at the end.
-type stepTimes struct {
-	mu      sync.Mutex
-	rows    []string
-	figures []string
-}
-
-func (s *stepTimes) add(name string, d time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.rows = append(s.rows, fmt.Sprintf("  %-76s %8s", name, d.Round(100*time.Millisecond)))
-	fmt.Printf("[time] %s: %s\n", name, d.Round(100*time.Millisecond))
-}
-
-func (s *stepTimes) figure(format string, a ...any) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	line := fmt.Sprintf(format, a...)
-	s.figures = append(s.figures, "  "+line)
-	fmt.Printf("[figure] %s\n", line)
-}
-
-func (s *stepTimes) print(w io.Writer, total time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	fmt.Fprintf(w, "Steps of the cluster suite (wall clock, %s in all):\n%s\n", total.Round(time.Second), strings.Join(s.rows, "\n"))
-	if len(s.figures) > 0 {
-		fmt.Fprintf(w, "Figures:\n%s\n", strings.Join(s.figures, "\n"))
-	}
-}
-
 // timed runs f and records its duration under name.
-func timed(name string, f func()) {
-	t := time.Now()
-	f()
-	times.add(name, time.Since(t))
-}
+func timed(name string, f func()) { times.Timed(name, f) }
 
 // --- Waiting --------------------------------------------------------------------------------
 
@@ -83,17 +50,7 @@ func timed(name string, f func()) {
 // with what f last said.
 func eventually(t testing.TB, timeout, interval time.Duration, what string, f func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, last := f()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; last seen: %s", timeout, what, last)
-		}
-		time.Sleep(interval)
-	}
+	testenv.EventuallyEvery(t, timeout, interval, what, f)
 }
 
 // --- Helm and make --------------------------------------------------------------------------

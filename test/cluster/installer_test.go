@@ -44,7 +44,7 @@ func TestInstallYAML(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	times.add("make build-installer", time.Since(start))
+	times.Step("make build-installer", time.Since(start))
 
 	start = time.Now()
 	var deploy *unstructured.Unstructured
@@ -79,7 +79,7 @@ func TestInstallYAML(t *testing.T) {
 	tapLogs(tapCtx, opNS, filepath.Join(repoRoot, "bin", "cluster-logs", "pods"))
 	pods := waitDeployment(t, opNS, deploy.GetName(), 1, 3*time.Minute)
 	dumpOnFailure(t, opNS, pods[0].Name)
-	times.add("install.yaml applied -> operator pod Ready", time.Since(start))
+	times.Step("install.yaml applied -> operator pod Ready", time.Since(start))
 	if img := pods[0].Spec.Containers[0].Image; img != operatorImage {
 		t.Errorf("the operator runs %s, want %s", img, operatorImage)
 	}
@@ -96,7 +96,7 @@ func TestInstallYAML(t *testing.T) {
 		RenewBefore: &metav1.Duration{Duration: strictTokenLifespan - 10*time.Second},
 	})
 	obj = waitTokenReady(t, ns, obj.Name, 2*time.Minute)
-	times.add("install.yaml operator: token created -> Ready", time.Since(start))
+	times.Step("install.yaml operator: token created -> Ready", time.Since(start))
 	tok := tokenOf(t, obj)
 	if active, err := introspect(realmStrict, strictClientID, strictClientSecret, tok, "access_token"); err != nil || !active {
 		t.Fatalf("the Secret's token is not active at Keycloak (%v, %v)", active, err)
@@ -114,7 +114,7 @@ func TestInstallYAML(t *testing.T) {
 		d, err := secretData(ctx, ns, obj.SecretNameOrDefault())
 		return d == nil && err == nil, fmt.Sprintf("Secret: %v", err)
 	})
-	times.add("install.yaml operator: token deleted -> revoked, resource and Secret gone", time.Since(start))
+	times.Step("install.yaml operator: token deleted -> revoked, resource and Secret gone", time.Since(start))
 	if !jwtExpiry(tok).After(time.Now()) {
 		t.Fatal("the token expired before its revocation could be checked")
 	}
@@ -148,7 +148,7 @@ func TestInstallYAML(t *testing.T) {
 		}
 		return true, ""
 	})
-	times.add("install.yaml objects deleted -> namespaces and CRDs gone", time.Since(start))
+	times.Step("install.yaml objects deleted -> namespaces and CRDs gone", time.Since(start))
 }
 
 // waitCRDsEstablished waits until every CRD among objs serves.

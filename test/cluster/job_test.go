@@ -129,7 +129,7 @@ func testTrainingJobs(t *testing.T) {
 	for _, j := range jobs {
 		results[j.Name], pods[j.Name] = waitJob(t, j.Name, pluginFor+5*time.Minute)
 	}
-	times.add("training jobs in pods (plugin: three token lifetimes)", time.Since(start))
+	times.Step("training jobs in pods (plugin: three token lifetimes)", time.Since(start))
 	revoked, afterFailover, never := superseded.stop()
 	for _, d := range revoked {
 		if d > supersededGrace+2*time.Second {
@@ -139,9 +139,9 @@ func testTrainingJobs(t *testing.T) {
 	if len(revoked) < 3 || never > 0 {
 		t.Errorf("superseded tokens: %d revoked within the job, %d still active when they expired; want at least 3 revoked and none left", len(revoked), never)
 	}
-	times.figure("revokeSuperseded (grace %s): superseded tokens inactive at introspection after their rotation: %s; across a leader change: %s; never: %d",
+	times.Figure("revokeSuperseded (grace %s): superseded tokens inactive at introspection after their rotation: %s; across a leader change: %s; never: %d",
 		supersededGrace, durations(revoked), durations(afterFailover), never)
-	times.figure("training token halfway through the jobs: %s", delivery)
+	times.Figure("training token halfway through the jobs: %s", delivery)
 	if len(jobTokens.PodLabels) > 0 {
 		// The operator nudged the labelled pod after rotations: its annotation says when.
 		p := pods["plugin"]
@@ -173,7 +173,7 @@ func testTrainingJobs(t *testing.T) {
 	if plugin.ArtifactsLogged == 0 || plugin.ArtifactsListed != plugin.ArtifactsLogged {
 		t.Errorf("the plugin job uploaded %d artifacts, the server lists %d", plugin.ArtifactsLogged, plugin.ArtifactsListed)
 	}
-	times.figure("plugin job (Secret volume, kubelet default sync, pod labelled %v): %d calls, %d OK, over %.0fs; %d steps, %d metric points, %d artifacts uploaded and listed; %d distinct tokens sent",
+	times.Figure("plugin job (Secret volume, kubelet default sync, pod labelled %v): %d calls, %d OK, over %.0fs; %d steps, %d metric points, %d artifacts uploaded and listed; %d distinct tokens sent",
 		jobTokens.PodLabels, len(plugin.Calls), okCalls, plugin.Elapsed, plugin.Steps, plugin.MetricPoints, plugin.ArtifactsListed, len(plugin.Tokens))
 
 	ff := stock.FirstFailure
@@ -196,7 +196,7 @@ func testTrainingJobs(t *testing.T) {
 		if failedAfter > (jobTokens.Lifespan + 30*time.Second).Seconds() {
 			t.Errorf("the stock job failed %.0fs after it started, later than its token's lifetime (%s) allows", failedAfter, jobTokens.Lifespan)
 		}
-		times.figure("stock job (envFrom): %d calls OK, then HTTP %d at %q %.0fs after the container started (token lifetime %s)",
+		times.Figure("stock job (envFrom): %d calls OK, then HTTP %d at %q %.0fs after the container started (token lifetime %s)",
 			okBefore, *ff.Status, ff.What, failedAfter, jobTokens.Lifespan)
 	}
 }

@@ -36,6 +36,7 @@ import (
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/internal/freeport"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/internal/nodesuite"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/mlflowserver"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/node"
@@ -63,7 +64,7 @@ var (
 	mlflow   *mlflowserver.Server
 	helmBin  string
 	repoRoot = testenv.RepoRoot()
-	times    = &stepTimes{}
+	times    = &nodesuite.Log{}
 )
 
 func TestMain(m *testing.M) { os.Exit(run(m)) }
@@ -89,7 +90,7 @@ func run(m *testing.M) int {
 		return fail("%v\n(component logs: %s)", err, logDir)
 	}
 	t := theNode.Timings()
-	times.add("node start (control plane, node Ready, images imported)", t.Total)
+	times.Step("node start (control plane, node Ready, images imported)", t.Total)
 	code := func() int {
 		cs = theNode.Client()
 		sch := scheme.New()
@@ -102,7 +103,7 @@ func run(m *testing.M) int {
 		if err != nil {
 			return fail("%v", err)
 		}
-		times.add("Keycloak and MLflow start (side by side, after the node)", time.Since(begin)-t.Total)
+		times.Step("Keycloak and MLflow start (side by side, after the node)", time.Since(begin)-t.Total)
 		code := m.Run()
 		if err := theNode.Healthy(); err != nil { // a component that died under the tests fails the suite
 			fmt.Printf("FAIL: %v\n", err)
@@ -118,43 +119,18 @@ func run(m *testing.M) int {
 		fmt.Printf("FAIL: %v\n", err)
 		code = 1
 	}
-	times.print(os.Stdout, time.Since(begin))
+	times.Print(os.Stdout, "cluster", time.Since(begin))
 	return code
 }
 
 // preflight says in one line what is missing and which command provides it. It returns the
 // images to import: the sandbox image first.
 func preflight() ([]node.Image, error) {
-	if err := node.Preflight(node.Options{BinDir: os.Getenv("KUBEBUILDER_ASSETS")}); err != nil {
-		return nil, fmt.Errorf("the node cannot run on this machine: %w", err)
-	}
-	if keycloak.HomeFromEnv() == "" {
-		return nil, errors.New("KEYCLOAK_HOME is not set: run the tests with `make test` (hack/keycloak.sh installs Keycloak)")
-	}
-	venv := os.Getenv(EnvVenv)
-	if venv == "" {
-		return nil, fmt.Errorf("%s is not set: run the tests with `make test` (hack/mlflow-venv.sh builds the MLflow virtualenv)", EnvVenv)
-	}
-	if _, err := os.Stat(filepath.Join(venv, "bin", "mlflow")); err != nil {
-		return nil, fmt.Errorf("%s=%s has no bin/mlflow: run hack/mlflow-venv.sh", EnvVenv, venv)
-	}
 	helmBin = filepath.Join(repoRoot, "bin", "tools", "helm")
-	for _, tool := range []string{helmBin, filepath.Join(repoRoot, "bin", "tools", "kustomize")} {
-		if _, err := os.Stat(tool); err != nil {
-			return nil, fmt.Errorf("%s is missing: run hack/packaging-tools.sh (or the tests with `make test`)", tool)
-		}
-	}
-	var images []node.Image
-	for _, img := range []struct{ file, ref string }{
-		{"pause.tar", pauseImage}, {"operator.tar", operatorImage}, {"training-job.tar", trainingImage},
-	} {
-		p := filepath.Join(repoRoot, "bin", "images", img.file)
-		if _, err := os.Stat(p); err != nil {
-			return nil, fmt.Errorf("image %s is missing (%s): run `make images` (or the tests with `make test`)", img.ref, p)
-		}
-		images = append(images, node.Image{Path: p, Ref: img.ref})
-	}
-	return images, nil
+	return nodesuite.Preflight([]nodesuite.Image{
+		{File: "pause.tar", Ref: pauseImage, Make: "make images"}, {File: "operator.tar", Ref: operatorImage, Make: "make images"},
+		{File: "training-job.tar", Ref: trainingImage, Make: "make images"},
+	}, "helm", "kustomize")
 }
 
 // startServers starts Keycloak (HTTPS, with a CA of this test run) and MLflow on the node's

@@ -68,6 +68,6 @@ func testNoTokenInAPIServer(t *testing.T) {
 	if objects == 0 || len(seenTokens) == 0 {
 		t.Fatalf("searched %d objects for %d tokens: nothing to prove", objects, len(seenTokens))
 	}
-	figures.add("API server: %d objects of %d resources searched (every Secret among them): no access token of the realm (%d other JWTs seen), none of the %d tokens read from the node",
+	figures.Figure("API server: %d objects of %d resources searched (every Secret among them): no access token of the realm (%d other JWTs seen), none of the %d tokens read from the node",
 		objects, resources, jwts, len(seenTokens))
 }

@@ -43,8 +43,8 @@ func testFigures(t *testing.T) {
 	if len(took) != 100 {
 		t.Errorf("%d publishes logged for the pod's 100 volumes", len(took))
 	}
-	figures.add("plugin memory (RSS): %.1f MiB before, %.1f MiB with 100 more volumes: %.1f MiB per 100 volumes", mib(before), mib(after), mib(after-before))
-	figures.add("publish time of a volume (Keycloak grant, files, record): p50 %s, p99 %s over %d; the pod with 100 volumes was Running %.1fs after its creation",
+	figures.Figure("plugin memory (RSS): %.1f MiB before, %.1f MiB with 100 more volumes: %.1f MiB per 100 volumes", mib(before), mib(after), mib(after-before))
+	figures.Figure("publish time of a volume (Keycloak grant, files, record): p50 %s, p99 %s over %d; the pod with 100 volumes was Running %.1fs after its creation",
 		percentile(took, 0.5).Round(time.Millisecond), percentile(took, 0.99).Round(time.Millisecond), len(took), podStart.Seconds())
 	_ = deletePod(p.Namespace, p.Name)
 
@@ -53,7 +53,7 @@ func testFigures(t *testing.T) {
 	without := watcher(alpha, "start-without")
 	without.Spec.Volumes = []corev1.Volume{{Name: "mlflow", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
 	wo := startTime(t, without)
-	figures.add("pod start (creation to Running, 0.2 s polling): %.1fs with the CSI volume, %.1fs without", with.Seconds(), wo.Seconds())
+	figures.Figure("pod start (creation to Running, 0.2 s polling): %.1fs with the CSI volume, %.1fs without", with.Seconds(), wo.Seconds())
 	waitGone(t, p.Namespace, p.Name, 3*time.Minute)
 }
 

@@ -5,13 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +21,8 @@ import (
 	authv1alpha1 "github.com/mlflow-token-operator/mlflow-token-operator/api/v1alpha1"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/csinode"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 const (
@@ -33,39 +33,10 @@ const (
 	admitLabel = "mlflow-tokens"
 )
 
-// figureLog collects the suite's figures; TestMain prints them at the end.
-type figureLog struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (f *figureLog) add(format string, a ...any) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	line := fmt.Sprintf(format, a...)
-	f.lines = append(f.lines, "  "+line)
-	fmt.Printf("[figure] %s\n", line)
-}
-
-func (f *figureLog) print(w io.Writer, total time.Duration) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	fmt.Fprintf(w, "Figures of the CSI suite (%s in all):\n%s\n", total.Round(time.Second), strings.Join(f.lines, "\n"))
-}
-
+// eventually polls f every interval until it reports done, or fails after timeout.
 func eventually(t testing.TB, timeout, every time.Duration, what string, f func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, last := f()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; last seen: %s", timeout, what, last)
-		}
-		time.Sleep(every)
-	}
+	testenv.EventuallyEvery(t, timeout, every, what, f)
 }
 
 // kubeletRoot is the node's kubelet --root-dir (test/node's layout: <scratch>/kubelet/root).
@@ -117,7 +88,7 @@ func install() error {
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
-	figures.add("helm install until the plugin registered with the kubelet and the issuer was Ready: %s", time.Since(t).Round(100*time.Millisecond))
+	figures.Figure("helm install until the plugin registered with the kubelet and the issuer was Ready: %s", time.Since(t).Round(100*time.Millisecond))
 	for _, f := range clients {
 		if err := ensureNamespace(ctx, f.Namespace, true); err != nil {
 			return err

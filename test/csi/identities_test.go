@@ -60,7 +60,7 @@ func testIdentities(t *testing.T) {
 			t.Errorf("pod of %s: azp %v, preferred_username %v; want the client bound to it, %s", f.subject(), c["azp"], c["preferred_username"], f.ClientID)
 		}
 	}
-	figures.add("identities: %s -> sub %v (%v), %s -> sub %v (%v)", alpha.subject(), a["sub"], a["preferred_username"], beta.subject(), b["sub"], b["preferred_username"])
+	figures.Figure("identities: %s -> sub %v (%v), %s -> sub %v (%v)", alpha.subject(), a["sub"], a["preferred_username"], beta.subject(), b["sub"], b["preferred_username"])
 
 	// A ServiceAccount without a Keycloak client: the mount fails with Keycloak's refusal.
 	if err := ensureServiceAccount(ctx, alpha.Namespace, "nobody"); err != nil {
@@ -173,6 +173,6 @@ func testMissingAudience(t *testing.T) {
 		ev := podEvents(p.Namespace, p.Name)
 		return strings.Contains(ev, "Keycloak refused "+alpha.subject()+" as client \""+alpha.ClientID+"\" of realm master"), ev
 	})
-	figures.add("a missing audience added with helm upgrade: the waiting pod's next mount attempt carried its token %.1fs later", time.Since(start).Seconds())
+	figures.Figure("a missing audience added with helm upgrade: the waiting pod's next mount attempt carried its token %.1fs later", time.Since(start).Seconds())
 	_ = deletePod(p.Namespace, p.Name)
 }

@@ -69,7 +69,7 @@ func testTrainingJob(t *testing.T) {
 		p := pluginPod(t)
 		return p.Status.ContainerStatuses[0].RestartCount > plugin.Status.ContainerStatuses[0].RestartCount, "not yet"
 	})
-	figures.add("node plugin back (Ready) %.1fs after its SIGKILL", time.Since(killedAt).Seconds())
+	figures.Figure("node plugin back (Ready) %.1fs after its SIGKILL", time.Since(killedAt).Seconds())
 
 	res, pod := waitJob(t, job.Name, duration+5*time.Minute)
 	for _, c := range res.Calls {
@@ -89,7 +89,7 @@ func testTrainingJob(t *testing.T) {
 	if !strings.HasPrefix(res.TrackingURI, mlflow.URL) {
 		t.Errorf("the job's tracking URI %q is not the issuer's %s (the volume's MLFLOW_TRACKING_URI file)", res.TrackingURI, mlflow.URL)
 	}
-	figures.add("training job (CSI volume, %s tokens, plugin SIGKILLed at %.0fs): %d calls, all OK: %v; %d steps, %d artifacts; %d distinct tokens in %.0fs",
+	figures.Figure("training job (CSI volume, %s tokens, plugin SIGKILLed at %.0fs): %d calls, all OK: %v; %d steps, %d artifacts; %d distinct tokens in %.0fs",
 		trainer.Lifespan, killedAt.Sub(start).Seconds(), len(res.Calls), !t.Failed(), res.Steps, res.ArtifactsListed, len(res.Tokens), res.Elapsed)
 
 	// Whose identity: Keycloak's events name the service-account token's subject that
@@ -115,7 +115,7 @@ func testTrainingJob(t *testing.T) {
 	if logins == 0 {
 		t.Error("Keycloak recorded no grant of the trainer's client")
 	}
-	figures.add("training: %d grants of %s, every one authenticated as %s (Keycloak's events)", logins, trainer.ClientID, trainer.subject())
+	figures.Figure("training: %d grants of %s, every one authenticated as %s (Keycloak's events)", logins, trainer.ClientID, trainer.subject())
 
 	// The watcher of the same ServiceAccount ran through the kill: no expired read, rotations on time.
 	lines := watchLines(t, w.Namespace, w.Name)
@@ -126,7 +126,7 @@ func testTrainingJob(t *testing.T) {
 	for i := 1; i < len(lines); i++ {
 		if lines[i].Seen.After(killedAt) {
 			prev := lines[i-1]
-			figures.add("first rotation after the SIGKILL: %.1fs after it, the token it replaced had %.1fs left (lifetime %s)",
+			figures.Figure("first rotation after the SIGKILL: %.1fs after it, the token it replaced had %.1fs left (lifetime %s)",
 				lines[i].Seen.Sub(killedAt).Seconds(), prev.Expires.Sub(lines[i].Seen).Seconds(), trainer.Lifespan)
 			break
 		}

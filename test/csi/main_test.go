@@ -49,6 +49,7 @@ import (
 
 	"github.com/mlflow-token-operator/mlflow-token-operator/api/scheme"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/internal/freeport"
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/internal/nodesuite"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/keycloak"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/mlflowserver"
 	"github.com/mlflow-token-operator/mlflow-token-operator/test/node"
@@ -76,7 +77,7 @@ var (
 	mlflow   *mlflowserver.Server
 	helmBin  string
 	repoRoot = testenv.RepoRoot()
-	figures  = &figureLog{}
+	figures  = &nodesuite.Log{}
 )
 
 func TestMain(m *testing.M) { os.Exit(run(m)) }
@@ -97,7 +98,7 @@ func run(m *testing.M) int {
 	if err != nil {
 		return fail("%v\n(component logs: %s)", err, logDir)
 	}
-	figures.add("node start: %s", theNode.Timings().Total.Round(100*time.Millisecond))
+	figures.Figure("node start: %s", theNode.Timings().Total.Round(100*time.Millisecond))
 	code := func() int {
 		cs = theNode.Client()
 		if k8s, err = client.New(theNode.RESTConfig(), client.Options{Scheme: scheme.New()}); err != nil {
@@ -126,37 +127,16 @@ func run(m *testing.M) int {
 		fmt.Printf("FAIL: %v\n", err)
 		code = 1
 	}
-	figures.print(os.Stdout, time.Since(begin))
+	figures.Print(os.Stdout, "CSI", time.Since(begin))
 	return code
 }
 
 func preflight() ([]node.Image, error) {
-	if err := node.Preflight(node.Options{BinDir: os.Getenv("KUBEBUILDER_ASSETS")}); err != nil {
-		return nil, fmt.Errorf("the node cannot run on this machine: %w", err)
-	}
-	if keycloak.HomeFromEnv() == "" {
-		return nil, errors.New("KEYCLOAK_HOME is not set: run the tests with `make test` (hack/keycloak.sh installs Keycloak)")
-	}
-	venv := os.Getenv("MLFLOW_VENV")
-	if _, err := os.Stat(filepath.Join(venv, "bin", "mlflow")); venv == "" || err != nil {
-		return nil, errors.New("MLFLOW_VENV is not set or has no bin/mlflow: run the tests with `make test` (hack/mlflow-venv.sh)")
-	}
 	helmBin = filepath.Join(repoRoot, "bin", "tools", "helm")
-	if _, err := os.Stat(helmBin); err != nil {
-		return nil, fmt.Errorf("%s is missing: run hack/packaging-tools.sh (or the tests with `make test`)", helmBin)
-	}
-	var images []node.Image
-	for _, img := range []struct{ file, ref, cmd string }{
-		{"pause.tar", pauseImage, "make images"}, {"operator.tar", operatorImage, "make images"},
-		{"training-job.tar", trainingImage, "make images"}, {"tokenwatch.tar", tokenwatchImage, "hack/images.sh tokenwatch"},
-	} {
-		p := filepath.Join(repoRoot, "bin", "images", img.file)
-		if _, err := os.Stat(p); err != nil {
-			return nil, fmt.Errorf("image %s is missing (%s): run `%s` (or the tests with `make test`)", img.ref, p, img.cmd)
-		}
-		images = append(images, node.Image{Path: p, Ref: img.ref})
-	}
-	return images, nil
+	return nodesuite.Preflight([]nodesuite.Image{
+		{File: "pause.tar", Ref: pauseImage, Make: "make images"}, {File: "operator.tar", Ref: operatorImage, Make: "make images"},
+		{File: "training-job.tar", Ref: trainingImage, Make: "make images"}, {File: "tokenwatch.tar", Ref: tokenwatchImage, Make: "hack/images.sh tokenwatch"},
+	}, "helm")
 }
 
 // startServers starts Keycloak and MLflow on HostIP side by side, after making the node's API

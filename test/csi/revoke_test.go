@@ -33,7 +33,7 @@ func testRevocation(t *testing.T) {
 		t.Fatal(err)
 	}
 	revokedIn := waitInactive(t, tok, deleted, 30*time.Second)
-	figures.add("pod deleted -> its token inactive at introspection after %s (aim: 2s; token lifetime %s)", revokedIn.Round(10*time.Millisecond), reaper.Lifespan)
+	figures.Figure("pod deleted -> its token inactive at introspection after %s (aim: 2s; token lifetime %s)", revokedIn.Round(10*time.Millisecond), reaper.Lifespan)
 	if revokedIn > 10*time.Second {
 		t.Errorf("the token became inactive %s after the pod's deletion", revokedIn)
 	}
@@ -63,7 +63,7 @@ func testRevocation(t *testing.T) {
 	setPluginNodeSelector(t, `null`)
 	pluginPod(t)
 	revokedIn = waitInactive(t, tok, back, 3*time.Minute)
-	figures.add("pod deleted while the plugin was down -> its token inactive %s after the plugin was started again", revokedIn.Round(100*time.Millisecond))
+	figures.Figure("pod deleted while the plugin was down -> its token inactive %s after the plugin was started again", revokedIn.Round(100*time.Millisecond))
 	waitGone(t, p.Namespace, p.Name, 2*time.Minute)
 }
 

@@ -95,7 +95,7 @@ func testRotation(t *testing.T) {
 			break
 		}
 	}
-	figures.add("rotation (%d readers, %s tokens, %s): %d rotations, Keycloak's answer -> new token read in the pod: p50 %s, p99 %s, max %s (aim: p99 < 100ms); reads of an expired token: %d",
+	figures.Figure("rotation (%d readers, %s tokens, %s): %d rotations, Keycloak's answer -> new token read in the pod: p50 %s, p99 %s, max %s (aim: p99 < 100ms); reads of an expired token: %d",
 		readers, rotor.Lifespan, run, len(delays), percentile(delays, 0.5), percentile(delays, 0.99), percentile(delays, 1), expired)
 
 	// Keycloak requests per pod and token lifetime, from its events of the rotor client.
@@ -110,6 +110,6 @@ func testRotation(t *testing.T) {
 		}
 	}
 	lifetimes := end.Sub(start).Seconds() / rotor.Lifespan.Seconds()
-	figures.add("Keycloak requests per pod per token lifetime: %.2f token requests (%d grants, %d pods, %.0f lifetimes; renewal at 2/3 of the life less jitter, whole seconds; plus one revocation per pod at its end)",
+	figures.Figure("Keycloak requests per pod per token lifetime: %.2f token requests (%d grants, %d pods, %.0f lifetimes; renewal at 2/3 of the life less jitter, whole seconds; plus one revocation per pod at its end)",
 		float64(grants)/readers/lifetimes, grants, readers, lifetimes)
 }
