@@ -59,8 +59,8 @@ func TestChart(t *testing.T) {
 		f    func(t *testing.T)
 	}{
 		{"install", chartInstall},
-		{"admission-policies", chartAdmissionPolicies},
 		{"token", chartToken},
+		{"admission-policies", chartAdmissionPolicies}, // in the token step's namespace
 		{"helm-test", chartHelmTest},
 		{"upgrade", chartUpgrade},
 		{"workloads", func(t *testing.T) {
