@@ -66,6 +66,10 @@ const (
 // nudged resource; default 2), NODE_NUDGE_DEFAULT_PODS (unlabelled pods of the one resource
 // that is not nudged; default 16).
 func TestNudgedRotation(t *testing.T) {
+	// Side by side with the other measurement (each in its own namespace, pods and Secrets): both
+	// mostly wait for kubelet syncs. The tests that compare the host's state are not parallel and
+	// run first.
+	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	c := theNode.Client()

@@ -38,6 +38,10 @@ const nudgeAnnotation = "test.mlflow-token-operator.io/secret-version"
 // (pods started together sync in step; updating all at once would measure one phase only).
 // It prints a table; it asserts only that every update arrived.
 func TestSecretVolumePropagation(t *testing.T) {
+	// Side by side with the other measurement (each in its own namespace, pods and Secrets): both
+	// mostly wait for kubelet syncs. The tests that compare the host's state are not parallel and
+	// run first.
+	t.Parallel()
 	ctx := context.Background()
 	c := theNode.Client()
 	const ns = "propagation"
