@@ -114,6 +114,7 @@ var stalledReasons = map[string]bool{
 	authv1alpha1.ReasonUserCredentialsNotFound:      true,
 	authv1alpha1.ReasonInvalidUserCredentials:       true,
 	authv1alpha1.ReasonSecretConflict:               true,
+	authv1alpha1.ReasonSecretContested:              true,
 	authv1alpha1.ReasonInvalidSecretTemplate:        true,
 	authv1alpha1.ReasonSecretRejected:               true,
 	authv1alpha1.ReasonSecretForbidden:              true,

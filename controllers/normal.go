@@ -3,9 +3,11 @@ package controllers
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -13,6 +15,10 @@ import (
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/policy"
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 )
+
+// contestWindow: a Secret found changed by someone else again within this time of the last
+// re-issue for that cause is contested.
+const contestWindow = time.Minute
 
 // reconcileNormal keeps the Secret filled with a valid token: decide from facts whether a token
 // is needed, check what can be checked before spending a grant, obtain it, write it, report.
@@ -71,7 +77,17 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 		}
 	}
 	if distrust != nil {
+		// Changed again within a minute of the last re-issue for the same cause: another writer
+		// keeps overwriting the Secret (a second installation of the operator, with another seal
+		// key, would otherwise make both re-issue in a loop). Back off instead (failed: the
+		// retry waits grow), re-issuing at most about once a minute.
+		if last := obj.Status.SecretOverwrittenAt; last != nil && now.Sub(last.Time) < contestWindow {
+			return r.failed(ctx, obj, nil, inputs, authv1alpha1.StageSecretWrite, &failure{Reason: authv1alpha1.ReasonSecretContested,
+				Message: fmt.Sprintf("Secret %s %s again, %s after the operator last replaced its content: another writer (a second installation of the operator? a tool restoring it?) is overwriting it; the operator re-issues at most about once a minute until it stops",
+					name, distrust.why, now.Sub(last.Time).Round(time.Second))})
+		}
 		r.event(obj, corev1.EventTypeWarning, distrust.reason, "Issue", "Secret %s %s; its content is ignored and a new token is issued", name, distrust.why)
+		obj.Status.SecretOverwrittenAt = &metav1.Time{Time: now}
 	}
 	if r.namespaceTerminating(ctx, obj.Namespace) {
 		// Its deletion is under way: a new token would only have to be revoked again.

@@ -68,6 +68,40 @@ func putToken(s *corev1.Secret, token string) {
 }
 
 var trustScenarios = []scenario{
+	{"trust: a Secret another writer keeps overwriting is contested: re-issued about once a minute, not in a loop", func(t *testing.T) {
+		// A second installation of the operator (another seal key) rewrites the Secret after each
+		// of this one's writes, as fast as it can.
+		e := newEnv(t, nil)
+		e.reconcile()
+		other := e.foreignAccessToken()
+		e.clk.Step(5 * time.Second)
+		contested := false
+		for range 400 {
+			// Each rewrite is a watch event: the operator reconciles at once.
+			e.tamper(testName, func(s *corev1.Secret) { putToken(s, other) })
+			e.reconcile()
+			if e.cond(authv1alpha1.ConditionReady) == "False/"+authv1alpha1.ReasonSecretContested {
+				contested = true
+			}
+			e.clk.Step(time.Second)
+			if e.clk.Since(e.start) > 5*time.Minute {
+				break
+			}
+		}
+		elapsed := e.clk.Since(e.start)
+		issued := e.kc.Calls("client_credentials")
+		t.Logf("%d tokens issued in %s of contest", issued, elapsed.Round(time.Second))
+		if !contested {
+			t.Fatal("Ready never read False/SecretContested")
+		}
+		if limit := 1 + int(elapsed/time.Minute) + 1; issued > limit {
+			t.Fatalf("%d tokens issued in %s against another writer, want at most %d (about one a minute)", issued, elapsed, limit)
+		}
+		e.wantEvent("Warning", authv1alpha1.ReasonSecretModified, "new token")
+		if got := e.obj().Status.LastFailureKind; got != authv1alpha1.FailureNeedsChange {
+			t.Fatalf("lastFailureKind %q, want NeedsChange (a person must remove the other writer)", got)
+		}
+	}},
 	{"trust: an edited expiry is re-issued at once and said so, never trusted", func(t *testing.T) {
 		e := newEnv(t, nil)
 		e.reconcile()

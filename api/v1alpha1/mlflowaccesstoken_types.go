@@ -423,6 +423,12 @@ type MLflowAccessTokenStatus struct {
 	// +optional
 	ExpiresAt *metav1.Time `json:"expiresAt,omitempty"`
 
+	// SecretOverwrittenAt is when the operator last found the Secret's content changed by someone
+	// else and issued a new token because of it (events SecretModified, SecretRestored). Found
+	// changed again within a minute, the Secret is contested (reason SecretContested).
+	// +optional
+	SecretOverwrittenAt *metav1.Time `json:"secretOverwrittenAt,omitempty"`
+
 	// RenewalTime is when the operator will next try to obtain a token: the scheduled renewal,
 	// or after a failure the next retry.
 	// +optional

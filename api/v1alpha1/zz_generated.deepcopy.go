@@ -496,6 +496,10 @@ func (in *MLflowAccessTokenStatus) DeepCopyInto(out *MLflowAccessTokenStatus) {
 		in, out := &in.ExpiresAt, &out.ExpiresAt
 		*out = (*in).DeepCopy()
 	}
+	if in.SecretOverwrittenAt != nil {
+		in, out := &in.SecretOverwrittenAt, &out.SecretOverwrittenAt
+		*out = (*in).DeepCopy()
+	}
 	if in.RenewalTime != nil {
 		in, out := &in.RenewalTime, &out.RenewalTime
 		*out = (*in).DeepCopy()

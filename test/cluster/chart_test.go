@@ -73,6 +73,11 @@ func TestChart(t *testing.T) {
 	}
 	for _, s := range steps {
 		if !t.Run(s.name, s.f) {
+			// The suites after this one install the operator again: two installations would each
+			// take the other's sealed Secrets for edits (SecretContested). Leave none behind.
+			if out, err := helmErr("uninstall", release, "--namespace", chartNS, "--wait", "--timeout", "3m"); err != nil {
+				t.Logf("helm uninstall after the failure: %v\n%s", err, out)
+			}
 			t.Fatalf("step %s failed; the later steps need it (pod logs: bin/cluster-logs/pods)", s.name)
 		}
 	}

@@ -40,8 +40,10 @@ func chartAdmissionPolicies(t *testing.T) {
 			t.Errorf("%s as the operator: %v, want a denial by the chart's admission policy", what, err)
 		}
 	}
+	// Strategic merge patches, as kubectl sends them: a container is merged by name, so that
+	// changing its image is a valid pod update which only the policy can refuse.
 	patch := func(o client.Object, body string) error {
-		return op.Patch(ctx, o, client.RawPatch(types.MergePatchType, []byte(body)))
+		return op.Patch(ctx, o, client.RawPatch(types.StrategicMergePatchType, []byte(body)))
 	}
 	denied("patching a pod's labels", patch(pod, `{"metadata":{"labels":{"app.kubernetes.io/name":"hijacked"}}}`))
 	denied("patching a pod's image", patch(pod, `{"spec":{"containers":[{"name":"manager","image":"evil:1"}]}}`))
