@@ -16,9 +16,12 @@ import (
 	"github.com/mlflow-token-operator/mlflow-token-operator/internal/tokensecret"
 )
 
-// contestWindow: a Secret found changed by someone else again within this time of the last
-// re-issue for that cause is contested.
-const contestWindow = time.Minute
+// A Secret found changed by someone else more than maxOverwrites times within contestWindow is
+// contested: the operator stops re-issuing at each change until the window is over.
+const (
+	contestWindow = time.Minute
+	maxOverwrites = 3
+)
 
 // reconcileNormal keeps the Secret filled with a valid token: decide from facts whether a token
 // is needed, check what can be checked before spending a grant, obtain it, write it, report.
@@ -77,17 +80,20 @@ func (r *MLflowAccessTokenReconciler) reconcileNormal(ctx context.Context, obj *
 		}
 	}
 	if distrust != nil {
-		// Changed again within a minute of the last re-issue for the same cause: another writer
-		// keeps overwriting the Secret (a second installation of the operator, with another seal
-		// key, would otherwise make both re-issue in a loop). Back off instead (failed: the
-		// retry waits grow), re-issuing at most about once a minute.
-		if last := obj.Status.SecretOverwrittenAt; last != nil && now.Sub(last.Time) < contestWindow {
+		// Changed again and again within a minute: another writer keeps overwriting the Secret (a
+		// second installation of the operator, with another seal key, would otherwise make both
+		// re-issue in a loop). After maxOverwrites re-issues in the minute, back off instead
+		// (failed: the retry waits grow) until the minute is over.
+		first := obj.Status.SecretOverwrittenAt
+		if first == nil || now.Sub(first.Time) >= contestWindow {
+			obj.Status.SecretOverwrittenAt, obj.Status.SecretOverwrites = &metav1.Time{Time: now}, 0
+		} else if obj.Status.SecretOverwrites >= maxOverwrites {
 			return r.failed(ctx, obj, nil, inputs, authv1alpha1.StageSecretWrite, &failure{Reason: authv1alpha1.ReasonSecretContested,
-				Message: fmt.Sprintf("Secret %s %s again, %s after the operator last replaced its content: another writer (a second installation of the operator? a tool restoring it?) is overwriting it; the operator re-issues at most about once a minute until it stops",
-					name, distrust.why, now.Sub(last.Time).Round(time.Second))})
+				Message: fmt.Sprintf("Secret %s %s again: %d times within %s; another writer (a second installation of the operator? a tool restoring it?) is overwriting it, and the operator issues at most %d tokens a minute until it stops",
+					name, distrust.why, obj.Status.SecretOverwrites+1, now.Sub(first.Time).Round(time.Second), maxOverwrites)})
 		}
+		obj.Status.SecretOverwrites++
 		r.event(obj, corev1.EventTypeWarning, distrust.reason, "Issue", "Secret %s %s; its content is ignored and a new token is issued", name, distrust.why)
-		obj.Status.SecretOverwrittenAt = &metav1.Time{Time: now}
 	}
 	if r.namespaceTerminating(ctx, obj.Namespace) {
 		// Its deletion is under way: a new token would only have to be revoked again.

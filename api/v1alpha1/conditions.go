@@ -139,11 +139,10 @@ const (
 	// but an older one than it issued last (a backup or a GitOps tool restored an old copy); a
 	// new token is issued.
 	ReasonSecretRestored = "SecretRestored"
-	// ReasonSecretContested: the Secret was found changed by someone else again within a minute
-	// of the operator re-issuing because of such a change: another writer (a second installation
-	// of the operator, a tool that keeps restoring it) is overwriting it. Instead of re-issuing
-	// at each change, the operator waits with backoff and re-issues at most about once a minute;
-	// remove the other writer.
+	// ReasonSecretContested: the Secret was found changed by someone else a fourth time within a
+	// minute: another writer (a second installation of the operator, a tool that keeps restoring
+	// it) is overwriting it. Instead of re-issuing at each change, the operator issues at most
+	// three tokens a minute for it and otherwise waits with backoff; remove the other writer.
 	ReasonSecretContested = "SecretContested"
 	// ReasonRevocationFailedEvent (Warning event): one attempt to revoke at deletion failed; it is
 	// retried until the revocation timeout.

@@ -423,11 +423,14 @@ type MLflowAccessTokenStatus struct {
 	// +optional
 	ExpiresAt *metav1.Time `json:"expiresAt,omitempty"`
 
-	// SecretOverwrittenAt is when the operator last found the Secret's content changed by someone
-	// else and issued a new token because of it (events SecretModified, SecretRestored). Found
-	// changed again within a minute, the Secret is contested (reason SecretContested).
+	// SecretOverwrittenAt is when the operator first found the Secret's content changed by someone
+	// else (events SecretModified, SecretRestored) in the current minute, and SecretOverwrites how
+	// many times it issued a new token because of it since. A fourth change within that minute
+	// makes the Secret contested (reason SecretContested): the operator then waits instead.
 	// +optional
 	SecretOverwrittenAt *metav1.Time `json:"secretOverwrittenAt,omitempty"`
+	// +optional
+	SecretOverwrites int32 `json:"secretOverwrites,omitempty"`
 
 	// RenewalTime is when the operator will next try to obtain a token: the scheduled renewal,
 	// or after a failure the next retry.
