@@ -424,11 +424,13 @@ type MLflowAccessTokenStatus struct {
 	ExpiresAt *metav1.Time `json:"expiresAt,omitempty"`
 
 	// SecretOverwrittenAt is when the operator first found the Secret's content changed by someone
-	// else (events SecretModified, SecretRestored) in the current minute, and SecretOverwrites how
-	// many times it issued a new token because of it since. A fourth change within that minute
-	// makes the Secret contested (reason SecretContested): the operator then waits instead.
+	// else (events SecretModified, SecretRestored) in the current minute. A fourth change within
+	// that minute makes the Secret contested (reason SecretContested): the operator then waits
+	// instead of issuing another token.
 	// +optional
 	SecretOverwrittenAt *metav1.Time `json:"secretOverwrittenAt,omitempty"`
+	// SecretOverwrites is how many times since secretOverwrittenAt the operator issued a new token
+	// because someone else changed the Secret's content.
 	// +optional
 	SecretOverwrites int32 `json:"secretOverwrites,omitempty"`
 

@@ -66,7 +66,7 @@ func scanForLeaks() error {
 	ctx := context.Background()
 	secrets := append(seenTokens.list(), clientSecret)
 	// The whole suite collects dozens; a run narrowed with -run may collect a few.
-	if f := flag.Lookup("test.run"); f != nil && f.Value.String() == "" && len(secrets) < 4 {
+	if !narrowed() && len(secrets) < 4 {
 		return fmt.Errorf("only %d secret values collected; the check would prove little", len(secrets))
 	}
 	var evs eventsv1.EventList
@@ -85,6 +85,10 @@ func scanForLeaks() error {
 	statusJSON, _ := json.Marshal([]any{objs, statuses})
 	logText := logs.String()
 	if len(evs.Items) == 0 || len(logText) == 0 {
+		if narrowed() {
+			fmt.Println("leak scan: nothing to scan in this narrowed run (-run); the whole suite always scans")
+			return nil
+		}
 		return fmt.Errorf("nothing collected: %d events, %d bytes of logs", len(evs.Items), len(logText))
 	}
 	var errs []error
@@ -101,4 +105,10 @@ func scanForLeaks() error {
 	}
 	fmt.Printf("leak scan: checked %d secret values against %d bytes of logs, %d events and %d status snapshots\n", len(secrets), len(logText), len(evs.Items)+len(coreEvs.Items), len(objs.Items)+len(statuses))
 	return errors.Join(errs...)
+}
+
+// narrowed says whether the run was narrowed with -run (a developer's subset, never CI's run).
+func narrowed() bool {
+	f := flag.Lookup("test.run")
+	return f != nil && f.Value.String() != ""
 }

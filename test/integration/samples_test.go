@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -39,4 +40,50 @@ func TestSamplesAreValid(t *testing.T) {
 			t.Errorf("%s: %v", filepath.Base(f), err)
 		}
 	}
+}
+
+// The resources the docs show in full (README.md and docs/*.md, YAML blocks with our API group)
+// are accepted as they stand, in a dry run: a user who copies one gets no admission error.
+func TestDocsResourcesAreValid(t *testing.T) {
+	t.Parallel()
+	ns := newNamespace(t)
+	files, _ := filepath.Glob(filepath.Join(testenv.RepoRoot(), "docs", "*.md"))
+	files = append(files, filepath.Join(testenv.RepoRoot(), "README.md"))
+	checked := 0
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, block := range yamlBlocks(string(raw)) {
+			for _, doc := range strings.Split(block, "\n---\n") {
+				o := &unstructured.Unstructured{}
+				if yaml.Unmarshal([]byte(doc), &o.Object) != nil || !strings.HasPrefix(o.GetAPIVersion(), "auth.mlflow-token-operator.io/") {
+					continue
+				}
+				if o.GetKind() != "ClusterKeycloakIssuer" {
+					o.SetNamespace(ns)
+				}
+				checked++
+				if err := k8s.Create(context.Background(), o, client.DryRunAll, client.FieldValidation("Strict")); err != nil {
+					t.Errorf("%s: %s %s: %v", filepath.Base(f), o.GetKind(), o.GetName(), err)
+				}
+			}
+		}
+	}
+	if checked < 4 {
+		t.Fatalf("only %d resources found in the docs: the scanner no longer finds them", checked)
+	}
+	t.Logf("%d resources of the docs accepted by the API server", checked)
+}
+
+// yamlBlocks returns the contents of the ```yaml fenced blocks of a Markdown text.
+func yamlBlocks(md string) []string {
+	var out []string
+	for _, part := range strings.Split(md, "```yaml\n")[1:] {
+		if end := strings.Index(part, "```"); end >= 0 {
+			out = append(out, part[:end])
+		}
+	}
+	return out
 }
