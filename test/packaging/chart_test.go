@@ -636,6 +636,62 @@ metrics: {serviceMonitor: {enabled: true, interval: 15s, scrapeTimeout: 10s, lab
 	}
 }
 
+// TestChartCSIPodMonitor: with csiDriver.podMonitor.enabled the chart adds a PodMonitor that
+// selects the node plugins' pods and scrapes their metrics port, keeping their namespace label;
+// with metrics.secure it authenticates with the named Secret's token over HTTPS, and without the
+// Secret's name it refuses to render, saying so.
+func TestChartCSIPodMonitor(t *testing.T) {
+	const csi = `csiDriver: {enabled: true, tokenAudiences: ["https://kc.example.com/realms/mlflow"], podMonitor: {enabled: true, interval: 20s, labels: {release: kps}, bearerTokenSecret: {name: scrape-token}}}`
+	objs := helmTemplate(t, "mto", "monitoring", csi)
+	pm := only(t, objs, "PodMonitor")
+	ds := convert[appsv1.DaemonSet](t, only(t, objs, "DaemonSet"))
+	sel, _, _ := unstructured.NestedStringMap(pm.Object, "spec", "selector", "matchLabels")
+	if len(sel) == 0 {
+		t.Fatal("the PodMonitor selects every pod")
+	}
+	for k, v := range sel {
+		if ds.Spec.Template.Labels[k] != v {
+			t.Errorf("the PodMonitor selects %s=%s, which the node plugin's pods do not carry", k, v)
+		}
+	}
+	eps, _, _ := unstructured.NestedSlice(pm.Object, "spec", "podMetricsEndpoints")
+	if len(eps) != 1 {
+		t.Fatalf("want one endpoint, got %d", len(eps))
+	}
+	ep := eps[0].(map[string]any)
+	ports := map[string]bool{}
+	for _, p := range ds.Spec.Template.Spec.Containers[0].Ports {
+		ports[p.Name] = true
+	}
+	if !ports[fmt.Sprint(ep["port"])] || ep["honorLabels"] != true || ep["interval"] != "20s" || ep["scheme"] != "https" {
+		t.Errorf("endpoint %v: want a port of the plugin's container (%v), honorLabels, interval 20s, https", ep, ports)
+	}
+	if name, _, _ := unstructured.NestedString(ep, "authorization", "credentials", "name"); name != "scrape-token" {
+		t.Errorf("endpoint authorization %v: want the Secret scrape-token", ep["authorization"])
+	}
+	if pm.GetLabels()["release"] != "kps" || pm.GetNamespace() != "monitoring" {
+		t.Errorf("PodMonitor labels %v in %q: want release=kps in monitoring", pm.GetLabels(), pm.GetNamespace())
+	}
+
+	plain := only(t, helmTemplate(t, "mto", "monitoring", csi+"\nmetrics: {secure: false}"), "PodMonitor")
+	eps, _, _ = unstructured.NestedSlice(plain.Object, "spec", "podMetricsEndpoints")
+	if ep := eps[0].(map[string]any); ep["scheme"] != nil || ep["authorization"] != nil {
+		t.Errorf("plain-HTTP metrics: endpoint %v still has a scheme or a token", ep)
+	}
+	out, err := helmTemplateErr(t, "mto", "monitoring", strings.Replace(csi, "bearerTokenSecret: {name: scrape-token}", "bearerTokenSecret: {}", 1))
+	if err == nil || !strings.Contains(err.Error(), "bearerTokenSecret.name is required") {
+		t.Errorf("no Secret for the secure scrape: want a refusal that names bearerTokenSecret.name, got %v\n%s", err, out)
+	}
+	for _, values := range []string{
+		`csiDriver: {podMonitor: {enabled: true, bearerTokenSecret: {name: s}}}`,
+		csi + "\nmetrics: {enabled: false}",
+	} {
+		if n := len(find(helmTemplate(t, "mto", "monitoring", values), "PodMonitor")); n != 0 {
+			t.Errorf("%s: a PodMonitor is rendered without node plugins or metrics", values)
+		}
+	}
+}
+
 // TestChartPrometheusRule: the chart's alerts are config/prometheus/rules.yaml's, with the
 // operator's scrape target selected in the release namespace (or by operatorSelector).
 func TestChartPrometheusRule(t *testing.T) {
