@@ -3,15 +3,18 @@
 # etcd), into bin/k8s/. Needs only the Go module proxy (no GitHub release downloads, no
 # setup-envtest, no container images).
 #
-#   hack/build-envtest.sh        # envtest: etcd, kube-apiserver (what envtest needs, nothing more)
-#   hack/build-envtest.sh node   # a whole node for test/node: kubelet, kube-controller-manager,
-#                                #   kube-scheduler, kube-proxy (run it after the envtest set), and
-#                                #   the node's cluster DNS, CoreDNS (hack/tools/coredns)
-#   FORCE=1 hack/build-envtest.sh [node]   # rebuild regardless of the stamp
+#   hack/build-envtest.sh          # envtest: etcd, kube-apiserver (what envtest needs, nothing more)
+#   hack/build-envtest.sh servers  # kube-controller-manager too: test/federated runs its namespace
+#                                  #   controller and garbage collector (run it after the envtest set)
+#   hack/build-envtest.sh node     # a whole node for test/node: kubelet, kube-controller-manager,
+#                                  #   kube-scheduler, kube-proxy (run it after the envtest set), and
+#                                  #   the node's cluster DNS, CoreDNS (hack/tools/coredns)
+#   FORCE=1 hack/build-envtest.sh [servers|node]   # rebuild regardless of the stamp
 #
-# Idempotent: each set has a stamp (bin/k8s/.stamp, bin/k8s/.stamp-node) holding a hash of the tool
-# module's go.mod/go.sum, the Go toolchain and the build recipe; when it matches and the set's
-# binaries exist nothing is built. Cold builds on 2 cores: kube-apiserver ~10 min, kubelet 3-9 min,
+# Idempotent: each set has a stamp (bin/k8s/.stamp, .stamp-servers, .stamp-node) holding a hash of
+# the tool module's go.mod/go.sum, the Go toolchain and the build recipe; when it matches and the
+# set's binaries exist nothing is built. Each binary has its own (bin/k8s/.built-<name>), so a
+# binary two sets share (kube-controller-manager) is built once. Cold builds on 2 cores: kube-apiserver ~10 min, kubelet 3-9 min,
 # kube-controller-manager ~4 min, the others ~1 min (they share most packages: the later ones are
 # faster). Warm (Go build cache filled): seconds to a minute each.
 # Ends by printing KUBEBUILDER_ASSETS=<abs path of bin/k8s>.
@@ -24,8 +27,9 @@ cd "${repo_root}"
 set_name="${1:-envtest}"
 case "${set_name}" in
   envtest) binaries=(kube-apiserver etcd); stamp_name=.stamp ;;
+  servers) binaries=(kube-controller-manager); stamp_name=.stamp-servers ;;
   node) binaries=(kubelet kube-controller-manager kube-scheduler kube-proxy); stamp_name=.stamp-node ;;
-  *) echo "usage: $0 [envtest|node]" >&2; exit 2 ;;
+  *) echo "usage: $0 [envtest|servers|node]" >&2; exit 2 ;;
 esac
 
 tool_dir="${repo_root}/hack/tools/envtest"
@@ -87,6 +91,10 @@ else
   log "modules ready in $(( $(date +%s) - t ))s"
 
   for b in "${binaries[@]}"; do
+    if [[ "${FORCE:-0}" != 1 && -x "${out_dir}/${b}" && "$(cat "${out_dir}/.built-${b}" 2>/dev/null)" == "${want_stamp}" ]]; then
+      log "${b} up to date (built for another set)"
+      continue
+    fi
     if [[ "${b}" == etcd ]]; then
       pkg=go.etcd.io/etcd/server/v3 version="${etcd_version}" ldflags="-s -w"
     else
@@ -99,6 +107,7 @@ else
       -o "${out_dir}/${b}.tmp" "${pkg}" || status=$?
     if ((status)); then log "building ${b} failed"; exit "${status}"; fi
     mv -f "${out_dir}/${b}.tmp" "${out_dir}/${b}"
+    echo "${want_stamp}" > "${out_dir}/.built-${b}"
     log "${b} built in $(( $(date +%s) - t ))s"
   done
 

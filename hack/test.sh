@@ -37,6 +37,10 @@ servers_env() {
 
 tier_servers() {
   servers_env
+  # bin/k8s/kube-controller-manager: test/federated deletes namespaces with the real namespace
+  # controller (cold: about 4 minutes on 2 cores; not tailed, so that its progress prints).
+  echo "==> kube-controller-manager (the namespace controller of test/federated)"
+  hack/build-envtest.sh servers
   # bin/tools/{kustomize,helm,promql-check,argocd-lua} (test/packaging, test/tenancy's chart RBAC),
   # bin/mermaid-check (the docs' diagrams), bin/venv-release (test/release): pinned, cached.
   echo "==> packaging tools (kustomize, helm, promql-check, argocd-lua)"

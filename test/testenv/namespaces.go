@@ -20,11 +20,11 @@ type namespaceController struct {
 }
 
 // startNamespaceController starts kube-controller-manager (built by `hack/build-envtest.sh
-// node` next to kube-apiserver) against the API server of kubeconfig.
+// servers` next to kube-apiserver) against the API server of kubeconfig.
 func startNamespaceController(kubeconfig []byte) (*namespaceController, error) {
 	bin := filepath.Join(os.Getenv("KUBEBUILDER_ASSETS"), "kube-controller-manager")
 	if _, err := os.Stat(bin); err != nil {
-		return nil, fmt.Errorf("%s is missing: run `hack/build-envtest.sh node` (make test does)", bin)
+		return nil, fmt.Errorf("%s is missing: run `hack/build-envtest.sh servers` (make test-servers does)", bin)
 	}
 	dir, err := os.MkdirTemp("", "mto-kcm-")
 	if err != nil {
