@@ -2,6 +2,7 @@ package packaging
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,8 +15,11 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/mlflow-token-operator/mlflow-token-operator/test/testenv"
 )
 
 // badValues are values the schema must reject, each with what Helm's message must name.
@@ -151,6 +155,25 @@ func TestChartInstallUpgradeUninstall(t *testing.T) {
 			}
 		}
 	}
+	// waitServed waits until the API server lists every CRD's resources. A CRD deleted while the
+	// API server still initializes its storage can stay Terminating for minutes ("could not list
+	// instances: storage is (re)initializing", seen once in CI when the whole install-uninstall
+	// cycle took 2 s); no user uninstalls within seconds of installing.
+	waitServed := func() {
+		t.Helper()
+		for name, u := range allCRDs {
+			group, _, _ := unstructured.NestedString(u.Object, "spec", "group")
+			kind, _, _ := unstructured.NestedString(u.Object, "spec", "names", "kind")
+			versions, _, _ := unstructured.NestedSlice(u.Object, "spec", "versions")
+			version, _, _ := unstructured.NestedString(versions[0].(map[string]any), "name")
+			l := &unstructured.UnstructuredList{}
+			l.SetGroupVersionKind(schema.GroupVersionKind{Group: group, Version: version, Kind: kind + "List"})
+			testenv.Eventually(t, time.Minute, "the API server to list the resources of "+name, func() (bool, string) {
+				err := c.List(ctx, l)
+				return err == nil, fmt.Sprint(err)
+			})
+		}
+	}
 	t.Cleanup(func() {
 		// Other tests dry-run the CRDs' creation: leave none behind.
 		for name := range allCRDs {
@@ -210,6 +233,7 @@ func TestChartInstallUpgradeUninstall(t *testing.T) {
 
 	// The kept CRD belongs to release mto: installing mto again adopts it.
 	mustHelm("install", "mto", chartDir, "--set", "crds.keep=false")
+	waitServed()
 	mustHelm("uninstall", "mto", "--no-hooks")
 	waitCRDsGone()
 
@@ -236,6 +260,7 @@ func TestChartInstallUpgradeUninstall(t *testing.T) {
 	if _, err := helm("install", "mto", chartDir, "--set", "crds.keep=false"); err != nil {
 		t.Fatalf("installing after adopting the CRD as the README says: %v", err)
 	}
+	waitServed()
 	mustHelm("uninstall", "mto", "--no-hooks")
 	waitCRDsGone()
 }
