@@ -9,12 +9,11 @@
 #   hack/build-envtest.sh node     # a whole node for test/node: kubelet, kube-controller-manager,
 #                                  #   kube-scheduler, kube-proxy (run it after the envtest set), and
 #                                  #   the node's cluster DNS, CoreDNS (hack/tools/coredns)
-#   FORCE=1 hack/build-envtest.sh [servers|node]   # rebuild regardless of the stamp
+#   FORCE=1 hack/build-envtest.sh [servers|node]   # rebuild regardless of the stamps
 #
-# Idempotent: each set has a stamp (bin/k8s/.stamp, .stamp-servers, .stamp-node) holding a hash of
-# the tool module's go.mod/go.sum, the Go toolchain and the build recipe; when it matches and the
-# set's binaries exist nothing is built. Each binary has its own (bin/k8s/.built-<name>), so a
-# binary two sets share (kube-controller-manager) is built once. Cold builds on 2 cores: kube-apiserver ~10 min, kubelet 3-9 min,
+# Idempotent: each binary has a stamp (bin/k8s/.built-<name>) holding a hash of the tool module's
+# go.mod/go.sum, the Go toolchain and the build recipe; a binary whose stamp matches is not built
+# again, so one two sets share (kube-controller-manager) is built once. Cold builds on 2 cores: kube-apiserver ~10 min, kubelet 3-9 min,
 # kube-controller-manager ~4 min, the others ~1 min (they share most packages: the later ones are
 # faster). Warm (Go build cache filled): seconds to a minute each.
 # Ends by printing KUBEBUILDER_ASSETS=<abs path of bin/k8s>.
@@ -26,15 +25,14 @@ cd "${repo_root}"
 
 set_name="${1:-envtest}"
 case "${set_name}" in
-  envtest) binaries=(kube-apiserver etcd); stamp_name=.stamp ;;
-  servers) binaries=(kube-controller-manager); stamp_name=.stamp-servers ;;
-  node) binaries=(kubelet kube-controller-manager kube-scheduler kube-proxy); stamp_name=.stamp-node ;;
+  envtest) binaries=(kube-apiserver etcd) ;;
+  servers) binaries=(kube-controller-manager) ;;
+  node) binaries=(kubelet kube-controller-manager kube-scheduler kube-proxy) ;;
   *) echo "usage: $0 [envtest|servers|node]" >&2; exit 2 ;;
 esac
 
 tool_dir="${repo_root}/hack/tools/envtest"
 out_dir="${repo_root}/bin/k8s"
-stamp="${out_dir}/${stamp_name}"
 
 # Deterministic module mode regardless of the caller's environment.
 export GOWORK=off
@@ -58,15 +56,15 @@ want_stamp="$(
   } | sha256sum | awk '{print $1}'
 )"
 
-all_present=1
-for b in "${binaries[@]}"; do [[ -x "${out_dir}/${b}" ]] || all_present=0; done
+# built NAME: the binary is there, built by this recipe from these modules.
+built() { [[ "${FORCE:-0}" != 1 && -x "${out_dir}/$1" && "$(cat "${out_dir}/.built-$1" 2>/dev/null)" == "${want_stamp}" ]]; }
+todo=()
+for b in "${binaries[@]}"; do built "${b}" || todo+=("${b}"); done
 
-if [[ "${FORCE:-0}" != 1 && "${all_present}" == 1 && -f "${stamp}" \
-  && "$(cat "${stamp}")" == "${want_stamp}" ]]; then
+if ((${#todo[@]} == 0)); then
   log "up to date (stamp ${want_stamp:0:12}), nothing to build"
 else
   mkdir -p "${out_dir}"
-  rm -f "${stamp}"
   cd "${tool_dir}"
 
   kube_version="$(go list -m -f '{{.Version}}' k8s.io/kubernetes)"        # e.g. v1.37.2
@@ -90,11 +88,7 @@ else
   if ((status)); then log "go mod download failed"; exit "${status}"; fi
   log "modules ready in $(( $(date +%s) - t ))s"
 
-  for b in "${binaries[@]}"; do
-    if [[ "${FORCE:-0}" != 1 && -x "${out_dir}/${b}" && "$(cat "${out_dir}/.built-${b}" 2>/dev/null)" == "${want_stamp}" ]]; then
-      log "${b} up to date (built for another set)"
-      continue
-    fi
+  for b in "${todo[@]}"; do
     if [[ "${b}" == etcd ]]; then
       pkg=go.etcd.io/etcd/server/v3 version="${etcd_version}" ldflags="-s -w"
     else
@@ -106,12 +100,12 @@ else
     ticking log "building ${b}" go build -trimpath -tags "${build_tags}" -ldflags "${ldflags}" \
       -o "${out_dir}/${b}.tmp" "${pkg}" || status=$?
     if ((status)); then log "building ${b} failed"; exit "${status}"; fi
+    rm -f "${out_dir}/.built-${b}"
     mv -f "${out_dir}/${b}.tmp" "${out_dir}/${b}"
     echo "${want_stamp}" > "${out_dir}/.built-${b}"
     log "${b} built in $(( $(date +%s) - t ))s"
   done
 
-  echo "${want_stamp}" > "${stamp}"
   cd "${repo_root}"
 fi
 
